@@ -1,0 +1,87 @@
+"""What the user asked for, checked against the machine and the model before any work starts."""
+from dataclasses import dataclass
+
+PARALLELISMS = ("auto", "ulysses", "ring", "usp")
+CPU_DEFAULT_RANKS = 2
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """A validated layout: which device every rank uses and how the sequence-parallel degrees split them."""
+    device_type: str            # "cuda" or "cpu"
+    device_indices: tuple       # per rank: CUDA device index, or None on the CPU
+    ulysses_degree: int
+    ring_degree: int
+
+    @property
+    def world_size(self):
+        return len(self.device_indices)
+
+    @property
+    def backend(self):
+        return "nccl" if self.device_type == "cuda" else "gloo"
+
+    def describe(self):
+        where = "CPU ranks" if self.device_type == "cpu" else "GPUs " + ",".join(map(str, self.device_indices))
+        return f"{self.world_size} {where} (ulysses {self.ulysses_degree} x ring {self.ring_degree})"
+
+
+def _divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def choose_degrees(world_size, heads, parallelism, ulysses_degree=0, ring_degree=0):
+    """Returns ``(ulysses_degree, ring_degree)`` for ``world_size`` ranks or raises ValueError naming the fix."""
+    if parallelism not in PARALLELISMS:
+        raise ValueError(f"parallelism must be one of {', '.join(PARALLELISMS)}, not '{parallelism}'.")
+    working = [d for d in _divisors(world_size) if heads % d == 0]
+    if parallelism == "ring":
+        return 1, world_size
+    if parallelism == "ulysses":
+        if heads % world_size:
+            raise ValueError(
+                f"Ulysses over {world_size} ranks needs the head count ({heads}) to divide by {world_size}. "
+                f"Use gpus in {[d for d in _divisors(heads) if d > 1]}, or parallelism 'usp' or 'ring'.")
+        return world_size, 1
+    if parallelism == "usp":
+        if ulysses_degree and ring_degree and ulysses_degree * ring_degree != world_size:
+            raise ValueError(f"ulysses_degree {ulysses_degree} x ring_degree {ring_degree} must equal the number of "
+                             f"ranks ({world_size}).")
+        if ulysses_degree or ring_degree:
+            ulysses = ulysses_degree or world_size // ring_degree
+            if world_size % ulysses:
+                raise ValueError(f"ulysses_degree {ulysses} does not divide the {world_size} ranks; "
+                                 f"use one of {_divisors(world_size)}.")
+            if heads % ulysses:
+                raise ValueError(f"ulysses_degree {ulysses} does not divide the model's {heads} heads; "
+                                 f"degrees that work here: {working}.")
+            return ulysses, world_size // ulysses
+        hybrid = [d for d in working if 1 < d < world_size]
+        if hybrid:
+            return max(hybrid), world_size // max(hybrid)
+    # auto (and usp without degrees): as much Ulysses as the heads allow, ring for the rest.
+    ulysses = max(working)
+    return ulysses, world_size // ulysses
+
+
+def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_degree=0, ring_degree=0):
+    """``main_device`` is the torch.device ComfyUI runs on (rank 0); ``visible_cuda`` the CUDA device count."""
+    if gpus < 0:
+        raise ValueError("gpus must be 0 (every visible GPU) or a positive count.")
+    if main_device.type == "cpu":
+        world = gpus or CPU_DEFAULT_RANKS
+        indices = (None,) * world
+        device_type = "cpu"
+    elif main_device.type == "cuda":
+        world = gpus or visible_cuda
+        if world > visible_cuda:
+            raise ValueError(f"gpus={gpus} but only {visible_cuda} CUDA device(s) are visible "
+                             f"(indices 0..{visible_cuda - 1}). Lower gpus, or set gpus=0 for all of them; "
+                             f"check CUDA_VISIBLE_DEVICES and ComfyUI's --cuda-device.")
+        main = main_device.index if main_device.index is not None else 0
+        indices = (main,) + tuple(i for i in range(visible_cuda) if i != main)[:world - 1]
+        device_type = "cuda"
+    else:
+        raise ValueError(f"Enable Multi-GPU supports CUDA GPUs and CPU ranks; ComfyUI runs on '{main_device.type}'.")
+    ulysses, ring = choose_degrees(world, heads, parallelism, ulysses_degree, ring_degree)
+    return ParallelPlan(device_type, indices, ulysses, ring)

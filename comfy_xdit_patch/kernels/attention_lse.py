@@ -1,0 +1,37 @@
+"""Scaled dot-product attention that returns its log-sum-exp, without flash-attn.
+
+Ring attention computes attention block by block and merges the partial results through their log-sum-exp (LSE).
+PyTorch's public ``scaled_dot_product_attention`` does not return the LSE, but the aten kernels behind it do:
+flash and memory-efficient attention on CUDA, and the flash kernel for CPU. The LSE is always kept in fp32; the merge
+runs in fp32 as well (yunchang casts the LSE to the input dtype, which doubles the ring error in bf16).
+"""
+import torch
+
+_aten = torch.ops.aten
+
+
+def attention_with_lse(q, k, v):
+    """Attention over (B, H, L, D) tensors. Returns ``(out (B, H, Lq, D) in q.dtype, lse (B, H, Lq) in fp32)``."""
+    if q.device.type == "cuda":
+        if q.dtype in (torch.float16, torch.bfloat16):
+            out, lse = _aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False)[:2]
+        else:
+            out, lse = _aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+    else:
+        out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+    return out, lse.float()
+
+
+def merge_partial_attention(out, lse, block_out, block_lse):
+    """Fold one block's partial attention into a running fp32 result; returns the new ``(out, lse)``.
+
+    ``out`` is fp32 (B, H, L, D) or None for the first block; ``lse`` is fp32 (B, H, L).
+    Written with sigmoid/logsigmoid so that neither exponent can overflow.
+    """
+    block_out = block_out.float()
+    if out is None:
+        return block_out, block_lse
+    weight = torch.sigmoid(block_lse - lse).unsqueeze(-1)
+    out = torch.lerp(out, block_out, weight)
+    lse = lse - torch.nn.functional.logsigmoid(lse - block_lse)
+    return out, lse

@@ -1,0 +1,118 @@
+"""Enable Multi-GPU on a ModelPatcher: the whole behaviour behind the node.
+
+The returned clone carries, under one key so that all of it can be found and removed together:
+- the FLUX hooks (``patches/flux.py``): post_input sharding, the attention override, the forward_orig object patch;
+- an ON_PRE_RUN callback that starts (or reuses) the helper processes and syncs the weights once per sampling run;
+- a DIFFUSION_MODEL wrapper that hands each model call to the helpers and runs rank 0's shard in ComfyUI's thread.
+
+Anything the helpers cannot reproduce sends that call to one GPU with one log line, and a failure during a parallel
+call ends the helpers and reruns the call on one GPU: the user always gets the image.
+"""
+import logging
+import pickle
+
+import torch
+
+import comfy.model_management
+import comfy.patcher_extension as ext
+
+from .config import resolve_plan
+from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
+from .patches import flux
+from .runtime import group as helpers
+
+log = logging.getLogger(__name__)
+
+KEY = "comfy_xdit_patch"
+
+
+class MultiGPURun:
+    """Behind the wrapper and the callback of one enabled model (shared by its clones)."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.reasons_logged = set()
+
+    def _one_gpu(self, reason):
+        if reason not in self.reasons_logged:
+            self.reasons_logged.add(reason)
+            log.warning("Enable Multi-GPU: running on one GPU because %s.", reason)
+
+    def on_pre_run(self, model_patcher):
+        self.reasons_logged.clear()
+        try:
+            group = helpers.ensure_group(self.plan)
+            group.sync_model(model_patcher)
+        except NotImplementedError as e:
+            self._one_gpu(str(e))
+        except Exception as e:
+            log.error("Enable Multi-GPU: could not prepare the helpers (%s); this prompt runs on one GPU.", e)
+            helpers.shutdown_group("start-up failed")
+
+    @flux.ours
+    def diffusion_model_wrapper(self, executor, x, timestep, context, y, guidance, ref_latents, control,
+                                transformer_options, **kwargs):
+        def one_gpu():
+            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+
+        group = helpers.current_group()
+        if group is None or group.plan != self.plan or not group.alive():
+            self._one_gpu("the helper processes are not running")
+            return one_gpu()
+        if group.diffusion_model is not executor.class_obj:
+            self._one_gpu("the helpers hold another model (was the sampler started without ModelPatcher.pre_run?)")
+            return one_gpu()
+        reason = flux.unsupported_reason(kwargs, transformer_options)
+        if reason is not None:
+            self._one_gpu(reason)
+            return one_gpu()
+        call_args = dict(kwargs, x=x, timestep=timestep, context=context, y=y, guidance=guidance,
+                         ref_latents=ref_latents, control=control,
+                         transformer_options=flux.helper_transformer_options(transformer_options))
+        try:
+            group.dispatch_forward(call_args)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
+            return one_gpu()
+        except helpers.HelperFailure as e:
+            return self._recover(e, one_gpu)
+        options = dict(transformer_options)
+        options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh)
+        try:
+            return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)
+        except comfy.model_management.InterruptProcessingException:
+            raise
+        except Exception as e:
+            return self._recover(e, one_gpu)
+
+    def _recover(self, error, one_gpu):
+        log.error("Enable Multi-GPU: the parallel step failed (%s: %s); stopping the helpers and finishing this "
+                  "prompt on one GPU. New helpers start with the next prompt.", type(error).__name__, error)
+        helpers.shutdown_group("a parallel step failed")
+        return one_gpu()
+
+
+def _visible_cuda():
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0):
+    """A clone of ``model`` that samples sequence-parallel. Raises ValueError naming the fix for a bad config.
+    A model other than FLUX comes back unchanged, with one log line."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    if not flux.supports(diffusion_model):
+        log.warning("Enable Multi-GPU: %s is not a FLUX model; passing it through unchanged (one GPU).",
+                    type(diffusion_model).__name__)
+        return model
+    plan = resolve_plan(gpus, parallelism, flux.num_heads(diffusion_model), model.load_device, _visible_cuda(),
+                        ulysses_degree, ring_degree)
+    if plan.world_size == 1:
+        log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
+        return model
+    clone = model.clone()
+    flux.install_on_patcher(clone)
+    run = MultiGPURun(plan)
+    clone.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, KEY, run.diffusion_model_wrapper)
+    clone.add_callback_with_key(ext.CallbacksMP.ON_PRE_RUN, KEY, run.on_pre_run)
+    log.info("Enable Multi-GPU: %s", plan.describe())
+    return clone

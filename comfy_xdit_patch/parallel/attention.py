@@ -1,0 +1,49 @@
+"""Sequence-parallel attention: Ulysses, ring, and both at once (USP).
+
+Each rank holds q, k and v of its own tokens (B, H, L_local, D), RoPE already applied. The result is this rank's
+attention output (B, L_local, H * D), equal to attention over the whole sequence. Token order across ranks does not
+matter to attention, so no permutation is ever undone.
+"""
+import torch
+
+from ..kernels import attention_with_lse, merge_partial_attention
+from .comm import RingExchange, scatter_heads_gather_sequence, scatter_sequence_gather_heads
+
+
+def ring_attention(q, k, v, ring_lens, ring_ranks, member):
+    """Attention of local queries over the keys of every ring member: K/V travel around the ring while the
+    current block computes; partial results merge in fp32 through their log-sum-exp."""
+    size = len(ring_lens)
+    exchange = RingExchange(ring_ranks, member)
+    kv = torch.stack((k, v))
+    out = lse = None
+    for step in range(size):
+        if step + 1 < size:
+            source = (member - step - 1) % size
+            incoming = exchange.start(kv, kv.shape[:3] + (ring_lens[source],) + kv.shape[4:])
+        block_out, block_lse = attention_with_lse(q, kv[0], kv[1])
+        out, lse = merge_partial_attention(out, lse, block_out, block_lse)
+        if step + 1 < size:
+            exchange.wait()
+            kv = incoming
+    return out.to(q.dtype)
+
+
+def sequence_parallel_attention(q, k, v, mesh, seq_lens, local_attention):
+    """``seq_lens`` holds every rank's local token count (global rank order). ``local_attention(q, k, v)`` is the
+    single-device kernel for the Ulysses-only case, so that it stays exactly the kernel ComfyUI would use."""
+    batch, heads, length, dim = q.shape
+    u_member = mesh.ulysses_ranks.index(mesh.rank)
+    u_lens = [seq_lens[r] for r in mesh.ulysses_ranks]
+    if mesh.ulysses_degree > 1:
+        qkv = scatter_heads_gather_sequence(torch.stack((q, k, v)), u_lens, mesh.ulysses_group)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+    if mesh.ring_degree > 1:
+        ring_lens = [sum(seq_lens[r0 - r0 % mesh.ulysses_degree + i] for i in range(mesh.ulysses_degree))
+                     for r0 in mesh.ring_ranks]
+        out = ring_attention(q, k, v, ring_lens, mesh.ring_ranks, mesh.ring_ranks.index(mesh.rank))
+    else:
+        out = local_attention(q, k, v)
+    if mesh.ulysses_degree > 1:
+        return scatter_sequence_gather_heads(out, u_lens, u_member, mesh.ulysses_group)
+    return out.transpose(1, 2).reshape(batch, length, heads * dim)

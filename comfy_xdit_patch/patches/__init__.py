@@ -1,0 +1,1 @@
+"""Per-model adapters: what each model family needs to run sequence-parallel through ComfyUI's hooks."""

@@ -1,0 +1,165 @@
+"""FLUX adapter (comfy/ldm/flux): token sharding, parallel attention and the output gather, as ComfyUI hooks.
+
+- ``shard_tokens`` is a ``post_input`` patch: after the text and image embeddings, each rank keeps its slice of both
+  streams and of their position ids, so ComfyUI computes each rank's own RoPE rows.
+- ``parallel_attention`` is the ``optimized_attention_override``: it receives q, k, v of the local tokens after RoPE.
+- ``wrap_forward_orig`` is an object patch on ``forward_orig``: it fixes the split before the blocks run, slices the
+  ControlNet residuals like the image tokens, and gathers the image tokens before ``_forward`` unpatchifies them.
+
+Nothing of FLUX's forward is copied; every hook reads the call's state from ``transformer_options`` and does nothing
+when a call is not sequence-parallel.
+"""
+import inspect
+import torch
+
+from ..parallel.attention import sequence_parallel_attention
+from ..parallel.call import TRANSFORMER_OPTIONS_KEY, active_call
+from ..parallel.sharding import clip_to_shard, gather_shards, take_shard
+
+FORWARD_ORIG = "diffusion_model.forward_orig"
+OUR_MARK = "_comfy_xdit_patch"
+
+# transformer_options entries that hold data only (tensors, numbers, strings): the helpers receive copies.
+_HOOK_ENTRIES = ("patches", "patches_replace", "wrappers", "callbacks", "optimized_attention_override")
+
+
+def ours(fn):
+    setattr(fn, OUR_MARK, True)
+    return fn
+
+
+def is_ours(fn):
+    return getattr(fn, OUR_MARK, False)
+
+
+def supports(diffusion_model):
+    import comfy.ldm.flux.model
+    return type(diffusion_model) is comfy.ldm.flux.model.Flux
+
+
+def num_heads(diffusion_model):
+    return diffusion_model.num_heads
+
+
+@ours
+def shard_tokens(args):
+    call = active_call(args["transformer_options"])
+    if call is None:
+        return args
+    rank = call.mesh.rank
+    if args["txt"].shape[1] != sum(call.txt_sizes) or args["img"].shape[1] != sum(call.img_sizes):
+        raise RuntimeError("a post_input patch before Enable Multi-GPU changed the token counts")
+    out = dict(args)
+    out["txt"] = take_shard(args["txt"], call.txt_sizes, rank)
+    out["txt_ids"] = take_shard(args["txt_ids"], call.txt_sizes, rank)
+    out["img"] = take_shard(args["img"], call.img_sizes, rank)
+    out["img_ids"] = take_shard(args["img_ids"], call.img_sizes, rank)
+    return out
+
+
+@ours
+def parallel_attention(func, q, k, v, heads, *args, **kwargs):
+    call = active_call(kwargs.get("transformer_options"))
+    if call is None:
+        return func(q, k, v, heads, *args, **kwargs)
+    if kwargs.get("mask") is not None or args:
+        raise RuntimeError("masked attention is not sequence-parallel yet")
+    skip_output_reshape = kwargs.pop("skip_output_reshape", False)
+    kwargs["skip_reshape"] = True
+
+    def local_attention(q, k, v):
+        return func(q, k, v, q.shape[1], skip_output_reshape=True, **kwargs)
+
+    out = sequence_parallel_attention(q, k, v, call.mesh, call.seq_lens, local_attention)
+    if skip_output_reshape:
+        batch, length, _ = out.shape
+        out = out.view(batch, length, q.shape[1], -1).transpose(1, 2)
+    return out
+
+
+def shard_control(control, call):
+    """ControlNet residuals are added by absolute image-token position; each rank keeps the part over its tokens."""
+    rank = call.mesh.rank
+    sharded = dict(control)
+    for name in ("input", "output"):
+        if control.get(name) is not None:
+            sharded[name] = [None if t is None else clip_to_shard(t, call.img_sizes, rank) for t in control[name]]
+    return sharded
+
+
+def wrap_forward_orig(original):
+    signature = inspect.signature(original)
+
+    @ours
+    def forward_orig(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        call = active_call(bound.arguments.get("transformer_options"))
+        if call is None:
+            return original(*args, **kwargs)
+        call.plan_tokens(bound.arguments["txt"].shape[1], bound.arguments["img"].shape[1])
+        if bound.arguments.get("control") is not None:
+            bound.arguments["control"] = shard_control(bound.arguments["control"], call)
+        local = original(*bound.args, **bound.kwargs)
+        return gather_shards(local, call.img_sizes, call.mesh.rank, group=None)
+
+    forward_orig.__wrapped__ = original
+    return forward_orig
+
+
+def unsupported_reason(kwargs, transformer_options):
+    """Why this model call cannot run sequence-parallel (it then runs on one GPU), or None."""
+    if kwargs.get("attention_mask") is not None:
+        return "the text conditioning carries an attention mask"
+    if kwargs.get("ref_latents_method") == "index_timestep_zero":
+        return "reference latents with 'index_timestep_zero' (per-token timesteps) are not sharded yet"
+    foreign = foreign_hooks(transformer_options)
+    if foreign:
+        return "the model carries patches the helper GPUs cannot reproduce: " + ", ".join(foreign)
+    return None
+
+
+def foreign_hooks(transformer_options):
+    """Names of callables in ``transformer_options`` that act inside the diffusion model and are not ours."""
+    found = []
+    for name, patch_list in transformer_options.get("patches", {}).items():
+        found += [f"patches.{name}" for p in patch_list if not is_ours(p)]
+    for name, replaces in transformer_options.get("patches_replace", {}).items():
+        found += [f"patches_replace.{name}.{key}" for key in replaces]
+    override = transformer_options.get("optimized_attention_override")
+    if override is not None and not is_ours(override):
+        found.append("optimized_attention_override")
+    import comfy.patcher_extension as ext
+    for key, wrappers in transformer_options.get("wrappers", {}).get(ext.WrappersMP.DIFFUSION_MODEL, {}).items():
+        found += [f"wrappers.diffusion_model.{key}" for w in wrappers if not is_ours(w)]
+    return found
+
+
+def helper_transformer_options(transformer_options):
+    """The data part of rank 0's transformer_options, which helpers combine with their own copies of our hooks."""
+    return {k: v for k, v in transformer_options.items()
+            if k not in _HOOK_ENTRIES and k != TRANSFORMER_OPTIONS_KEY and not callable(v)}
+
+
+def hooked_transformer_options(data_options, call):
+    """transformer_options for a helper's forward: rank 0's data plus our hooks and the call state."""
+    options = dict(data_options)
+    options["patches"] = {"post_input": [shard_tokens]}
+    options["optimized_attention_override"] = parallel_attention
+    options[TRANSFORMER_OPTIONS_KEY] = call
+    return options
+
+
+def install_on_model(diffusion_model):
+    """Helpers own a bare diffusion model: patch its forward_orig directly."""
+    diffusion_model.forward_orig = wrap_forward_orig(diffusion_model.forward_orig)
+
+
+def install_on_patcher(model_patcher):
+    """Rank 0: register the hooks on a ModelPatcher clone through ComfyUI's patch APIs."""
+    model_patcher.set_model_post_input_patch(shard_tokens)
+    options = model_patcher.model_options["transformer_options"]
+    # A foreign attention override stays in place: unsupported_reason() then runs those calls on one GPU.
+    if options.get("optimized_attention_override") is None:
+        options["optimized_attention_override"] = parallel_attention
+    model_patcher.add_object_patch(FORWARD_ORIG, wrap_forward_orig(model_patcher.get_model_object(FORWARD_ORIG)))
+

@@ -1,0 +1,228 @@
+"""Rank 0's side of the helper processes: start them, keep them warm, feed them, end them.
+
+Rank 0 is ComfyUI's own process. Helpers are ``python -m comfy_xdit_patch.runtime.helper`` processes, one per extra
+device, started on first use and reused while the plan (devices and degrees) stays the same. Tensors travel over
+``torch.distributed`` (NCCL on CUDA, gloo on the CPU); everything else over one control channel per helper.
+"""
+import atexit
+import logging
+import os
+import pickle
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..parallel.mesh import SequenceParallelMesh
+from . import channel as control
+from . import transport, weights
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = float(os.environ.get("COMFY_XDIT_START_TIMEOUT", "180"))
+COLLECTIVE_TIMEOUT_S = float(os.environ.get("COMFY_XDIT_COLLECTIVE_TIMEOUT", "300"))
+
+
+class HelperFailure(RuntimeError):
+    """The helper group can no longer be used: a helper died, hung or reported an error."""
+
+
+def _plugin_root():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _comfy_root():
+    import comfy.model_management  # ``comfy`` itself is a namespace package without __file__
+    return os.path.dirname(os.path.dirname(os.path.abspath(comfy.model_management.__file__)))
+
+
+class HelperGroup:
+    def __init__(self, plan):
+        self.plan = plan
+        self.device = torch.device("cpu") if plan.device_type == "cpu" else torch.device("cuda", plan.device_indices[0])
+        self.processes = {}
+        self.channels = {}
+        self.mesh = None
+        self.model_fingerprint = None
+        self.diffusion_model = None   # rank 0's diffusion model the helpers currently mirror
+        self.started_s = None
+
+    # ----- lifecycle -------------------------------------------------------------------------------------------
+    def start(self):
+        t0 = time.perf_counter()
+        if dist.is_initialized():
+            raise HelperFailure("torch.distributed is already initialised in ComfyUI's process (by another custom "
+                                "node?); Enable Multi-GPU needs to create its own process group.")
+        token = secrets.token_bytes(16)
+        listener = control.listen()
+        store = dist.TCPStore("127.0.0.1", 0, self.plan.world_size, True, timedelta(seconds=START_TIMEOUT_S),
+                              wait_for_workers=False)
+        try:
+            self._spawn(listener.getsockname(), token)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            for _ in range(1, self.plan.world_size):
+                channel = self._accept(listener, token, deadline)
+                rank = channel.recv(timeout=10)
+                self.channels[rank] = channel
+            import comfy.cli_args
+            for rank, channel in self.channels.items():
+                channel.send({"comfy_args": vars(comfy.cli_args.args), "plan": self.plan, "rank": rank,
+                              "store_port": store.port})
+            self._expect_all("imported", deadline)
+            dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
+                                    timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+            self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree)
+            self._expect_all("ready", deadline)
+        except BaseException:
+            self.shutdown()
+            raise
+        finally:
+            listener.close()
+        self.started_s = time.perf_counter() - t0
+        log.info("Enable Multi-GPU: started %d helper process(es) for %s in %.1f s",
+                 self.plan.world_size - 1, self.plan.describe(), self.started_s)
+
+    def _spawn(self, address, token):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([_plugin_root(), _comfy_root()] + [p for p in [env.get("PYTHONPATH")] if p])
+        env["COMFY_XDIT_CONTROL"] = f"{address[0]}:{address[1]}"
+        env["COMFY_XDIT_TOKEN"] = token.hex()
+        env["COMFY_XDIT_PARENT_PID"] = str(os.getpid())
+        if self.plan.device_type == "cpu":
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.plan.world_size)))
+        for rank in range(1, self.plan.world_size):
+            env["COMFY_XDIT_RANK"] = str(rank)
+            self.processes[rank] = subprocess.Popen([sys.executable, "-m", "comfy_xdit_patch.runtime.helper"],
+                                                    env=env, stdin=subprocess.DEVNULL)
+
+    def _check_processes(self):
+        for rank, process in self.processes.items():
+            code = process.poll()
+            if code is not None:
+                raise HelperFailure(f"helper rank {rank} exited with code {code} (its log is above in ComfyUI's "
+                                    "console)")
+
+    def _accept(self, listener, token, deadline):
+        while True:
+            self._check_processes()
+            if time.monotonic() > deadline:
+                raise HelperFailure(f"helpers did not connect within {START_TIMEOUT_S:.0f} s")
+            try:
+                return control.accept(listener, token, timeout=0.5)
+            except TimeoutError:
+                continue
+
+    def _expect_all(self, what, deadline):
+        for rank, channel in self.channels.items():
+            while True:
+                self._check_processes()
+                if time.monotonic() > deadline:
+                    raise HelperFailure(f"helper rank {rank} did not report '{what}' within {START_TIMEOUT_S:.0f} s")
+                try:
+                    reply = channel.recv(timeout=0.5)
+                except TimeoutError:
+                    continue
+                if reply == what:
+                    break
+                raise HelperFailure(f"helper rank {rank} failed: {reply}")
+
+    def alive(self):
+        return self.mesh is not None and all(p.poll() is None for p in self.processes.values())
+
+    def shutdown(self):
+        for channel in self.channels.values():
+            try:
+                channel.send(("exit",))
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for channel in self.channels.values():
+            channel.close()
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # a broken group may fail to tear down; the processes are gone either way
+                log.debug("destroy_process_group failed", exc_info=True)
+        self.processes, self.channels, self.mesh = {}, {}, None
+        self.diffusion_model = self.model_fingerprint = None
+
+    # ----- work ------------------------------------------------------------------------------------------------
+    def _broadcast_message(self, message):
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            for channel in self.channels.values():
+                channel.send_bytes(payload)
+        except OSError as e:
+            raise HelperFailure(f"lost a helper's control channel: {e}") from e
+
+    def sync_model(self, model_patcher):
+        """Make every helper hold rank 0's effective diffusion model; a no-op when it already does."""
+        fingerprint = weights.fingerprint(model_patcher)
+        if fingerprint == self.model_fingerprint:
+            self.diffusion_model = model_patcher.model.diffusion_model
+            return False
+        t0 = time.perf_counter()
+        keys = weights.weight_keys(model_patcher)
+        self._broadcast_message(("load", weights.model_spec(model_patcher), keys))
+        weights.send_weights(model_patcher, keys, self.device)
+        self._expect_all("loaded", time.monotonic() + COLLECTIVE_TIMEOUT_S)
+        self.model_fingerprint = fingerprint
+        self.diffusion_model = model_patcher.model.diffusion_model
+        log.info("Enable Multi-GPU: sent the diffusion model's weights to %d helper(s) in %.1f s",
+                 self.plan.world_size - 1, time.perf_counter() - t0)
+        return True
+
+    def dispatch_forward(self, call_args):
+        """Send one model call (a dict of its arguments) to every helper; they start computing at once."""
+        tensors = []
+        skeleton = transport.extract_tensors(call_args, tensors)
+        self._broadcast_message(("forward", skeleton))
+        transport.send_tensors(tensors, self.device)
+
+
+_lock = threading.Lock()
+_group = None
+
+
+def ensure_group(plan):
+    """The running helper group for ``plan``, started (or restarted with the new plan) when needed."""
+    global _group
+    with _lock:
+        if _group is not None and _group.plan == plan and _group.alive():
+            return _group
+        if _group is not None:
+            log.info("Enable Multi-GPU: stopping helpers of %s", _group.plan.describe())
+            _group.shutdown()
+            _group = None
+        group = HelperGroup(plan)
+        group.start()
+        _group = group
+        return group
+
+
+def current_group():
+    return _group
+
+
+def shutdown_group(reason=None):
+    global _group
+    with _lock:
+        if _group is not None:
+            if reason:
+                log.info("Enable Multi-GPU: stopping helpers (%s)", reason)
+            _group.shutdown()
+            _group = None
+
+
+atexit.register(shutdown_group)

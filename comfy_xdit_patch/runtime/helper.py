@@ -1,0 +1,104 @@
+"""A helper rank: mirrors rank 0's diffusion model on one more device and runs its shard of every model call.
+
+Started by ``group.HelperGroup`` as ``python -m comfy_xdit_patch.runtime.helper``. It imports ComfyUI from the same
+install as rank 0, with rank 0's command-line settings, and exits when rank 0 says so, closes the channel or dies.
+"""
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from datetime import timedelta
+
+log = logging.getLogger("comfy_xdit_patch.helper")
+
+
+def _watch_parent(parent_pid):
+    """Exit when rank 0 is gone, even while blocked inside a collective."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(3)
+        time.sleep(0.5)
+
+
+def _setup_comfy(comfy_args, plan, rank):
+    import torch
+    if plan.device_type == "cuda":
+        torch.cuda.set_device(plan.device_indices[rank])
+    import comfy.cli_args
+    comfy.cli_args.args.__dict__.update(comfy_args)
+    import comfy.model_management  # noqa: F401  (reads the args above: device, attention backend, vram mode)
+    import comfy.ldm.modules.attention  # noqa: F401
+    return torch.device("cpu") if plan.device_type == "cpu" else torch.device("cuda", plan.device_indices[rank])
+
+
+def main():
+    rank = int(os.environ["COMFY_XDIT_RANK"])
+    logging.basicConfig(level=logging.INFO, format=f"[xdit rank {rank}] %(levelname)s %(message)s")
+    threading.Thread(target=_watch_parent, args=(int(os.environ["COMFY_XDIT_PARENT_PID"]),), daemon=True).start()
+
+    from comfy_xdit_patch.runtime import channel as control
+    host, port = os.environ["COMFY_XDIT_CONTROL"].rsplit(":", 1)
+    link = control.connect((host, int(port)), bytes.fromhex(os.environ["COMFY_XDIT_TOKEN"]))
+    link.send(rank)
+    try:
+        setup = link.recv()
+        plan = setup["plan"]
+        device = _setup_comfy(setup["comfy_args"], plan, rank)
+        link.send("imported")
+
+        import torch
+        import torch.distributed as dist
+        from comfy_xdit_patch.parallel.mesh import SequenceParallelMesh
+        store = dist.TCPStore("127.0.0.1", setup["store_port"], plan.world_size, False, timedelta(seconds=120))
+        dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size,
+                                timeout=timedelta(seconds=float(os.environ.get("COMFY_XDIT_COLLECTIVE_TIMEOUT", "300"))))
+        mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree)
+        link.send("ready")
+        with torch.inference_mode():
+            serve(link, mesh, device)
+    except control.ChannelClosed:
+        pass
+    except BaseException:
+        log.error("helper failed:\n%s", traceback.format_exc())
+        try:
+            link.send(traceback.format_exc(limit=3))
+        except OSError:
+            pass
+        sys.stdout.flush()
+        os._exit(1)
+    os._exit(0)
+
+
+def serve(link, mesh, device):
+    from comfy_xdit_patch.parallel.call import SequenceParallelCall
+    from comfy_xdit_patch.patches import flux
+    from comfy_xdit_patch.runtime import transport, weights
+
+    diffusion_model = None
+    while True:
+        message = link.recv()
+        op = message[0]
+        if op == "exit":
+            return
+        if op == "load":
+            _, spec, keys = message
+            diffusion_model = None
+            diffusion_model = weights.build_diffusion_model(spec, device)
+            weights.receive_weights(diffusion_model, keys, device)
+            flux.install_on_model(diffusion_model)
+            link.send("loaded")
+        elif op == "forward":
+            skeleton = message[1]
+            tensors = transport.receive_tensors(transport.collect_slots(skeleton, []), device)
+            call_args = transport.insert_tensors(skeleton, tensors)
+            call = SequenceParallelCall(mesh)
+            options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call)
+            diffusion_model(**call_args, transformer_options=options)
+        else:
+            raise RuntimeError(f"unknown message {op!r}")
+
+
+if __name__ == "__main__":
+    main()
