@@ -127,7 +127,7 @@ PY
 # manylinux so this also works from another local Python version)
 TMPT="$(mktemp -d)"
 trap 'rm -rf "$TMPT"' EXIT
-python3 -m pip install -q --no-index --no-deps --no-compile --only-binary=:all: \
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-index --no-deps --no-compile --only-binary=:all: \
   --python-version 3.12 --implementation cp "${PLAT_ARGS[@]}" --target "$TMPT/site" "$OUT"/whl/*.whl
 [[ ! -e "$TMPT/site/comfy_kitchen/backends/hip/_C.abi3.so" && -f "$TMPT/site/comfy_kitchen/backends/cuda/_C.abi3.so" ]] \
   || { echo "comfy_kitchen repack is wrong" >&2; exit 1; }
@@ -211,7 +211,7 @@ fi
 
 # --- sizes ------------------------------------------------------------------------------
 echo "--- bundle sizes"
-du -sh "$OUT/ComfyUI" "$OUT/whl" "$OUT/stubs"
+du -sh --apparent-size "$OUT/ComfyUI" "$OUT/whl" "$OUT/stubs"
 ls -l "$OUT/whl" | awk 'NR>1 {printf "  %9d  %s\n", $5, $9}'
 TOTAL=$(du -sb "$OUT" | cut -f1)
 REPO=$(cd "$ROOT" && git ls-files -co --exclude-standard -z | du -cb --files0-from=- 2>/dev/null | tail -n1 | cut -f1)

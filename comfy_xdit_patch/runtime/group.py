@@ -183,6 +183,14 @@ class HelperGroup:
                  self.plan.world_size - 1, time.perf_counter() - t0)
         return True
 
+    def helper_stats(self):
+        """Per helper: peak memory since the last query (bytes) and process id."""
+        self._broadcast_message(("stats",))
+        stats = {}
+        for rank, channel in self.channels.items():
+            stats[rank] = channel.recv(timeout=30)
+        return stats
+
     def dispatch_forward(self, call_args):
         """Send one model call (a dict of its arguments) to every helper; they start computing at once."""
         tensors = []

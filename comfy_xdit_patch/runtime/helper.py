@@ -96,8 +96,21 @@ def serve(link, mesh, device):
             call = SequenceParallelCall(mesh)
             options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call)
             diffusion_model(**call_args, transformer_options=options)
+        elif op == "stats":
+            link.send(_device_stats(device))
         else:
             raise RuntimeError(f"unknown message {op!r}")
+
+
+def _device_stats(device):
+    import torch
+    stats = {"pid": os.getpid(), "device": str(device)}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        stats["peak_allocated"] = torch.cuda.max_memory_allocated(device)
+        stats["allocated"] = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    return stats
 
 
 if __name__ == "__main__":

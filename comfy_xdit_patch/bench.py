@@ -1,0 +1,202 @@
+"""1 device vs N devices on ComfyUI's own FLUX, through the Enable Multi-GPU patch: speed-up and equivalence.
+
+    python -m comfy_xdit_patch.bench                      # every visible GPU, FLUX.1-dev size, random bf16 weights
+    python -m comfy_xdit_patch.bench --gpus 2 --res 1024,2048 --steps 10
+    python -m comfy_xdit_patch.bench --cpu                # no GPU: CPU ranks over gloo and a tiny FLUX
+
+Each resolution is sampled with ComfyUI's real sampler (``comfy.sample.sample``, euler/simple) on the unpatched
+model and on the patched clone, in the same process, with the same seed. Per-step times come from the sampler
+callback after a CUDA synchronise; the table reports medians after warm-up, the end-to-end sampling time, the
+relative L2 error of the final latent against 1 device, and peak memory per device. With ``--kernel-baseline`` the
+1-device run is repeated with the kernel that ring attention uses, so that a kernel choice is never reported as
+parallel speed-up.
+"""
+import argparse
+import logging
+import os
+import statistics
+import sys
+import time
+
+FLUX_DEV = dict(hidden=3072, heads=24, depth=19, depth_single=38)
+TINY = dict(hidden=512, heads=4, depth=2, depth_single=2)
+
+
+def _setup_comfy(cpu):
+    comfy_path = os.environ.get("COMFYUI_PATH")
+    if comfy_path is None:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        comfy_path = os.path.dirname(os.path.dirname(here))   # ComfyUI/custom_nodes/<this repo>
+    if not os.path.isfile(os.path.join(comfy_path, "comfy", "model_patcher.py")):
+        sys.exit(f"ComfyUI not found at '{comfy_path}': set COMFYUI_PATH to a ComfyUI 0.33 checkout.")
+    sys.path.insert(0, comfy_path)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = cpu
+    import comfy.model_management  # noqa: F401
+
+
+def _random_flux(size, dtype, device, seed=0):
+    """A FLUX state dict with random weights (BFL names), created on ``device`` and loaded by ComfyUI itself."""
+    import torch
+    import comfy.ops
+    import comfy.sd
+    from comfy.ldm.flux.model import Flux
+    with torch.device("meta"):
+        shapes = Flux(operations=comfy.ops.disable_weight_init, dtype=dtype, device="meta", in_channels=16,
+                      out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=size["hidden"],
+                      mlp_ratio=4.0, num_heads=size["heads"], depth=size["depth"],
+                      depth_single_blocks=size["depth_single"], axes_dim=[16, 56, 56], theta=10000, patch_size=2,
+                      qkv_bias=True, guidance_embed=True, txt_ids_dims=[]).state_dict()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    state = {k: (torch.randn(v.shape, generator=generator, device=device, dtype=torch.float32) *
+                 (0.02 if v.ndim > 1 else 0.01)).to(dtype) for k, v in shapes.items()}
+    model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
+    del state
+    return model
+
+
+def _conditioning(tokens, device, seed):
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, 4096, generator=generator), {
+        "pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}]]
+
+
+def _sync(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample(model, latent_hw, steps, text_tokens, device, seed=7):
+    """Runs ComfyUI's sampler; returns (final latent, per-step seconds, total seconds)."""
+    import torch
+    import comfy.sample
+    latent = torch.zeros(1, 16, *latent_hw)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    positive, negative = _conditioning(text_tokens, device, 1), _conditioning(text_tokens, device, 2)
+    marks = []
+
+    def on_step(step, x0, x, total):
+        _sync(device)
+        marks.append(time.perf_counter())
+
+    _sync(device)
+    start = time.perf_counter()
+    out = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", positive, negative, latent,
+                              callback=on_step, disable_pbar=True, seed=seed)
+    _sync(device)
+    total = time.perf_counter() - start
+    step_times = [b - a for a, b in zip(marks, marks[1:])]
+    return out, step_times, total
+
+
+def _peak(device):
+    import torch
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
+def _kernel_baseline(model):
+    """The unpatched model with the attention kernel of ring attention (aten flash with log-sum-exp)."""
+    from comfy_xdit_patch.kernels import attention_with_lse
+    clone = model.clone()
+
+    def lse_kernel(func, q, k, v, heads, *args, **kwargs):
+        out = attention_with_lse(q, k, v)[0]
+        if kwargs.get("skip_output_reshape"):
+            return out
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+    clone.model_options["transformer_options"]["optimized_attention_override"] = lse_kernel
+    return clone
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpus", type=int, default=0, help="devices for the parallel run (0 = all; CPU: 2)")
+    parser.add_argument("--cpu", action="store_true", help="CPU ranks over gloo and a tiny FLUX (default without CUDA)")
+    parser.add_argument("--res", default=None, help="image sizes, comma separated (GPU default 1024,2048; CPU 256)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps per run (GPU default 10; CPU 4)")
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the per-step median")
+    parser.add_argument("--text-tokens", type=int, default=None, help="text length (GPU default 512; CPU 77)")
+    parser.add_argument("--parallelism", default="auto", help="auto, ulysses, ring, usp or a comma list of them")
+    parser.add_argument("--model", choices=("flux-dev", "tiny"), default=None)
+    parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    import torch
+    cpu = args.cpu or not torch.cuda.is_available()
+    _setup_comfy(cpu)
+    import comfy.model_management
+    from comfy_xdit_patch.multigpu import enable_multigpu
+    from comfy_xdit_patch.runtime import group as helpers
+
+    device = comfy.model_management.get_torch_device()
+    size = TINY if (args.model == "tiny" or (args.model is None and cpu)) else FLUX_DEV
+    dtype = torch.float32 if cpu else torch.bfloat16
+    resolutions = [int(r) for r in (args.res or ("256" if cpu else "1024,2048")).split(",")]
+    steps = args.steps or (4 if cpu else 10)
+    text_tokens = args.text_tokens or (77 if cpu else 512)
+    if cpu:
+        torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
+
+    t0 = time.perf_counter()
+    model = _random_flux(size, dtype, device)
+    logging.info("random %s FLUX (%s) ready in %.1f s", "FLUX.1-dev-size" if size is FLUX_DEV else "tiny", dtype,
+                 time.perf_counter() - t0)
+
+    rows = []
+    baselines = {}
+    for res in resolutions:
+        hw = (res // 8, res // 8)
+        _peak(device)
+        out1, steps1, total1 = sample(model, hw, steps, text_tokens, device)
+        baselines[res] = (out1, statistics.median(steps1[args.warmup:] or steps1), total1, _peak(device))
+        if args.kernel_baseline:
+            _, stepsk, _ = sample(_kernel_baseline(model), hw, steps, text_tokens, device)
+            baselines[res] += (statistics.median(stepsk[args.warmup:] or stepsk),)
+
+    for parallelism in args.parallelism.split(","):
+        patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism)
+        for res in resolutions:
+            hw = (res // 8, res // 8)
+            _peak(device)
+            outn, stepsn, totaln = sample(patched, hw, steps, text_tokens, device)
+            group = helpers.current_group()
+            helper_peaks = group.helper_stats() if group is not None else {}
+            out1, step1, total1, peak1 = baselines[res][:4]
+            stepn = statistics.median(stepsn[args.warmup:] or stepsn)
+            rows.append(dict(
+                parallelism=parallelism, layout=group.plan.describe() if group else "1 device (fallback)",
+                res=res, tokens=(res // 16) ** 2 + text_tokens, step1=step1, stepn=stepn, speedup=step1 / stepn,
+                kernel_speedup=(baselines[res][4] / stepn) if args.kernel_baseline else None,
+                total1=total1, totaln=totaln, err=((outn.float() - out1.float()).norm() / out1.float().norm()).item(),
+                peak1=peak1, peak0=_peak(device), helper_peaks=[s.get("peak_allocated") for s in helper_peaks.values()],
+                start_s=group.started_s if group else None))
+    helpers.shutdown_group()
+
+    gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
+    print()
+    print(f"# {'CPU' if cpu else torch.cuda.get_device_name(device)}, {steps} euler steps, median of steps after "
+          f"{args.warmup} warm-up, text {text_tokens} tokens, {dtype}")
+    print("| parallelism | layout | res | tokens | 1-dev ms/step | N-dev ms/step | speed-up | vs same kernel | "
+          "1-dev total s | N-dev total s | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | helper start s |")
+    print("|" + "---|" * 14)
+    for r in rows:
+        print(f"| {r['parallelism']} | {r['layout']} | {r['res']} | {r['tokens']} | {r['step1'] * 1e3:.1f} | "
+              f"{r['stepn'] * 1e3:.1f} | {r['speedup']:.2f}x | "
+              f"{'-' if r['kernel_speedup'] is None else format(r['kernel_speedup'], '.2f') + 'x'} | "
+              f"{r['total1']:.2f} | {r['totaln']:.2f} | {r['err']:.2e} | {gib(r['peak1'])} | "
+              f"{' / '.join(gib(p) for p in [r['peak0']] + r['helper_peaks'])} | "
+              f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
