@@ -1,0 +1,22 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import comfy_env  # noqa: E402
+
+comfy_env.setup_comfy()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux():
+    """A 4-head FLUX.1-dev-shaped model (random weights) loaded by ComfyUI's own loader."""
+    return comfy_env.load_tiny_flux()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_helpers_at_end():
+    yield
+    from comfy_xdit_patch.runtime import group
+    group.shutdown_group()

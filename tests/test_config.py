@@ -1,0 +1,52 @@
+"""Bad configurations fail before any work starts, with a message that names the fix."""
+import logging
+
+import pytest
+import torch
+
+from comfy_xdit_patch.config import choose_degrees, resolve_plan
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.nodes import EnableMultiGPU
+
+
+def test_more_gpus_than_visible_names_what_is_visible():
+    with pytest.raises(ValueError, match=r"only 2 CUDA device\(s\) are visible \(indices 0..1\)"):
+        resolve_plan(4, "auto", 24, torch.device("cuda", 0), visible_cuda=2)
+
+
+def test_ulysses_degree_must_divide_heads_and_lists_what_works():
+    with pytest.raises(ValueError, match=r"head count \(24\) to divide by 5.*\[2, 3, 4, 6, 8, 12, 24\]"):
+        choose_degrees(5, 24, "ulysses")
+    with pytest.raises(ValueError, match=r"does not divide the model's 4 heads; degrees that work here: \[1, 2\]"):
+        choose_degrees(6, 4, "usp", ulysses_degree=3)
+
+
+def test_degrees_and_device_layout():
+    assert choose_degrees(2, 24, "auto") == (1, 2)
+    assert choose_degrees(4, 24, "auto") == (2, 2)
+    assert choose_degrees(8, 24, "auto") == (4, 2)
+    assert choose_degrees(3, 24, "auto") == (3, 1)
+    assert choose_degrees(4, 24, "ring") == (1, 4)
+    assert choose_degrees(8, 24, "ulysses") == (8, 1)
+    assert choose_degrees(4, 4, "usp") == (2, 2)
+    plan = resolve_plan(0, "ulysses", 24, torch.device("cuda", 1), visible_cuda=4)
+    assert plan.device_indices == (1, 0, 2, 3) and plan.backend == "nccl"
+    assert resolve_plan(3, "ring", 4, torch.device("cpu"), visible_cuda=0).device_indices == (None,) * 3
+
+
+def test_node_rejects_bad_degree_on_a_real_model(tiny_flux):
+    with pytest.raises(ValueError, match="divide by 3"):
+        EnableMultiGPU.execute(tiny_flux, True, 3, "ulysses")
+
+
+def test_disabled_node_returns_the_model_unchanged(tiny_flux):
+    assert EnableMultiGPU.execute(tiny_flux, False, 2, "auto").result[0] is tiny_flux
+
+
+def test_non_flux_model_passes_through_with_one_log_line(tiny_flux, caplog):
+    other = tiny_flux.clone()
+    other.add_object_patch("diffusion_model", torch.nn.Linear(2, 2))
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        assert enable_multigpu(other, gpus=2) is other
+    assert [r.getMessage() for r in caplog.records] == [
+        "Enable Multi-GPU: Linear is not a FLUX model; passing it through unchanged (one GPU)."]

@@ -1,0 +1,25 @@
+"""Token splits: exact coverage at any length, and the prefix clipping used for ControlNet residuals."""
+import torch
+
+from comfy_xdit_patch.parallel.sharding import clip_to_shard, split_sizes, take_shard
+
+
+def test_split_sizes_cover_every_token_once():
+    for length in (1, 2, 3, 77, 126, 4608, 4609):
+        for parts in (1, 2, 3, 4, 8):
+            sizes = split_sizes(length, parts)
+            assert sum(sizes) == length and max(sizes) - min(sizes) <= 1
+
+
+def test_shards_concatenate_to_the_sequence():
+    x = torch.arange(2 * 63 * 3).view(2, 63, 3)
+    sizes = split_sizes(63, 4)
+    assert torch.equal(torch.cat([take_shard(x, sizes, r) for r in range(4)], dim=1), x)
+
+
+def test_clip_to_shard_handles_prefix_tensors():
+    sizes = split_sizes(10, 2)                  # image tokens [0, 5) and [5, 10)
+    control = torch.arange(7).view(1, 7, 1)     # covers only the first 7 tokens (e.g. Kontext refs follow)
+    assert clip_to_shard(control, sizes, 0).flatten().tolist() == [0, 1, 2, 3, 4]
+    assert clip_to_shard(control, sizes, 1).flatten().tolist() == [5, 6]
+    assert clip_to_shard(torch.zeros(1, 4, 1), sizes, 1) is None
