@@ -75,11 +75,12 @@ def sample(model, latent_hw, steps, text_tokens, device, seed=7):
     latent = torch.zeros(1, 16, *latent_hw)
     noise = comfy.sample.prepare_noise(latent, seed)
     positive, negative = _conditioning(text_tokens, device, 1), _conditioning(text_tokens, device, 2)
-    marks = []
+    marks, cpu_marks = [], []
 
     def on_step(step, x0, x, total):
         _sync(device)
         marks.append(time.perf_counter())
+        cpu_marks.append(time.process_time())
 
     _sync(device)
     start = time.perf_counter()
@@ -88,6 +89,7 @@ def sample(model, latent_hw, steps, text_tokens, device, seed=7):
     _sync(device)
     total = time.perf_counter() - start
     step_times = [b - a for a, b in zip(marks, marks[1:])]
+    sample.cpu_per_step = statistics.median([b - a for a, b in zip(cpu_marks, cpu_marks[1:])][1:] or [0.0])
     return out, step_times, total
 
 
@@ -127,6 +129,8 @@ def main(argv=None):
     parser.add_argument("--parallelism", default="auto", help="auto, ulysses, ring, usp or a comma list of them")
     parser.add_argument("--model", choices=("flux-dev", "tiny"), default=None)
     parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
+    parser.add_argument("--e2e-steps", type=int, default=0, help="also time a whole warm prompt of this many steps "
+                        "at the first resolution (e.g. 28), 1 device vs N, excluding model load and helper start")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -157,10 +161,15 @@ def main(argv=None):
         hw = (res // 8, res // 8)
         _peak(device)
         out1, steps1, total1 = sample(model, hw, steps, text_tokens, device)
-        baselines[res] = (out1, statistics.median(steps1[args.warmup:] or steps1), total1, _peak(device))
+        baselines[res] = (out1, statistics.median(steps1[args.warmup:] or steps1), total1, _peak(device),
+                          sample.cpu_per_step)
         if args.kernel_baseline:
             _, stepsk, _ = sample(_kernel_baseline(model), hw, steps, text_tokens, device)
             baselines[res] += (statistics.median(stepsk[args.warmup:] or stepsk),)
+    e2e = {}
+    if args.e2e_steps:
+        hw = (resolutions[0] // 8,) * 2
+        e2e["1"] = sample(model, hw, args.e2e_steps, text_tokens, device)[2]
 
     for parallelism in args.parallelism.split(","):
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism)
@@ -175,10 +184,14 @@ def main(argv=None):
             rows.append(dict(
                 parallelism=parallelism, layout=group.plan.describe() if group else "1 device (fallback)",
                 res=res, tokens=(res // 16) ** 2 + text_tokens, step1=step1, stepn=stepn, speedup=step1 / stepn,
-                kernel_speedup=(baselines[res][4] / stepn) if args.kernel_baseline else None,
+                kernel_speedup=(baselines[res][5] / stepn) if args.kernel_baseline else None,
+                cpu1=baselines[res][4], cpun=sample.cpu_per_step,
                 total1=total1, totaln=totaln, err=((outn.float() - out1.float()).norm() / out1.float().norm()).item(),
                 peak1=peak1, peak0=_peak(device), helper_peaks=[s.get("peak_allocated") for s in helper_peaks.values()],
                 start_s=group.started_s if group else None))
+        if args.e2e_steps:
+            hw = (resolutions[0] // 8,) * 2
+            e2e[parallelism] = sample(patched, hw, args.e2e_steps, text_tokens, device)[2]
     helpers.shutdown_group()
 
     gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
@@ -195,6 +208,13 @@ def main(argv=None):
               f"{r['total1']:.2f} | {r['totaln']:.2f} | {r['err']:.2e} | {gib(r['peak1'])} | "
               f"{' / '.join(gib(p) for p in [r['peak0']] + r['helper_peaks'])} | "
               f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
+    print()
+    print("rank-0 CPU time per step (ms; near the step time means launch-bound): " + ", ".join(
+        f"{r['parallelism']}@{r['res']}: 1-dev {r['cpu1'] * 1e3:.0f} / N-dev {r['cpun'] * 1e3:.0f}" for r in rows))
+    for name, seconds in e2e.items():
+        if name != "1":
+            print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {e2e['1']:.2f} s, "
+                  f"{name} {seconds:.2f} s, speed-up {e2e['1'] / seconds:.2f}x (warm: no model load, no helper start)")
     return rows
 
 

@@ -25,13 +25,14 @@ def attention_with_lse(q, k, v):
 def merge_partial_attention(out, lse, block_out, block_lse):
     """Fold one block's partial attention into a running fp32 result; returns the new ``(out, lse)``.
 
-    ``out`` is fp32 (B, H, L, D) or None for the first block; ``lse`` is fp32 (B, H, L).
+    ``block_out`` is (B, H, L, D) as the kernels return it; the running ``out`` is kept token-major (B, L, H, D) in
+    fp32 (the kernels' physical layout, so no transpose copy is made) and ``lse`` as fp32 (B, L, H, 1).
     Written with sigmoid/logsigmoid so that neither exponent can overflow.
     """
-    block_out = block_out.float()
+    block_out = block_out.transpose(1, 2)
+    block_lse = block_lse.transpose(1, 2).unsqueeze(-1)
     if out is None:
-        return block_out, block_lse
-    weight = torch.sigmoid(block_lse - lse).unsqueeze(-1)
-    out = torch.lerp(out, block_out, weight)
+        return block_out.float(), block_lse
+    out = torch.lerp(out, block_out.float(), torch.sigmoid(block_lse - lse))
     lse = lse - torch.nn.functional.logsigmoid(lse - block_lse)
     return out, lse

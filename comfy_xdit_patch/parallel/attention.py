@@ -12,20 +12,20 @@ from .comm import RingExchange, scatter_heads_gather_sequence, scatter_sequence_
 
 def ring_attention(q, k, v, ring_lens, ring_ranks, member):
     """Attention of local queries over the keys of every ring member: K/V travel around the ring while the
-    current block computes; partial results merge in fp32 through their log-sum-exp."""
+    current block computes; partial results merge in fp32 through their log-sum-exp.
+    Returns (B, L, H, D), token-major."""
     size = len(ring_lens)
     exchange = RingExchange(ring_ranks, member)
-    kv = torch.stack((k, v))
     out = lse = None
+    k, v = k.contiguous(), v.contiguous()
     for step in range(size):
         if step + 1 < size:
-            source = (member - step - 1) % size
-            incoming = exchange.start(kv, kv.shape[:3] + (ring_lens[source],) + kv.shape[4:])
-        block_out, block_lse = attention_with_lse(q, kv[0], kv[1])
+            incoming = exchange.start((k, v), ring_lens[(member - step - 1) % size])
+        block_out, block_lse = attention_with_lse(q, k, v)
         out, lse = merge_partial_attention(out, lse, block_out, block_lse)
         if step + 1 < size:
             exchange.wait()
-            kv = incoming
+            k, v = incoming
     return out.to(q.dtype)
 
 
@@ -36,12 +36,12 @@ def sequence_parallel_attention(q, k, v, mesh, seq_lens, local_attention):
     u_member = mesh.ulysses_ranks.index(mesh.rank)
     u_lens = [seq_lens[r] for r in mesh.ulysses_ranks]
     if mesh.ulysses_degree > 1:
-        qkv = scatter_heads_gather_sequence(torch.stack((q, k, v)), u_lens, mesh.ulysses_group)
+        qkv = scatter_heads_gather_sequence(q, k, v, u_lens, mesh.ulysses_group)
         q, k, v = qkv[0], qkv[1], qkv[2]
     if mesh.ring_degree > 1:
         ring_lens = [sum(seq_lens[r0 - r0 % mesh.ulysses_degree + i] for i in range(mesh.ulysses_degree))
                      for r0 in mesh.ring_ranks]
-        out = ring_attention(q, k, v, ring_lens, mesh.ring_ranks, mesh.ring_ranks.index(mesh.rank))
+        out = ring_attention(q, k, v, ring_lens, mesh.ring_ranks, mesh.ring_ranks.index(mesh.rank)).transpose(1, 2)
     else:
         out = local_attention(q, k, v)
     if mesh.ulysses_degree > 1:

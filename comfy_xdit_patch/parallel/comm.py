@@ -3,22 +3,25 @@ import torch
 import torch.distributed as dist
 
 
-def scatter_heads_gather_sequence(qkv, seq_lens, group):
+def scatter_heads_gather_sequence(q, k, v, seq_lens, group):
     """Ulysses forward all-to-all for q, k and v at once.
 
-    ``qkv`` is (3, B, H, L_local, D); ``seq_lens`` holds L of every member of ``group`` in group order. Returns
+    q, k, v are (B, H, L_local, D); ``seq_lens`` holds L of every member of ``group`` in group order. Returns
     (3, B, H / n, sum(seq_lens), D): this rank's share of the heads over the group's whole sequence.
     """
     n = len(seq_lens)
-    three, batch, heads, length, dim = qkv.shape
+    batch, heads, length, dim = q.shape
     local_heads = heads // n
-    send = qkv.reshape(three, batch, n, local_heads, length, dim).permute(2, 0, 1, 3, 4, 5).contiguous()
-    chunk = (three, batch, local_heads)
+    # One copy per tensor, straight into the send layout (destination rank first).
+    send = q.new_empty((n, 3, batch, local_heads, length, dim))
+    for i, t in enumerate((q, k, v)):
+        send[:, i].copy_(t.view(batch, n, local_heads, length, dim).transpose(0, 1))
+    chunk = (3, batch, local_heads)
     if len(set(seq_lens)) == 1:
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=group)
         return recv.permute(1, 2, 3, 0, 4, 5).reshape(*chunk, n * length, dim)
-    numel = [three * batch * local_heads * size * dim for size in seq_lens]
+    numel = [3 * batch * local_heads * size * dim for size in seq_lens]
     recv = send.new_empty(sum(numel))
     dist.all_to_all_single(recv, send.view(-1), output_split_sizes=numel, input_split_sizes=[send[0].numel()] * n,
                            group=group)
@@ -46,19 +49,25 @@ def scatter_sequence_gather_heads(out, seq_lens, member, group):
 
 
 class RingExchange:
-    """Passes a block to the next rank of a ring while receiving the previous rank's block, asynchronously."""
+    """Passes blocks to the next rank of a ring while receiving the previous rank's, asynchronously."""
 
     def __init__(self, ring_ranks, member):
-        self.ring_ranks = ring_ranks
-        self.member = member
+        size = len(ring_ranks)
+        self.next = ring_ranks[(member + 1) % size]
+        self.previous = ring_ranks[(member - 1) % size]
         self.pending = []
 
-    def start(self, block, recv_shape):
-        size = len(self.ring_ranks)
-        nxt = self.ring_ranks[(self.member + 1) % size]
-        prv = self.ring_ranks[(self.member - 1) % size]
-        received = block.new_empty(recv_shape)
-        ops = [dist.P2POp(dist.isend, block, nxt), dist.P2POp(dist.irecv, received, prv)]
+    def start(self, blocks, recv_length, dim=2):
+        """Sends every tensor of ``blocks``; returns empty tensors shaped like them with ``recv_length`` along
+        ``dim``, filled once ``wait`` returns."""
+        received = []
+        ops = []
+        for block in blocks:
+            shape = list(block.shape)
+            shape[dim] = recv_length
+            incoming = block.new_empty(shape)
+            received.append(incoming)
+            ops += [dist.P2POp(dist.isend, block, self.next), dist.P2POp(dist.irecv, incoming, self.previous)]
         self.pending = dist.batch_isend_irecv(ops)
         return received
 
