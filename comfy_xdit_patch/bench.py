@@ -75,12 +75,11 @@ def sample(model, latent_hw, steps, text_tokens, device, seed=7):
     latent = torch.zeros(1, 16, *latent_hw)
     noise = comfy.sample.prepare_noise(latent, seed)
     positive, negative = _conditioning(text_tokens, device, 1), _conditioning(text_tokens, device, 2)
-    marks, cpu_marks = [], []
+    marks = []
 
     def on_step(step, x0, x, total):
         _sync(device)
         marks.append(time.perf_counter())
-        cpu_marks.append(time.process_time())
 
     _sync(device)
     start = time.perf_counter()
@@ -89,7 +88,6 @@ def sample(model, latent_hw, steps, text_tokens, device, seed=7):
     _sync(device)
     total = time.perf_counter() - start
     step_times = [b - a for a, b in zip(marks, marks[1:])]
-    sample.cpu_per_step = statistics.median([b - a for a, b in zip(cpu_marks, cpu_marks[1:])][1:] or [0.0])
     return out, step_times, total
 
 
@@ -161,8 +159,7 @@ def main(argv=None):
         hw = (res // 8, res // 8)
         _peak(device)
         out1, steps1, total1 = sample(model, hw, steps, text_tokens, device)
-        baselines[res] = (out1, statistics.median(steps1[args.warmup:] or steps1), total1, _peak(device),
-                          sample.cpu_per_step)
+        baselines[res] = (out1, statistics.median(steps1[args.warmup:] or steps1), total1, _peak(device))
         if args.kernel_baseline:
             _, stepsk, _ = sample(_kernel_baseline(model), hw, steps, text_tokens, device)
             baselines[res] += (statistics.median(stepsk[args.warmup:] or stepsk),)
@@ -184,8 +181,7 @@ def main(argv=None):
             rows.append(dict(
                 parallelism=parallelism, layout=group.plan.describe() if group else "1 device (fallback)",
                 res=res, tokens=(res // 16) ** 2 + text_tokens, step1=step1, stepn=stepn, speedup=step1 / stepn,
-                kernel_speedup=(baselines[res][5] / stepn) if args.kernel_baseline else None,
-                cpu1=baselines[res][4], cpun=sample.cpu_per_step,
+                kernel_speedup=(baselines[res][4] / stepn) if args.kernel_baseline else None,
                 total1=total1, totaln=totaln, err=((outn.float() - out1.float()).norm() / out1.float().norm()).item(),
                 peak1=peak1, peak0=_peak(device), helper_peaks=[s.get("peak_allocated") for s in helper_peaks.values()],
                 start_s=group.started_s if group else None))
@@ -199,7 +195,7 @@ def main(argv=None):
     print(f"# {'CPU' if cpu else torch.cuda.get_device_name(device)}, {steps} euler steps, median of steps after "
           f"{args.warmup} warm-up, text {text_tokens} tokens, {dtype}")
     print("| parallelism | layout | res | tokens | 1-dev ms/step | N-dev ms/step | speed-up | vs same kernel | "
-          "1-dev total s | N-dev total s | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | helper start s |")
+          "1-dev first prompt s | N-dev first prompt s (helper start + weight sync incl.) | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | helper start s |")
     print("|" + "---|" * 14)
     for r in rows:
         print(f"| {r['parallelism']} | {r['layout']} | {r['res']} | {r['tokens']} | {r['step1'] * 1e3:.1f} | "
@@ -209,8 +205,6 @@ def main(argv=None):
               f"{' / '.join(gib(p) for p in [r['peak0']] + r['helper_peaks'])} | "
               f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
     print()
-    print("rank-0 CPU time per step (ms; near the step time means launch-bound): " + ", ".join(
-        f"{r['parallelism']}@{r['res']}: 1-dev {r['cpu1'] * 1e3:.0f} / N-dev {r['cpun'] * 1e3:.0f}" for r in rows))
     for name, seconds in e2e.items():
         if name != "1":
             print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {e2e['1']:.2f} s, "
