@@ -116,6 +116,17 @@ def _kernel_baseline(model):
     return clone
 
 
+def _profile(model, latent_hw, text_tokens, device, label):
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sample(model, latent_hw, 2, text_tokens, device)
+    with profile(activities=activities) as prof:
+        sample(model, latent_hw, 3, text_tokens, device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(f"\n## profile of rank 0, 3 steps, {label}")
+    print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", type=int, default=0, help="devices for the parallel run (0 = all; CPU: 2)")
@@ -127,6 +138,8 @@ def main(argv=None):
     parser.add_argument("--parallelism", default="auto", help="auto, ulysses, ring, usp or a comma list of them")
     parser.add_argument("--model", choices=("flux-dev", "tiny"), default=None)
     parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
+    parser.add_argument("--profile", action="store_true", help="print rank 0's top CUDA kernels for 3 steps at the "
+                        "first resolution, 1 device and N devices (torch.profiler)")
     parser.add_argument("--e2e-steps", type=int, default=0, help="also time a whole warm prompt of this many steps "
                         "at the first resolution (e.g. 28), 1 device vs N, excluding model load and helper start")
     args = parser.parse_args(argv)
@@ -188,6 +201,10 @@ def main(argv=None):
         if args.e2e_steps:
             hw = (resolutions[0] // 8,) * 2
             e2e[parallelism] = sample(patched, hw, args.e2e_steps, text_tokens, device)[2]
+        if args.profile:
+            _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{parallelism}, N devices")
+    if args.profile:
+        _profile(model, (resolutions[0] // 8,) * 2, text_tokens, device, "1 device")
     helpers.shutdown_group()
 
     gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"

@@ -51,6 +51,7 @@ class HelperGroup:
         self.model_fingerprint = None
         self.diffusion_model = None   # rank 0's diffusion model the helpers currently mirror
         self.started_s = None
+        self.weight_syncs = 0
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
     def start(self):
@@ -179,6 +180,7 @@ class HelperGroup:
         self._expect_all("loaded", time.monotonic() + COLLECTIVE_TIMEOUT_S)
         self.model_fingerprint = fingerprint
         self.diffusion_model = model_patcher.model.diffusion_model
+        self.weight_syncs += 1
         log.info("Enable Multi-GPU: sent the diffusion model's weights to %d helper(s) in %.1f s",
                  self.plan.world_size - 1, time.perf_counter() - t0)
         return True
