@@ -163,8 +163,8 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     model = _random_flux(size, dtype, device)
-    logging.info("random %s FLUX (%s) ready in %.1f s", "FLUX.1-dev-size" if size is FLUX_DEV else "tiny", dtype,
-                 time.perf_counter() - t0)
+    logging.info("random %s FLUX (%s) ready in %.1f s; ComfyUI patcher: %s", "FLUX.1-dev-size" if size is FLUX_DEV
+                 else "tiny", dtype, time.perf_counter() - t0, type(model).__name__)
 
     rows = []
     baselines = {}
