@@ -160,7 +160,7 @@ class HelperGroup:
 
     # ----- work ------------------------------------------------------------------------------------------------
     def _broadcast_message(self, message):
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)  # before any send: all or nothing
         try:
             for channel in self.channels.values():
                 channel.send_bytes(payload)
@@ -197,8 +197,11 @@ class HelperGroup:
         """Send one model call (a dict of its arguments) to every helper; they start computing at once."""
         tensors = []
         skeleton = transport.extract_tensors(call_args, tensors)
-        self._broadcast_message(("forward", skeleton))
-        transport.send_tensors(tensors, self.device)
+        self._broadcast_message(("forward", skeleton))   # pickling errors surface here, before helpers see anything
+        try:
+            transport.send_tensors(tensors, self.device)
+        except Exception as e:  # helpers already wait for this broadcast: the group is out of step
+            raise HelperFailure(f"sending the step's tensors failed: {e}") from e
 
 
 _lock = threading.Lock()
