@@ -32,6 +32,7 @@ class MultiGPURun:
     def __init__(self, plan):
         self.plan = plan
         self.reasons_logged = set()
+        self.blocked = None   # why this sampling run cannot be parallel at all, decided in on_pre_run
 
     def _one_gpu(self, reason):
         if reason not in self.reasons_logged:
@@ -40,6 +41,11 @@ class MultiGPURun:
 
     def on_pre_run(self, model_patcher):
         self.reasons_logged.clear()
+        foreign = flux.foreign_object_patches(model_patcher)
+        self.blocked = ("another node replaced parts of the diffusion model (" + ", ".join(foreign) + ")"
+                        if foreign else None)
+        if self.blocked:
+            return
         try:
             group = helpers.ensure_group(self.plan)
             group.sync_model(model_patcher)
@@ -55,6 +61,9 @@ class MultiGPURun:
         def one_gpu():
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
 
+        if self.blocked:
+            self._one_gpu(self.blocked)
+            return one_gpu()
         group = helpers.current_group()
         if group is None or group.plan != self.plan or not group.alive():
             self._one_gpu("the helper processes are not running")

@@ -50,3 +50,22 @@ def test_non_flux_model_passes_through_with_one_log_line(tiny_flux, caplog):
         assert enable_multigpu(other, gpus=2) is other
     assert [r.getMessage() for r in caplog.records] == [
         "Enable Multi-GPU: Linear is not a FLUX model; passing it through unchanged (one GPU)."]
+
+
+def test_foreign_object_patch_on_the_diffusion_model_runs_on_one_gpu(tiny_flux, caplog):
+    """An object patch from another node (here on a block's forward) cannot be reproduced by the helpers: the
+    sampling runs on one GPU, with one log line naming it, and equals the one-GPU result with that patch."""
+    from test_equivalence import ksample
+    from comfy_env import relative_error
+    block = tiny_flux.get_model_object("diffusion_model.single_blocks.0")
+
+    def scaled_forward(x, *args, **kwargs):
+        return type(block).forward(block, x, *args, **kwargs) * 0.5
+
+    patched = tiny_flux.clone()
+    patched.add_object_patch("diffusion_model.single_blocks.0.forward", scaled_forward)
+    expected = ksample(patched, (16, 16))
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(enable_multigpu(patched, gpus=2, parallelism="ring"), (16, 16))
+    assert relative_error(got, expected) == 0.0
+    assert any("diffusion_model.single_blocks.0.forward" in r.getMessage() for r in caplog.records)

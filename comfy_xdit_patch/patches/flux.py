@@ -134,6 +134,12 @@ def foreign_hooks(transformer_options):
     return found
 
 
+def foreign_object_patches(model_patcher):
+    """Object patches of other nodes on the diffusion model: helpers hold a bare model and cannot reproduce them."""
+    return sorted(name for name, obj in model_patcher.object_patches.items()
+                  if name.split(".")[0] == "diffusion_model" and not is_ours(obj))
+
+
 def helper_transformer_options(transformer_options):
     """The data part of rank 0's transformer_options, which helpers combine with their own copies of our hooks."""
     return {k: v for k, v in transformer_options.items()

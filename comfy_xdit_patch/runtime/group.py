@@ -197,7 +197,7 @@ class HelperGroup:
         """Send one model call (a dict of its arguments) to every helper; they start computing at once."""
         tensors = []
         skeleton = transport.extract_tensors(call_args, tensors)
-        self._broadcast_message(("forward", skeleton))   # pickling errors surface here, before helpers see anything
+        self._broadcast_message(("forward", skeleton, transport.layout(tensors)))   # pickling errors surface here, before helpers see anything
         try:
             transport.send_tensors(tensors, self.device)
         except Exception as e:  # helpers already wait for this broadcast: the group is out of step

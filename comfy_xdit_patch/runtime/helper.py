@@ -84,14 +84,14 @@ def serve(link, mesh, device):
             return
         if op == "load":
             _, spec, keys = message
-            diffusion_model = None
+            diffusion_model = None  # free the previous model's memory before building the next one
             diffusion_model = weights.build_diffusion_model(spec, device)
             weights.receive_weights(diffusion_model, keys, device)
             flux.install_on_model(diffusion_model)
             link.send("loaded")
         elif op == "forward":
-            skeleton = message[1]
-            tensors = transport.receive_tensors(transport.collect_slots(skeleton, []), device)
+            _, skeleton, tensor_layout = message
+            tensors = transport.receive_tensors(tensor_layout, device)
             call_args = transport.insert_tensors(skeleton, tensors)
             call = SequenceParallelCall(mesh)
             options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call)

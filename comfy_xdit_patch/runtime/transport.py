@@ -13,15 +13,13 @@ import torch.distributed as dist
 @dataclass(frozen=True)
 class TensorSlot:
     index: int
-    shape: tuple
-    dtype: torch.dtype
 
 
 def extract_tensors(obj, tensors):
     """Returns ``obj`` with every tensor replaced by a TensorSlot; the tensors are appended to ``tensors``."""
     if isinstance(obj, torch.Tensor):
         tensors.append(obj)
-        return TensorSlot(len(tensors) - 1, tuple(obj.shape), obj.dtype)
+        return TensorSlot(len(tensors) - 1)
     if isinstance(obj, dict):
         return {k: extract_tensors(v, tensors) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -40,6 +38,11 @@ def insert_tensors(obj, tensors):
 
 
 _ALIGN = 16  # every tensor starts 16-byte aligned inside the buffer, so a byte view can become any dtype
+
+
+def layout(tensors):
+    """What a receiver needs to cut the broadcast buffer: (shape, dtype) per tensor, in order."""
+    return [(tuple(t.shape), t.dtype) for t in tensors]
 
 
 def _span(shape, dtype):
@@ -63,27 +66,15 @@ def send_tensors(tensors, device):
     dist.broadcast(buffer, src=0)
 
 
-def receive_tensors(slots, device):
-    """Helpers: receive the buffer of ``send_tensors`` and cut it into tensors described by ``slots``."""
-    if not slots:
+def receive_tensors(tensor_layout, device):
+    """Helpers: receive the buffer of ``send_tensors`` and cut it into tensors as ``layout`` describes them."""
+    if not tensor_layout:
         return []
-    spans = [_span(s.shape, s.dtype) for s in slots]
+    spans = [_span(shape, dtype) for shape, dtype in tensor_layout]
     buffer = torch.empty(sum(span for _, span in spans), dtype=torch.uint8, device=device)
     dist.broadcast(buffer, src=0)
     tensors, offset = [], 0
-    for slot, (nbytes, span) in zip(slots, spans):
-        tensors.append(buffer[offset:offset + nbytes].view(slot.dtype).view(slot.shape))
+    for (shape, dtype), (nbytes, span) in zip(tensor_layout, spans):
+        tensors.append(buffer[offset:offset + nbytes].view(dtype).view(shape))
         offset += span
     return tensors
-
-
-def collect_slots(obj, slots):
-    if isinstance(obj, TensorSlot):
-        slots.append(obj)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            collect_slots(v, slots)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            collect_slots(v, slots)
-    return slots

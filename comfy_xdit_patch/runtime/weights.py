@@ -14,10 +14,9 @@ PREFIX = "diffusion_model."
 
 
 def fingerprint(model_patcher):
-    """Identifies the effective diffusion-model weights: the base model object and the patch set applied to it."""
-    object_patches = tuple(sorted(k for k in model_patcher.object_patches
-                                  if k.startswith(PREFIX) and not k.endswith(".forward_orig")))
-    return (id(model_patcher.model), str(model_patcher.patches_uuid), object_patches)
+    """Identifies the effective diffusion-model weights: the base model object and the patch set applied to it.
+    (Object patches on the diffusion model never reach here: such calls run on one GPU, see multigpu.py.)"""
+    return (id(model_patcher.model), str(model_patcher.patches_uuid))
 
 
 def model_spec(model_patcher):
