@@ -55,7 +55,7 @@ def _random_flux(size, dtype, device, seed=0):
     return model
 
 
-def _conditioning(tokens, device, seed):
+def _conditioning(tokens, seed):
     import torch
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, tokens, 4096, generator=generator), {
@@ -74,7 +74,7 @@ def sample(model, latent_hw, steps, text_tokens, device, seed=7):
     import comfy.sample
     latent = torch.zeros(1, 16, *latent_hw)
     noise = comfy.sample.prepare_noise(latent, seed)
-    positive, negative = _conditioning(text_tokens, device, 1), _conditioning(text_tokens, device, 2)
+    positive, negative = _conditioning(text_tokens, 1), _conditioning(text_tokens, 2)
     marks = []
 
     def on_step(step, x0, x, total):

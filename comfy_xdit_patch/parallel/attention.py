@@ -39,8 +39,8 @@ def sequence_parallel_attention(q, k, v, mesh, seq_lens, local_attention):
         qkv = scatter_heads_gather_sequence(q, k, v, u_lens, mesh.ulysses_group)
         q, k, v = qkv[0], qkv[1], qkv[2]
     if mesh.ring_degree > 1:
-        ring_lens = [sum(seq_lens[r0 - r0 % mesh.ulysses_degree + i] for i in range(mesh.ulysses_degree))
-                     for r0 in mesh.ring_ranks]
+        # After the Ulysses exchange a ring member holds the tokens of its whole Ulysses group.
+        ring_lens = [sum(seq_lens[r] for r in mesh.ulysses_group_of(member)) for member in mesh.ring_ranks]
         out = ring_attention(q, k, v, ring_lens, mesh.ring_ranks, mesh.ring_ranks.index(mesh.rank)).transpose(1, 2)
     else:
         out = local_attention(q, k, v)

@@ -21,6 +21,11 @@ class SequenceParallelMesh:
     ulysses_group: object = None
     ring_group: object = None
 
+    def ulysses_group_of(self, rank):
+        """The ranks of ``rank``'s Ulysses group (consecutive ranks)."""
+        first = rank - rank % self.ulysses_degree
+        return list(range(first, first + self.ulysses_degree))
+
     @classmethod
     def build(cls, ulysses_degree, ring_degree):
         """Collective: every rank of the default group calls this with the same degrees."""
@@ -29,14 +34,14 @@ class SequenceParallelMesh:
             raise ValueError(f"ulysses_degree {ulysses_degree} x ring_degree {ring_degree} != {world_size} ranks")
         from yunchang.globals import set_seq_parallel_pg, PROCESS_GROUP
         set_seq_parallel_pg(ulysses_degree, ring_degree, rank, world_size, use_ulysses_low=True)
-        first = rank // ulysses_degree * ulysses_degree
-        return cls(
+        mesh = cls(
             rank=rank,
             world_size=world_size,
             ulysses_degree=ulysses_degree,
             ring_degree=ring_degree,
-            ulysses_ranks=list(range(first, first + ulysses_degree)),
             ring_ranks=list(range(rank % ulysses_degree, world_size, ulysses_degree)),
             ulysses_group=PROCESS_GROUP.ULYSSES_PG,
             ring_group=PROCESS_GROUP.RING_PG,
         )
+        mesh.ulysses_ranks = mesh.ulysses_group_of(rank)
+        return mesh
