@@ -35,24 +35,28 @@ def _setup_comfy(cpu):
     import comfy.model_management  # noqa: F401
 
 
-def _random_flux(size, dtype, device, seed=0):
-    """A FLUX state dict with random weights (BFL names), created on ``device`` and loaded by ComfyUI itself."""
+def random_flux_state_dict(size, dtype, device, seed=0, guidance=True, context_dim=4096, in_channels=16):
+    """BFL-named FLUX weights with random values, created on ``device``. ComfyUI's model detection reads the sizes
+    back from the shapes; it hard-codes axes_dim [16, 56, 56], so ``hidden`` must be 128 x ``heads``."""
     import torch
     import comfy.ops
-    import comfy.sd
     from comfy.ldm.flux.model import Flux
     with torch.device("meta"):
-        shapes = Flux(operations=comfy.ops.disable_weight_init, dtype=dtype, device="meta", in_channels=16,
-                      out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=size["hidden"],
+        shapes = Flux(operations=comfy.ops.disable_weight_init, dtype=dtype, device="meta", in_channels=in_channels,
+                      out_channels=16, vec_in_dim=768, context_in_dim=context_dim, hidden_size=size["hidden"],
                       mlp_ratio=4.0, num_heads=size["heads"], depth=size["depth"],
                       depth_single_blocks=size["depth_single"], axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                      qkv_bias=True, guidance_embed=True, txt_ids_dims=[]).state_dict()
+                      qkv_bias=True, guidance_embed=guidance, txt_ids_dims=[]).state_dict()
     generator = torch.Generator(device=device).manual_seed(seed)
-    state = {k: (torch.randn(v.shape, generator=generator, device=device, dtype=torch.float32) *
-                 (0.02 if v.ndim > 1 else 0.01)).to(dtype) for k, v in shapes.items()}
-    model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
-    del state
-    return model
+    return {k: (torch.randn(v.shape, generator=generator, device=device, dtype=torch.float32) *
+                (0.02 if v.ndim > 1 else 0.01)).to(dtype) for k, v in shapes.items()}
+
+
+def _random_flux(size, dtype, device, seed=0):
+    """A random FLUX loaded by ComfyUI's own diffusion-model loader."""
+    import comfy.sd
+    return comfy.sd.load_diffusion_model_state_dict(random_flux_state_dict(size, dtype, device, seed),
+                                                    model_options={"dtype": dtype})
 
 
 def _conditioning(tokens, seed):

@@ -25,23 +25,11 @@ def setup_comfy():
 
 def tiny_flux_state_dict(hidden=512, heads=4, depth=2, depth_single=2, guidance=True, seed=0, context_dim=4096,
                          in_channels=16):
-    """BFL-named weights of a FLUX with random values; ComfyUI's model detection reads its sizes from the shapes.
-    ``hidden`` must be 128 x heads (ComfyUI hard-codes axes_dim [16, 56, 56])."""
+    """A 4-head FLUX.1-dev-shaped state dict with random weights (the benchmark's builder, on the CPU, fp32)."""
     import torch
-    import comfy.ops
-    from comfy.ldm.flux.model import Flux
-    assert hidden == 128 * heads
-    model = Flux(operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="cpu",
-                 in_channels=in_channels, out_channels=16, vec_in_dim=768, context_in_dim=context_dim,
-                 hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=depth_single,
-                 axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=guidance,
-                 txt_ids_dims=[])
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, param in model.state_dict().items():
-        scale = 0.02 if param.ndim > 1 else 0.01
-        state[name] = torch.randn(param.shape, generator=generator) * scale
-    return state
+    from comfy_xdit_patch.bench import random_flux_state_dict
+    size = dict(hidden=hidden, heads=heads, depth=depth, depth_single=depth_single)
+    return random_flux_state_dict(size, torch.float32, "cpu", seed, guidance, context_dim, in_channels)
 
 
 def load_tiny_flux(**kwargs):
