@@ -14,6 +14,7 @@ parallel speed-up.
 import argparse
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -22,7 +23,7 @@ FLUX_DEV = dict(hidden=3072, heads=24, depth=19, depth_single=38)
 TINY = dict(hidden=512, heads=4, depth=2, depth_single=2)
 
 
-def _setup_comfy(cpu):
+def _setup_comfy(cpu, comfy_args=""):
     comfy_path = os.environ.get("COMFYUI_PATH")
     if comfy_path is None:
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,6 +32,10 @@ def _setup_comfy(cpu):
         sys.exit(f"ComfyUI not found at '{comfy_path}': set COMFYUI_PATH to a ComfyUI 0.33 checkout.")
     sys.path.insert(0, comfy_path)
     import comfy.cli_args
+    if comfy_args:   # ComfyUI's own command-line flags, as `python main.py ...` would take them
+        given = vars(comfy.cli_args.parser.parse_args(shlex.split(comfy_args)))
+        default = vars(comfy.cli_args.parser.parse_args([]))
+        vars(comfy.cli_args.args).update({k: v for k, v in given.items() if v != default[k]})
     comfy.cli_args.args.cpu = cpu
     import comfy.model_management  # noqa: F401
 
@@ -142,6 +147,8 @@ def main(argv=None):
     parser.add_argument("--parallelism", default="auto", help="auto, ulysses, ring, usp or a comma list of them")
     parser.add_argument("--model", choices=("flux-dev", "tiny"), default=None)
     parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
+    parser.add_argument("--comfy-args", default="", help="ComfyUI command-line flags for this run, e.g. "
+                        "--comfy-args='--disable-dynamic-vram' (note the '=')")
     parser.add_argument("--profile", action="store_true", help="print rank 0's top CUDA kernels for 3 steps at the "
                         "first resolution, 1 device and N devices (torch.profiler)")
     parser.add_argument("--e2e-steps", type=int, default=0, help="also time a whole warm prompt of this many steps "
@@ -151,7 +158,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
     cpu = args.cpu or not torch.cuda.is_available()
-    _setup_comfy(cpu)
+    _setup_comfy(cpu, args.comfy_args)
     import comfy.model_management
     from comfy_xdit_patch.multigpu import enable_multigpu
     from comfy_xdit_patch.runtime import group as helpers
@@ -213,7 +220,8 @@ def main(argv=None):
 
     gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
     print()
-    print(f"# {'CPU' if cpu else torch.cuda.get_device_name(device)}, {steps} euler steps, median of steps after "
+    print(f"# {'CPU' if cpu else torch.cuda.get_device_name(device)}, ComfyUI {type(model).__name__}"
+          f"{' ' + args.comfy_args if args.comfy_args else ''}, {steps} euler steps, median of steps after "
           f"{args.warmup} warm-up, text {text_tokens} tokens, {dtype}")
     print("| parallelism | layout | res | tokens | 1-dev ms/step | N-dev ms/step | speed-up | vs same kernel | "
           "1-dev first prompt s | N-dev first prompt s (helper start + weight sync incl.) | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | helper start s |")
