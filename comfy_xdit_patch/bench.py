@@ -125,6 +125,36 @@ def _kernel_baseline(model):
     return clone
 
 
+def _graphed_one_device(model, device):
+    """The unpatched model on one GPU, each step replayed as a CUDA graph by the same mechanism the parallel path
+    uses (a DIFFUSION_MODEL wrapper), so that graphs are never sold as parallel speed-up."""
+    import pickle
+    import comfy.patcher_extension as ext
+    from comfy_xdit_patch.runtime import transport
+    from comfy_xdit_patch.runtime.step_graphs import EAGER, StepGraphs
+    graphs, keys = StepGraphs(), {}
+
+    def wrapper(executor, x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs):
+        tensors = []
+        skeleton = transport.extract_tensors(dict(kwargs, x=x, timestep=timestep, context=context, y=y,
+                                                  guidance=guidance, ref_latents=ref_latents, control=control), tensors)
+        key = keys.setdefault(pickle.dumps((skeleton, transport.layout(tensors))), len(keys))
+        mode = graphs.choose(key)
+
+        def forward(inputs):
+            a = transport.insert_tensors(skeleton, inputs)
+            return executor(a.pop("x"), a.pop("timestep"), a.pop("context"), a.pop("y"), a.pop("guidance"),
+                            a.pop("ref_latents"), a.pop("control"), transformer_options, **a)
+
+        if mode == EAGER:
+            return graphs.run(key, mode, forward, tensors)
+        return graphs.run(key, mode, forward, [t.to(device) for t in tensors]).clone()
+
+    clone = model.clone()
+    clone.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "bench_one_device_graph", wrapper)
+    return clone
+
+
 def _profile(model, latent_hw, text_tokens, device, label):
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -147,6 +177,10 @@ def main(argv=None):
     parser.add_argument("--parallelism", default="auto", help="auto, ulysses, ring, usp or a comma list of them")
     parser.add_argument("--model", choices=("flux-dev", "tiny"), default=None)
     parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
+    parser.add_argument("--graph-baseline", action="store_true", help="also time 1 GPU with its step replayed as a "
+                        "CUDA graph (the fair baseline for the graphed N-GPU step)")
+    parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
+                        help="CUDA-graph replay of the parallel step (on by default, as in the node)")
     parser.add_argument("--comfy-args", default="", help="ComfyUI command-line flags for this run, e.g. "
                         "--comfy-args='--disable-dynamic-vram' (note the '=')")
     parser.add_argument("--profile", action="store_true", help="print rank 0's top CUDA kernels for 3 steps at the "
@@ -179,41 +213,50 @@ def main(argv=None):
 
     rows = []
     baselines = {}
+    median = lambda times: statistics.median(times[args.warmup:] or times)
     for res in resolutions:
         hw = (res // 8, res // 8)
         _peak(device)
         out1, steps1, total1 = sample(model, hw, steps, text_tokens, device)
-        baselines[res] = (out1, statistics.median(steps1[args.warmup:] or steps1), total1, _peak(device))
+        baselines[res] = dict(out=out1, step=median(steps1), total=total1, peak=_peak(device))
         if args.kernel_baseline:
-            _, stepsk, _ = sample(_kernel_baseline(model), hw, steps, text_tokens, device)
-            baselines[res] += (statistics.median(stepsk[args.warmup:] or stepsk),)
+            baselines[res]["kernel_step"] = median(sample(_kernel_baseline(model), hw, steps, text_tokens, device)[1])
+        if args.graph_baseline and not cpu:
+            baselines[res]["graph_step"] = median(sample(_graphed_one_device(model, device), hw, steps, text_tokens,
+                                                         device)[1])
     e2e = {}
     if args.e2e_steps:
-        hw = (resolutions[0] // 8,) * 2
-        e2e["1"] = sample(model, hw, args.e2e_steps, text_tokens, device)[2]
+        e2e["1 device"] = sample(model, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
 
+    graph_settings = {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
     for parallelism in args.parallelism.split(","):
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism)
-        for res in resolutions:
-            hw = (res // 8, res // 8)
-            _peak(device)
-            outn, stepsn, totaln = sample(patched, hw, steps, text_tokens, device)
-            group = helpers.current_group()
-            helper_peaks = group.helper_stats() if group is not None else {}
-            out1, step1, total1, peak1 = baselines[res][:4]
-            stepn = statistics.median(stepsn[args.warmup:] or stepsn)
-            rows.append(dict(
-                parallelism=parallelism, layout=group.plan.describe() if group else "1 device (fallback)",
-                res=res, tokens=(res // 16) ** 2 + text_tokens, step1=step1, stepn=stepn, speedup=step1 / stepn,
-                kernel_speedup=(baselines[res][4] / stepn) if args.kernel_baseline else None,
-                total1=total1, totaln=totaln, err=((outn.float() - out1.float()).norm() / out1.float().norm()).item(),
-                peak1=peak1, peak0=_peak(device), helper_peaks=[s.get("peak_allocated") for s in helper_peaks.values()],
-                start_s=group.started_s if group else None))
-        if args.e2e_steps:
-            hw = (resolutions[0] // 8,) * 2
-            e2e[parallelism] = sample(patched, hw, args.e2e_steps, text_tokens, device)[2]
-        if args.profile:
-            _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{parallelism}, N devices")
+        for graphs in graph_settings:
+            os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
+            label = parallelism + (" +graphs" if graphs == "1" and not cpu else "")
+            for res in resolutions:
+                hw = (res // 8, res // 8)
+                _peak(device)
+                outn, stepsn, totaln = sample(patched, hw, steps, text_tokens, device)
+                group = helpers.current_group()
+                helper_peaks = group.helper_stats() if group is not None else {}
+                base = baselines[res]
+                stepn = median(stepsn)
+                rows.append(dict(
+                    parallelism=label, layout=group.plan.describe() if group else "1 device (fallback)",
+                    res=res, tokens=(res // 16) ** 2 + text_tokens, step1=base["step"], stepn=stepn,
+                    speedup=base["step"] / stepn,
+                    kernel_speedup=base["kernel_step"] / stepn if "kernel_step" in base else None,
+                    graph_speedup=base["graph_step"] / stepn if "graph_step" in base else None,
+                    total1=base["total"], totaln=totaln,
+                    err=((outn.float() - base["out"].float()).norm() / base["out"].float().norm()).item(),
+                    peak1=base["peak"], peak0=_peak(device),
+                    helper_peaks=[s.get("peak_allocated") for s in helper_peaks.values()],
+                    start_s=group.started_s if group else None))
+            if args.e2e_steps:
+                e2e[label] = sample(patched, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
+            if args.profile:
+                _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
     if args.profile:
         _profile(model, (resolutions[0] // 8,) * 2, text_tokens, device, "1 device")
     helpers.shutdown_group()
@@ -224,20 +267,22 @@ def main(argv=None):
           f"{' ' + args.comfy_args if args.comfy_args else ''}, {steps} euler steps, median of steps after "
           f"{args.warmup} warm-up, text {text_tokens} tokens, {dtype}")
     print("| parallelism | layout | res | tokens | 1-dev ms/step | N-dev ms/step | speed-up | vs same kernel | "
-          "1-dev first prompt s | N-dev first prompt s (helper start + weight sync incl.) | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | helper start s |")
-    print("|" + "---|" * 14)
+          "vs 1-dev graphed | 1-dev first prompt s | N-dev first prompt s (helper start + weight sync incl.) | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | helper start s |")
+    print("|" + "---|" * 15)
     for r in rows:
         print(f"| {r['parallelism']} | {r['layout']} | {r['res']} | {r['tokens']} | {r['step1'] * 1e3:.1f} | "
               f"{r['stepn'] * 1e3:.1f} | {r['speedup']:.2f}x | "
               f"{'-' if r['kernel_speedup'] is None else format(r['kernel_speedup'], '.2f') + 'x'} | "
+              f"{'-' if r['graph_speedup'] is None else format(r['graph_speedup'], '.2f') + 'x'} | "
               f"{r['total1']:.2f} | {r['totaln']:.2f} | {r['err']:.2e} | {gib(r['peak1'])} | "
               f"{' / '.join(gib(p) for p in [r['peak0']] + r['helper_peaks'])} | "
               f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
     print()
     for name, seconds in e2e.items():
-        if name != "1":
-            print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {e2e['1']:.2f} s, "
-                  f"{name} {seconds:.2f} s, speed-up {e2e['1'] / seconds:.2f}x (warm: no model load, no helper start)")
+        if name != "1 device":
+            print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {e2e['1 device']:.2f} s, "
+                  f"{name} {seconds:.2f} s, speed-up {e2e['1 device'] / seconds:.2f}x (warm: no model load, no "
+                  "helper start)")
     return rows
 
 

@@ -20,6 +20,7 @@ from .config import resolve_plan
 from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
 from .patches import flux
 from .runtime import group as helpers
+from .runtime import step_graphs, transport
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class MultiGPURun:
         self.plan = plan
         self.reasons_logged = set()
         self.blocked = None   # why this sampling run cannot be parallel at all, decided in on_pre_run
+        self.graphs_allowed = False
 
     def _one_gpu(self, reason):
         if reason not in self.reasons_logged:
@@ -49,6 +51,8 @@ class MultiGPURun:
         try:
             group = helpers.ensure_group(self.plan)
             group.sync_model(model_patcher)
+            group.new_sampling_run()
+            self.graphs_allowed = _graph_safe(model_patcher, group)
         except NotImplementedError as e:
             self._one_gpu(str(e))
         except Exception as e:
@@ -79,16 +83,26 @@ class MultiGPURun:
                          ref_latents=ref_latents, control=control,
                          transformer_options=flux.helper_transformer_options(transformer_options))
         try:
-            group.dispatch_forward(call_args)
+            skeleton, tensors, key, mode = group.dispatch_forward(call_args, self.graphs_allowed)
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
             return one_gpu()
         except helpers.HelperFailure as e:
             return self._recover(e, one_gpu)
-        options = dict(transformer_options)
-        options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh)
+
+        def forward(inputs):
+            args = transport.insert_tensors(skeleton, inputs)
+            options = dict(transformer_options)
+            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh)
+            return executor(args.pop("x"), args.pop("timestep"), args.pop("context"), args.pop("y"),
+                            args.pop("guidance"), args.pop("ref_latents"), args.pop("control"), options,
+                            **{k: v for k, v in args.items() if k != "transformer_options"})
+
         try:
-            return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)
+            if mode == step_graphs.EAGER:
+                return forward(tensors)
+            # The graph's output buffer is overwritten by the next replay: the sampler gets a copy.
+            return group.graphs.run(key, mode, forward, [t.to(group.device) for t in tensors]).clone()
         except comfy.model_management.InterruptProcessingException:
             raise
         except Exception as e:
@@ -99,6 +113,15 @@ class MultiGPURun:
                   "prompt on one GPU. New helpers start with the next prompt.", type(error).__name__, error)
         helpers.shutdown_group("a parallel step failed")
         return one_gpu()
+
+
+def _graph_safe(model_patcher, group):
+    """CUDA graphs bake in the weights' addresses: only for a classic ModelPatcher whose weights are all resident on
+    rank 0's GPU. Dynamic VRAM and lowvram loading move weights during a step, so those run eagerly."""
+    if group.device.type != "cuda" or not step_graphs.enabled() or model_patcher.is_dynamic():
+        return False
+    return model_patcher.model.model_lowvram is False and \
+        model_patcher.loaded_size() >= model_patcher.model_size()
 
 
 def _visible_cuda():

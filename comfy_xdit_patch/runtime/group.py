@@ -21,6 +21,7 @@ import torch.distributed as dist
 from ..parallel.mesh import SequenceParallelMesh
 from . import channel as control
 from . import transport, weights
+from .step_graphs import EAGER, StepGraphs
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class HelperGroup:
         self.diffusion_model = None   # rank 0's diffusion model the helpers currently mirror
         self.started_s = None
         self.weight_syncs = 0
+        self.graphs = StepGraphs()
+        self.graph_keys = {}
+        self.generation = 0
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
     def start(self):
@@ -193,15 +197,28 @@ class HelperGroup:
             stats[rank] = channel.recv(timeout=30)
         return stats
 
-    def dispatch_forward(self, call_args):
-        """Send one model call (a dict of its arguments) to every helper; they start computing at once."""
+    def new_sampling_run(self):
+        """Graphs never outlive a sampling run: the next one may bring other weights or another model."""
+        self.generation += 1
+        self.graphs.reset(self.generation)
+        self.graph_keys.clear()
+
+    def dispatch_forward(self, call_args, allow_graph):
+        """Send one model call (a dict of its arguments) to every helper; they start computing at once.
+        Returns ``(skeleton, tensors, key, mode)`` for rank 0's own share of the call."""
         tensors = []
         skeleton = transport.extract_tensors(call_args, tensors)
-        self._broadcast_message(("forward", skeleton, transport.layout(tensors)))   # pickling errors surface here, before helpers see anything
+        tensor_layout = transport.layout(tensors)
+        structure = pickle.dumps((skeleton, tensor_layout), protocol=pickle.HIGHEST_PROTOCOL)
+        key = self.graph_keys.setdefault(structure, len(self.graph_keys))
+        mode = self.graphs.choose(key) if allow_graph else EAGER
+        # Pickling errors surface here, before any helper sees anything.
+        self._broadcast_message(("forward", skeleton, tensor_layout, (self.generation, key), mode))
         try:
             transport.send_tensors(tensors, self.device)
         except Exception as e:  # helpers already wait for this broadcast: the group is out of step
             raise HelperFailure(f"sending the step's tensors failed: {e}") from e
+        return skeleton, tensors, key, mode
 
 
 _lock = threading.Lock()

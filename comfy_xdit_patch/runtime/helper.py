@@ -75,8 +75,10 @@ def serve(link, mesh, device):
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
     from comfy_xdit_patch.patches import flux
     from comfy_xdit_patch.runtime import transport, weights
+    from comfy_xdit_patch.runtime.step_graphs import StepGraphs
 
     diffusion_model = None
+    graphs = StepGraphs()
     while True:
         message = link.recv()
         op = message[0]
@@ -84,18 +86,23 @@ def serve(link, mesh, device):
             return
         if op == "load":
             _, spec, keys = message
+            graphs.reset(None)      # graphs point at the old weights
             diffusion_model = None  # free the previous model's memory before building the next one
             diffusion_model = weights.build_diffusion_model(spec, device)
             weights.receive_weights(diffusion_model, keys, device)
             flux.install_on_model(diffusion_model)
             link.send("loaded")
         elif op == "forward":
-            _, skeleton, tensor_layout = message
+            _, skeleton, tensor_layout, (generation, key), mode = message
             tensors = transport.receive_tensors(tensor_layout, device)
-            call_args = transport.insert_tensors(skeleton, tensors)
-            call = SequenceParallelCall(mesh)
-            options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call)
-            diffusion_model(**call_args, transformer_options=options)
+            graphs.reset(generation)
+
+            def forward(inputs):
+                call_args = transport.insert_tensors(skeleton, inputs)
+                options = flux.hooked_transformer_options(call_args.pop("transformer_options"), SequenceParallelCall(mesh))
+                return diffusion_model(**call_args, transformer_options=options)
+
+            graphs.run(key, mode, forward, tensors)
         elif op == "stats":
             link.send(_device_stats(device))
         else:

@@ -1,0 +1,78 @@
+"""CUDA-graph replay of the sequence-parallel model call, in lock-step on every rank.
+
+At half the tokens per GPU, a FLUX step is bound by the ~2 500 kernel launches Python issues, not by the GPU
+(docs/benchmarks.md). Replaying the step as a CUDA graph, collectives included, removes that host cost.
+
+Rank 0 decides per call and tells the helpers, so every rank does the same thing:
+- ``eager``: the first call of a new shape (also the warm-up a capture needs: cuBLAS, NCCL communicators);
+- ``capture``: the second call with the same key (shapes and options): record it into a graph, then replay it;
+- ``replay``: copy the call's tensors into the graph's static inputs and replay.
+A failed capture falls back to eager on that rank; eager and replay issue the same collectives in the same order,
+so the ranks stay in step whichever each one runs.
+"""
+import collections
+import logging
+import os
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EAGER, CAPTURE, REPLAY = "eager", "capture", "replay"
+
+
+def enabled():
+    return os.environ.get("COMFY_XDIT_CUDA_GRAPHS", "1") != "0"
+
+
+class StepGraphs:
+    def __init__(self, limit=2):
+        self.limit = limit          # graphs kept (each holds a forward's activations)
+        self.generation = None
+        self.entries = collections.OrderedDict()
+        self.uncapturable = set()
+        self.seen = set()
+
+    def reset(self, generation):
+        if generation != self.generation:
+            self.generation = generation
+            self.entries.clear()
+            self.uncapturable.clear()
+            self.seen.clear()
+
+    def choose(self, key):
+        """Rank 0: the mode of this call."""
+        if key in self.entries:
+            return REPLAY
+        if key in self.seen and key not in self.uncapturable:
+            return CAPTURE
+        return EAGER
+
+    def run(self, key, mode, forward, inputs):
+        """``forward(inputs)`` runs the model call on a list of tensors and returns its output tensor. In graph modes
+        the returned tensor is the graph's static output: copy it before the next call if it must survive."""
+        self.seen.add(key)
+        if mode == CAPTURE:
+            static = [t.clone() for t in inputs]
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    output = forward(static)
+            except Exception as e:
+                log.warning("Enable Multi-GPU: this step cannot be captured as a CUDA graph (%s: %s); it runs "
+                            "eagerly.", type(e).__name__, str(e)[:200])
+                self.uncapturable.add(key)
+                return forward(inputs)
+            self.entries[key] = (graph, static, output)
+            while len(self.entries) > self.limit:
+                self.entries.popitem(last=False)
+            graph.replay()
+            return output
+        if mode == REPLAY and key in self.entries:
+            graph, static, output = self.entries[key]
+            self.entries.move_to_end(key)
+            for buffer, tensor in zip(static, inputs):
+                buffer.copy_(tensor, non_blocking=True)
+            graph.replay()
+            return output
+        return forward(inputs)
