@@ -179,8 +179,9 @@ def main(argv=None):
     parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
     parser.add_argument("--graph-baseline", action="store_true", help="also time 1 GPU with its step replayed as a "
                         "CUDA graph (the fair baseline for the graphed N-GPU step)")
-    parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
-                        help="CUDA-graph replay of the parallel step (on by default, as in the node)")
+    parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="off",
+                        help="CUDA-graph replay of the parallel step (COMFY_XDIT_CUDA_GRAPHS; off by default, as in "
+                        "the node)")
     parser.add_argument("--comfy-args", default="", help="ComfyUI command-line flags for this run, e.g. "
                         "--comfy-args='--disable-dynamic-vram' (note the '=')")
     parser.add_argument("--profile", action="store_true", help="print rank 0's top CUDA kernels for 3 steps at the "

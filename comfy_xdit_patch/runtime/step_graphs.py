@@ -1,7 +1,9 @@
-"""CUDA-graph replay of the sequence-parallel model call, in lock-step on every rank.
+"""CUDA-graph replay of the sequence-parallel model call, in lock-step on every rank. Opt-in:
+``COMFY_XDIT_CUDA_GRAPHS=1``.
 
-At half the tokens per GPU, a FLUX step is bound by the ~2 500 kernel launches Python issues, not by the GPU
-(docs/benchmarks.md). Replaying the step as a CUDA graph, collectives included, removes that host cost.
+Replaying the step as a CUDA graph, collectives included, removes the host's kernel-launch cost. On 2xH200 it did not
+pay for FLUX.1-dev at 1024^2 or 2048^2 (docs/benchmarks.md: the 2-GPU step is not launch-bound there), so it is off
+by default; it is kept for layouts where each GPU's share is small (4 and 8 GPUs), to be measured there.
 
 Rank 0 decides per call and tells the helpers, so every rank does the same thing:
 - ``eager``: the first call of a new shape (also the warm-up a capture needs: cuBLAS, NCCL communicators);
@@ -22,7 +24,7 @@ EAGER, CAPTURE, REPLAY = "eager", "capture", "replay"
 
 
 def enabled():
-    return os.environ.get("COMFY_XDIT_CUDA_GRAPHS", "1") != "0"
+    return os.environ.get("COMFY_XDIT_CUDA_GRAPHS", "0") == "1"
 
 
 class StepGraphs:
@@ -63,6 +65,7 @@ class StepGraphs:
                             "eagerly.", type(e).__name__, str(e)[:200])
                 self.uncapturable.add(key)
                 return forward(inputs)
+            log.info("Enable Multi-GPU: captured the step (key %s) as a CUDA graph", key)
             self.entries[key] = (graph, static, output)
             while len(self.entries) > self.limit:
                 self.entries.popitem(last=False)
