@@ -1,9 +1,8 @@
 """CUDA-graph replay of the sequence-parallel model call, in lock-step on every rank. Opt-in:
 ``COMFY_XDIT_CUDA_GRAPHS=1``.
 
-Replaying the step as a CUDA graph, collectives included, removes the host's kernel-launch cost. On 2xH200 it did not
-pay for FLUX.1-dev at 1024^2 or 2048^2 (docs/benchmarks.md: the 2-GPU step is not launch-bound there), so it is off
-by default; it is kept for layouts where each GPU's share is small (4 and 8 GPUs), to be measured there.
+Replaying the step as a CUDA graph, collectives included, removes the host's kernel-launch cost. Off by default
+until measurements show it pays (docs/benchmarks.md).
 
 Rank 0 decides per call and tells the helpers, so every rank does the same thing:
 - ``eager``: the first call of a new shape (also the warm-up a capture needs: cuBLAS, NCCL communicators);
@@ -43,17 +42,17 @@ class StepGraphs:
             self.seen.clear()
 
     def choose(self, key):
-        """Rank 0: the mode of this call."""
+        """Rank 0: the mode of this call (a key seen once before is captured: its first call was the warm-up)."""
         if key in self.entries:
             return REPLAY
         if key in self.seen and key not in self.uncapturable:
             return CAPTURE
+        self.seen.add(key)
         return EAGER
 
     def run(self, key, mode, forward, inputs):
         """``forward(inputs)`` runs the model call on a list of tensors and returns its output tensor. In graph modes
         the returned tensor is the graph's static output: copy it before the next call if it must survive."""
-        self.seen.add(key)
         if mode == CAPTURE:
             static = [t.clone() for t in inputs]
             graph = torch.cuda.CUDAGraph()
