@@ -53,8 +53,13 @@ def random_flux_state_dict(size, dtype, device, seed=0, guidance=True, context_d
                       depth_single_blocks=size["depth_single"], axes_dim=[16, 56, 56], theta=10000, patch_size=2,
                       qkv_bias=True, guidance_embed=guidance, txt_ids_dims=[]).state_dict()
     generator = torch.Generator(device=device).manual_seed(seed)
-    return {k: (torch.randn(v.shape, generator=generator, device=device, dtype=torch.float32) *
-                (0.02 if v.ndim > 1 else 0.01)).to(dtype) for k, v in shapes.items()}
+    return {bfl_name(k): (torch.randn(v.shape, generator=generator, device=device, dtype=torch.float32) *
+                          (0.02 if v.ndim > 1 else 0.01)).to(dtype) for k, v in shapes.items()}
+
+
+def bfl_name(key):
+    """BFL checkpoints name the q/k RMSNorm weights '.scale'; ComfyUI renames them to '.weight' on load."""
+    return key[:-len(".weight")] + ".scale" if key.endswith(("query_norm.weight", "key_norm.weight")) else key
 
 
 def _random_flux(size, dtype, device, seed=0):

@@ -32,6 +32,58 @@ def tiny_flux_state_dict(hidden=512, heads=4, depth=2, depth_single=2, guidance=
     return random_flux_state_dict(size, torch.float32, "cpu", seed, guidance, context_dim, in_channels)
 
 
+def tiny_lora_state_dict(base_state, layers, rank=4, seed=10, scale=0.05):
+    """A LoRA in the kohya naming ComfyUI maps to FLUX keys ('lora_unet_<key with _>.lora_up/.lora_down/.alpha')."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for layer in layers:
+        out_features, in_features = base_state[layer + ".weight"].shape
+        name = "lora_unet_" + layer.replace(".", "_")
+        lora[name + ".lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+        lora[name + ".lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+        lora[name + ".alpha"] = torch.tensor(float(rank))
+    return lora
+
+
+def tiny_flux_controlnet_state_dict(hidden=512, heads=4, depth=2, depth_single=1, seed=20):
+    """An XLabs-format FLUX ControlNet (ComfyUI detects it by 'controlnet_blocks.0.weight' and the double blocks),
+    random weights, sized like the tiny FLUX."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.flux.controlnet import ControlNetFlux
+    with torch.device("meta"):
+        shapes = ControlNetFlux(operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="meta",
+                                in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                                hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth,
+                                depth_single_blocks=depth_single, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
+                                qkv_bias=True, guidance_embed=True, txt_ids_dims=[]).state_dict()
+    from comfy_xdit_patch.bench import bfl_name
+    generator = torch.Generator().manual_seed(seed)
+    return {bfl_name(k): torch.randn(v.shape, generator=generator) * (0.05 if v.ndim > 1 else 0.01)
+            for k, v in shapes.items()}
+
+
+def write_model_files(root):
+    """Writes the tiny models into ComfyUI's folder layout under ``root`` and registers the folders."""
+    import folder_paths
+    import safetensors.torch
+    base = tiny_flux_state_dict()
+    layers_a = ["double_blocks.0.img_attn.qkv", "double_blocks.1.txt_mlp.0", "single_blocks.0.linear1"]
+    layers_b = ["double_blocks.0.img_mlp.2", "single_blocks.1.linear2", "img_in"]
+    files = {
+        ("diffusion_models", "tiny_flux.safetensors"): base,
+        ("loras", "tiny_lora_a.safetensors"): tiny_lora_state_dict(base, layers_a, seed=11),
+        ("loras", "tiny_lora_b.safetensors"): tiny_lora_state_dict(base, layers_b, seed=12),
+        ("controlnet", "tiny_flux_controlnet.safetensors"): tiny_flux_controlnet_state_dict(),
+    }
+    for (folder, name), state in files.items():
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        safetensors.torch.save_file(state, os.path.join(root, folder, name))
+    for folder in {folder for folder, _ in files}:
+        folder_paths.add_model_folder_path(folder, os.path.join(root, folder), is_default=True)
+
+
 def load_tiny_flux(**kwargs):
     import torch
     import comfy.sd

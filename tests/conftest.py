@@ -15,6 +15,14 @@ def tiny_flux():
     return comfy_env.load_tiny_flux()
 
 
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory):
+    """Tiny FLUX, two LoRAs and a FLUX ControlNet as files in ComfyUI's model folders (loaded by its own nodes)."""
+    root = tmp_path_factory.mktemp("models")
+    comfy_env.write_model_files(str(root))
+    return root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def stop_helpers_at_end():
     yield

@@ -40,14 +40,11 @@ class FakeServer:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory, model_files):
     import folder_paths
     import nodes
     import execution
     root = tmp_path_factory.mktemp("comfy")
-    (root / "unet").mkdir()
-    safetensors.torch.save_file(comfy_env.tiny_flux_state_dict(), str(root / "unet" / "tiny_flux.safetensors"))
-    folder_paths.add_model_folder_path("diffusion_models", str(root / "unet"), is_default=True)
     folder_paths.set_output_directory(str(root / "out"))
     assert asyncio.run(nodes.load_custom_node(comfy_env.REPO)), "the plugin did not load as a custom node"
     assert "EnableMultiGPU" in nodes.NODE_CLASS_MAPPINGS

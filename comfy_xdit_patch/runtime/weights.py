@@ -63,7 +63,12 @@ def send_weights(model_patcher, keys, device):
         header[0], header[1] = _DTYPES.index(weight.dtype), weight.ndim
         header[2:2 + weight.ndim] = torch.tensor(weight.shape, dtype=torch.int64)
         dist.broadcast(header.to(device), src=0)
-        dist.broadcast(weight.to(device).contiguous(), src=0)
+        dist.broadcast(_as_bytes(weight.to(device).contiguous()), src=0)
+
+
+def _as_bytes(tensor):
+    """Weights travel as raw bytes: gloo has no fp8 types, and bytes need no dtype on the wire."""
+    return tensor.reshape(-1).view(torch.uint8)
 
 
 def build_diffusion_model(spec, device):
@@ -85,7 +90,7 @@ def receive_weights(diffusion_model, keys, device):
         dist.broadcast(header, src=0)
         meta = header.tolist()
         tensor = torch.empty(meta[2:2 + meta[1]], dtype=_DTYPES[meta[0]], device=device)
-        dist.broadcast(tensor, src=0)
+        dist.broadcast(_as_bytes(tensor), src=0)
         comfy.utils.set_attr_param(diffusion_model, key, tensor)
     left = [name for name, t in list(diffusion_model.named_parameters()) + list(diffusion_model.named_buffers())
             if t.is_meta]

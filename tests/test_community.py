@@ -1,0 +1,125 @@
+"""Community FLUX workflows under Enable Multi-GPU, built from ComfyUI's own nodes on tiny models: N ranks equal 1.
+
+Each case samples the same graph twice, without and with the node, and compares the latents (fp32, ≤ 1e-5).
+"""
+import logging
+
+import nodes
+import pytest
+import torch
+
+from comfy_env import empty_latent, flux_conditioning, relative_error
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.runtime import group as helpers
+
+
+def ksample(model, positive, negative, latent, steps=2, cfg=1.0, denoise=1.0, seed=42):
+    return nodes.KSampler().sample(model, seed, steps, cfg, "euler", "simple", positive, negative, latent,
+                                   denoise=denoise)[0]["samples"]
+
+
+def assert_parallel_equal(model, gpus=2, parallelism="ring", **sample_args):
+    expected = ksample(model, **sample_args)
+    got = ksample(enable_multigpu(model, gpus=gpus, parallelism=parallelism), **sample_args)
+    group = helpers.current_group()
+    assert group is not None and group.plan.world_size == gpus, "the helpers did not run"
+    assert relative_error(got, expected) <= 1e-5
+    return group
+
+
+@pytest.fixture(scope="module")
+def unet(model_files):
+    return nodes.UNETLoader().load_unet("tiny_flux.safetensors", "default")[0]
+
+
+@pytest.fixture
+def conds():
+    return dict(positive=flux_conditioning(77, seed=1), negative=flux_conditioning(77, seed=2))
+
+
+def with_loras(model, strength_a, strength_b):
+    loader = nodes.LoraLoaderModelOnly()
+    model = loader.load_lora_model_only(model, "tiny_lora_a.safetensors", strength_a)[0]
+    return loader.load_lora_model_only(model, "tiny_lora_b.safetensors", strength_b)[0]
+
+
+def test_two_loras_and_a_strength_change_between_prompts(unet, conds):
+    latent = empty_latent(18, 14)
+    group = assert_parallel_equal(with_loras(unet, 0.8, 0.5), positive=conds["positive"],
+                                  negative=conds["negative"], latent=latent)
+    syncs = group.weight_syncs
+    assert_parallel_equal(with_loras(unet, 0.8, -0.7), positive=conds["positive"], negative=conds["negative"],
+                          latent=latent)
+    assert helpers.current_group() is group and group.weight_syncs == syncs + 1, "the new strength was not re-sent"
+
+
+def controlnet_conds(conds, latent_hw, strength=0.9):
+    control_net = nodes.ControlNetLoader().load_controlnet("tiny_flux_controlnet.safetensors")[0]
+    hint = torch.rand(1, latent_hw[0] * 8, latent_hw[1] * 8, 3, generator=torch.Generator().manual_seed(4))
+    positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
+        conds["positive"], conds["negative"], control_net, hint, strength, 0.0, 1.0)
+    return positive, negative
+
+
+def test_controlnet_residuals_are_sharded_like_the_image_tokens(unet, conds):
+    positive, negative = controlnet_conds(conds, (18, 14))
+    without = ksample(unet, conds["positive"], conds["negative"], empty_latent(18, 14))
+    with_control = ksample(unet, positive, negative, empty_latent(18, 14))
+    assert relative_error(with_control, without) > 1e-3, "the ControlNet must change the result"
+    assert_parallel_equal(unet, positive=positive, negative=negative, latent=empty_latent(18, 14))
+
+
+def kontext_conds(conds, reference_hw, seed=5):
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+    reference = {"samples": torch.randn(1, 16, *reference_hw, generator=torch.Generator().manual_seed(seed))}
+    return ReferenceLatent.execute(conds["positive"], reference).result[0]
+
+
+def test_kontext_reference_latents_add_image_tokens(unet, conds):
+    positive = kontext_conds(conds, (10, 12))     # 30 reference tokens beside 63 image tokens: 93, odd
+    assert_parallel_equal(unet, positive=positive, negative=conds["negative"], latent=empty_latent(18, 14))
+
+
+def test_img2img_batch_of_two_and_cfg(unet, conds):
+    start = {"samples": torch.randn(2, 16, 16, 18, generator=torch.Generator().manual_seed(6))}
+    assert_parallel_equal(unet, positive=conds["positive"], negative=conds["negative"], latent=start,
+                          denoise=0.6, cfg=2.5)
+
+
+def test_long_text_like_redux_context(unet):
+    """Redux appends image tokens to the text: a 700-token context splits unevenly like any other."""
+    assert_parallel_equal(unet, positive=flux_conditioning(701, seed=7), negative=flux_conditioning(77, seed=8),
+                          latent=empty_latent(16, 16), cfg=2.0)
+
+
+def test_lora_controlnet_and_kontext_together_on_usp_2x2(unet, conds):
+    positive, negative = controlnet_conds(conds, (18, 14))
+    positive = kontext_conds({"positive": positive}, (8, 8))
+    assert_parallel_equal(with_loras(unet, 0.6, 0.9), gpus=4, parallelism="usp", positive=positive,
+                          negative=negative, latent=empty_latent(18, 14))
+
+
+def test_schnell_without_guidance_embedding(model_files):
+    import comfy.sd
+    from comfy_env import tiny_flux_state_dict
+    schnell = comfy.sd.load_diffusion_model_state_dict(tiny_flux_state_dict(guidance=False))
+    assert type(schnell.model).__name__ == "Flux" and not schnell.model.diffusion_model.params.guidance_embed
+    assert_parallel_equal(schnell, positive=flux_conditioning(77, seed=1), negative=flux_conditioning(77, seed=2),
+                          latent=empty_latent(16, 16))
+
+
+def test_fp8_weights_from_unet_loader(model_files, conds):
+    fp8 = nodes.UNETLoader().load_unet("tiny_flux.safetensors", "fp8_e4m3fn")[0]
+    assert fp8.model.diffusion_model.img_in.weight.dtype == torch.float8_e4m3fn
+    assert_parallel_equal(fp8, positive=conds["positive"], negative=conds["negative"], latent=empty_latent(16, 16))
+
+
+def test_unknown_patch_inside_the_model_falls_back_to_one_gpu(unet, conds, caplog):
+    patched = unet.clone()
+    patched.set_model_attn1_output_patch(lambda attn, extra_options: attn * 0.9)
+    expected = ksample(patched, conds["positive"], conds["negative"], empty_latent(16, 16))
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(enable_multigpu(patched, gpus=2, parallelism="ring"), conds["positive"], conds["negative"],
+                      empty_latent(16, 16))
+    assert relative_error(got, expected) == 0.0
+    assert any("patches.attn1_output_patch" in r.getMessage() for r in caplog.records)
