@@ -23,3 +23,14 @@ def test_clip_to_shard_handles_prefix_tensors():
     assert clip_to_shard(control, sizes, 0).flatten().tolist() == [0, 1, 2, 3, 4]
     assert clip_to_shard(control, sizes, 1).flatten().tolist() == [5, 6]
     assert clip_to_shard(torch.zeros(1, 4, 1), sizes, 1) is None
+
+
+def test_a_tensor_repeated_in_a_call_travels_once():
+    from comfy_xdit_patch.runtime.transport import extract_tensors, insert_tensors
+    residual, other = torch.ones(2), torch.zeros(3)
+    call = {"control": {"input": [residual, residual, None, residual], "output": [other]}, "x": other}
+    tensors = []
+    skeleton = extract_tensors(call, tensors)
+    assert len(tensors) == 2
+    rebuilt = insert_tensors(skeleton, tensors)
+    assert rebuilt["control"]["input"][3] is residual and rebuilt["x"] is other and rebuilt["control"]["input"][2] is None

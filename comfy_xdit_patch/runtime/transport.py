@@ -15,15 +15,19 @@ class TensorSlot:
     index: int
 
 
-def extract_tensors(obj, tensors):
-    """Returns ``obj`` with every tensor replaced by a TensorSlot; the tensors are appended to ``tensors``."""
+def extract_tensors(obj, tensors, _seen=None):
+    """Returns ``obj`` with every tensor replaced by a TensorSlot; the tensors are appended to ``tensors``.
+    A tensor that appears several times travels once (FLUX ControlNets repeat each residual over many blocks)."""
+    seen = {} if _seen is None else _seen
     if isinstance(obj, torch.Tensor):
-        tensors.append(obj)
-        return TensorSlot(len(tensors) - 1)
+        if id(obj) not in seen:
+            tensors.append(obj)
+            seen[id(obj)] = TensorSlot(len(tensors) - 1)
+        return seen[id(obj)]
     if isinstance(obj, dict):
-        return {k: extract_tensors(v, tensors) for k, v in obj.items()}
+        return {k: extract_tensors(v, tensors, seen) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(extract_tensors(v, tensors) for v in obj)
+        return type(obj)(extract_tensors(v, tensors, seen) for v in obj)
     return obj
 
 
