@@ -123,3 +123,45 @@ def test_unknown_patch_inside_the_model_falls_back_to_one_gpu(unet, conds, caplo
                       empty_latent(16, 16))
     assert relative_error(got, expected) == 0.0
     assert any("patches.attn1_output_patch" in r.getMessage() for r in caplog.records)
+
+
+def test_ksampler_advanced_partial_steps(unet, conds):
+    def run(model):
+        return nodes.KSamplerAdvanced().sample(model, "enable", 3, 4, 1.0, "dpmpp_2m", "beta", conds["positive"],
+                                               conds["negative"], empty_latent(18, 14), 1, 3, "disable")[0]["samples"]
+    expected = run(unet)
+    assert relative_error(run(enable_multigpu(unet, gpus=2, parallelism="ulysses")), expected) <= 1e-5
+
+
+def test_sampler_custom_advanced_with_a_guider(unet, conds):
+    from comfy_extras.nodes_custom_sampler import (BasicGuider, BasicScheduler, KSamplerSelect, RandomNoise,
+                                                   SamplerCustomAdvanced)
+
+    def run(model):
+        guider = BasicGuider.execute(model, conds["positive"]).result[0]
+        sigmas = BasicScheduler.execute(model, "simple", 3, 1.0).result[0]
+        out = SamplerCustomAdvanced.execute(RandomNoise.execute(9).result[0], guider,
+                                            KSamplerSelect.execute("euler_ancestral").result[0], sigmas,
+                                            empty_latent(16, 18))
+        return out.result[0]["samples"]
+    expected = run(unet)
+    assert relative_error(run(enable_multigpu(unet, gpus=2, parallelism="ring")), expected) <= 1e-5
+
+
+def test_fill_inpaint_extra_channels_and_noise_mask(model_files):
+    """FLUX Fill: 96 input channels (latent + masked image + 64 mask channels), as InpaintModelConditioning sets it up
+    (its VAE encode replaced by a given latent), with a noise mask on the latent."""
+    import comfy.sd
+    import node_helpers
+    from comfy_env import tiny_flux_state_dict
+    fill = comfy.sd.load_diffusion_model_state_dict(tiny_flux_state_dict(in_channels=96))
+    assert fill.model.model_config.unet_config["in_channels"] == 96
+    generator = torch.Generator().manual_seed(13)
+    image_latent = torch.randn(1, 16, 18, 14, generator=generator)
+    mask = torch.zeros(1, 1, 144, 112)
+    mask[..., 40:120, 30:90] = 1.0
+    values = {"concat_latent_image": image_latent, "concat_mask": mask}
+    positive = node_helpers.conditioning_set_values(flux_conditioning(77, seed=1), values)
+    negative = node_helpers.conditioning_set_values(flux_conditioning(77, seed=2), values)
+    latent = {"samples": image_latent.clone(), "noise_mask": mask}
+    assert_parallel_equal(fill, positive=positive, negative=negative, latent=latent)
