@@ -69,8 +69,11 @@ class MultiGPURun:
             self._one_gpu(self.blocked)
             return one_gpu()
         group = helpers.current_group()
-        if group is None or group.plan != self.plan or not group.alive():
-            self._one_gpu("the helper processes are not running")
+        if group is not None and not group.alive():
+            helpers.shutdown_group(group.failure or "a helper exited", graceful=False)
+            group = None
+        if group is None or group.plan != self.plan:
+            self._one_gpu("the helper processes are not running (they start again with the next prompt)")
             return one_gpu()
         if group.diffusion_model is not executor.class_obj:
             self._one_gpu("the helpers hold another model (was the sampler started without ModelPatcher.pre_run?)")
@@ -100,9 +103,12 @@ class MultiGPURun:
 
         try:
             if mode == step_graphs.EAGER:
-                return forward(tensors)
-            # The graph's output buffer is overwritten by the next replay: the sampler gets a copy.
-            return group.graphs.run(key, mode, forward, [t.to(group.device) for t in tensors]).clone()
+                out = forward(tensors)
+            else:
+                # The graph's output buffer is overwritten by the next replay: the sampler gets a copy.
+                out = group.graphs.run(key, mode, forward, [t.to(group.device) for t in tensors]).clone()
+            group.wait_step()
+            return out
         except comfy.model_management.InterruptProcessingException:
             raise
         except Exception as e:
@@ -111,7 +117,7 @@ class MultiGPURun:
     def _recover(self, error, one_gpu):
         log.error("Enable Multi-GPU: the parallel step failed (%s: %s); stopping the helpers and finishing this "
                   "prompt on one GPU. New helpers start with the next prompt.", type(error).__name__, error)
-        helpers.shutdown_group("a parallel step failed")
+        helpers.shutdown_group("a parallel step failed", graceful=False)
         return one_gpu()
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -25,8 +26,19 @@ from .step_graphs import EAGER, StepGraphs
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = float(os.environ.get("COMFY_XDIT_START_TIMEOUT", "180"))
-COLLECTIVE_TIMEOUT_S = float(os.environ.get("COMFY_XDIT_COLLECTIVE_TIMEOUT", "300"))
+
+
+def start_timeout_s():
+    return float(os.environ.get("COMFY_XDIT_START_TIMEOUT", "180"))
+
+
+def collective_timeout_s():
+    """Bounds a collective whose peer is stuck; helpers read the same variable (they inherit the environment)."""
+    return float(os.environ.get("COMFY_XDIT_COLLECTIVE_TIMEOUT", "300"))
+
+
+# Rendezvous and bootstrap stay on loopback unless the user chose an interface.
+_LOOPBACK_ENV = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
 
 
 class HelperFailure(RuntimeError):
@@ -56,6 +68,8 @@ class HelperGroup:
         self.graphs = StepGraphs()
         self.graph_keys = {}
         self.generation = 0
+        self.failure = None           # set by the health monitor when a helper dies
+        self._stopping = threading.Event()
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
     def start(self):
@@ -65,11 +79,19 @@ class HelperGroup:
                                 "node?); Enable Multi-GPU needs to create its own process group.")
         token = secrets.token_bytes(16)
         listener = control.listen()
-        store = dist.TCPStore("127.0.0.1", 0, self.plan.world_size, True, timedelta(seconds=START_TIMEOUT_S),
-                              wait_for_workers=False)
+        for name, value in _LOOPBACK_ENV.items():
+            os.environ.setdefault(name, value)
+        # TCPStore binds every interface unless it is handed a listening socket: give it one on 127.0.0.1.
+        store_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        store_socket.bind(("127.0.0.1", 0))
+        store_socket.listen()
+        store_port = store_socket.getsockname()[1]
+        store = dist.TCPStore("127.0.0.1", store_port, self.plan.world_size, True,
+                              timedelta(seconds=start_timeout_s()), wait_for_workers=False,
+                              master_listen_fd=store_socket.detach(), use_libuv=True)
         try:
             self._spawn(listener.getsockname(), token)
-            deadline = time.monotonic() + START_TIMEOUT_S
+            deadline = time.monotonic() + start_timeout_s()
             for _ in range(1, self.plan.world_size):
                 channel = self._accept(listener, token, deadline)
                 rank = channel.recv(timeout=10)
@@ -77,10 +99,10 @@ class HelperGroup:
             import comfy.cli_args
             for rank, channel in self.channels.items():
                 channel.send({"comfy_args": vars(comfy.cli_args.args), "plan": self.plan, "rank": rank,
-                              "store_port": store.port})
+                              "store_port": store_port})
             self._expect_all("imported", deadline)
             dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
-                                    timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+                                    timeout=timedelta(seconds=collective_timeout_s()))
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree)
             self._expect_all("ready", deadline)
         except BaseException:
@@ -89,6 +111,7 @@ class HelperGroup:
         finally:
             listener.close()
         self.started_s = time.perf_counter() - t0
+        threading.Thread(target=self._monitor, name="comfy-xdit-health", daemon=True).start()
         log.info("Enable Multi-GPU: started %d helper process(es) for %s in %.1f s",
                  self.plan.world_size - 1, self.plan.describe(), self.started_s)
 
@@ -116,7 +139,7 @@ class HelperGroup:
         while True:
             self._check_processes()
             if time.monotonic() > deadline:
-                raise HelperFailure(f"helpers did not connect within {START_TIMEOUT_S:.0f} s")
+                raise HelperFailure(f"helpers did not connect within {start_timeout_s():.0f} s")
             try:
                 return control.accept(listener, token, timeout=0.5)
             except TimeoutError:
@@ -127,7 +150,7 @@ class HelperGroup:
             while True:
                 self._check_processes()
                 if time.monotonic() > deadline:
-                    raise HelperFailure(f"helper rank {rank} did not report '{what}' within {START_TIMEOUT_S:.0f} s")
+                    raise HelperFailure(f"helper rank {rank} did not report '{what}' within {start_timeout_s():.0f} s")
                 try:
                     reply = channel.recv(timeout=0.5)
                 except TimeoutError:
@@ -137,15 +160,44 @@ class HelperGroup:
                 raise HelperFailure(f"helper rank {rank} failed: {reply}")
 
     def alive(self):
-        return self.mesh is not None and all(p.poll() is None for p in self.processes.values())
+        return self.mesh is not None and self.failure is None and all(p.poll() is None for p in self.processes.values())
 
-    def shutdown(self):
+    def _monitor(self):
+        """Notices a dead helper within 0.2 s, even while rank 0 waits inside a collective, and aborts the process
+        group so that the waiting collective (NCCL kernels included) returns with an error instead of hanging."""
+        while not self._stopping.wait(0.2):
+            for rank, process in self.processes.items():
+                code = process.poll()
+                if code is not None and not self._stopping.is_set():
+                    self.failure = f"helper rank {rank} exited with code {code}"
+                    log.error("Enable Multi-GPU: %s", self.failure)
+                    try:
+                        dist.distributed_c10d._abort_process_group()
+                    except Exception:  # gloo fails the waiting collective by itself
+                        log.debug("process-group abort unavailable", exc_info=True)
+                    return
+
+    def wait_step(self):
+        """Rank 0, after its share of a parallel call: wait until the step completed on the device, and raise if a
+        helper failed meanwhile, so that a step broken by a dead helper is never handed to the sampler."""
+        if self.device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()
+            while not done.query():
+                if self.failure:
+                    break
+                time.sleep(0.0002)
+        if self.failure:
+            raise HelperFailure(self.failure)
+
+    def shutdown(self, graceful=True):
+        self._stopping.set()
         for channel in self.channels.values():
             try:
                 channel.send(("exit",))
             except OSError:
                 pass
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (10 if graceful else 0)
         for process in self.processes.values():
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -181,7 +233,7 @@ class HelperGroup:
         keys = weights.weight_keys(model_patcher)
         self._broadcast_message(("load", weights.model_spec(model_patcher), keys))
         weights.send_weights(model_patcher, keys, self.device)
-        self._expect_all("loaded", time.monotonic() + COLLECTIVE_TIMEOUT_S)
+        self._expect_all("loaded", time.monotonic() + collective_timeout_s())
         self.model_fingerprint = fingerprint
         self.diffusion_model = model_patcher.model.diffusion_model
         self.weight_syncs += 1
@@ -245,13 +297,14 @@ def current_group():
     return _group
 
 
-def shutdown_group(reason=None):
+def shutdown_group(reason=None, graceful=True):
+    """Ends the helpers. ``graceful=False`` (after a failure) kills them at once instead of waiting for them."""
     global _group
     with _lock:
         if _group is not None:
             if reason:
                 log.info("Enable Multi-GPU: stopping helpers (%s)", reason)
-            _group.shutdown()
+            _group.shutdown(graceful)
             _group = None
 
 

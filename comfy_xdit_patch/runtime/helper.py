@@ -79,6 +79,9 @@ def serve(link, mesh, device):
 
     diffusion_model = None
     graphs = StepGraphs()
+    forwards = 0
+    # Test hook (tests/test_faults.py): stall inside the Nth call's first collective, as a stuck peer would.
+    stall_at = int(os.environ.get("COMFY_XDIT_TEST_STALL_AT_FORWARD", "0"))
     while True:
         message = link.recv()
         op = message[0]
@@ -94,6 +97,9 @@ def serve(link, mesh, device):
             link.send("loaded")
         elif op == "forward":
             _, skeleton, tensor_layout, (generation, key), mode = message
+            forwards += 1
+            if forwards == stall_at:
+                time.sleep(3600)
             tensors = transport.receive_tensors(tensor_layout, device)
             graphs.reset(generation)
 
