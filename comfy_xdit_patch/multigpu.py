@@ -82,6 +82,8 @@ class MultiGPURun:
         if reason is not None:
             self._one_gpu(reason)
             return one_gpu()
+        # A Cancel that arrived between steps stops here, before the helpers are engaged: they stay warm and in step.
+        comfy.model_management.throw_exception_if_processing_interrupted()
         call_args = dict(kwargs, x=x, timestep=timestep, context=context, y=y, guidance=guidance,
                          ref_latents=ref_latents, control=control,
                          transformer_options=flux.helper_transformer_options(transformer_options))
@@ -110,6 +112,9 @@ class MultiGPURun:
             group.wait_step()
             return out
         except comfy.model_management.InterruptProcessingException:
+            # ComfyUI checks Cancel inside every layer: rank 0 left this step midway while the helpers wait in
+            # its collectives. They cannot be brought back in step, so they end; the next prompt starts new ones.
+            helpers.shutdown_group("cancelled in the middle of a step", graceful=False)
             raise
         except Exception as e:
             return self._recover(e, one_gpu)

@@ -77,7 +77,7 @@ def serve(link, mesh, device):
     from comfy_xdit_patch.runtime import transport, weights
     from comfy_xdit_patch.runtime.step_graphs import StepGraphs
 
-    diffusion_model = None
+    diffusion_model = loaded_spec = None
     graphs = StepGraphs()
     forwards = 0
     # Test hook (tests/test_faults.py): stall inside the Nth call's first collective, as a stuck peer would.
@@ -90,10 +90,13 @@ def serve(link, mesh, device):
         if op == "load":
             _, spec, keys = message
             graphs.reset(None)      # graphs point at the old weights
-            diffusion_model = None  # free the previous model's memory before building the next one
-            diffusion_model = weights.build_diffusion_model(spec, device)
+            if spec != loaded_spec:
+                diffusion_model = None  # free the previous model's memory before building the next one
+                diffusion_model = weights.build_diffusion_model(spec, device)
+                flux.install_on_model(diffusion_model)
+                loaded_spec = spec
+            # Same model class and config (e.g. only a LoRA strength changed): weights land in the same memory.
             weights.receive_weights(diffusion_model, keys, device)
-            flux.install_on_model(diffusion_model)
             link.send("loaded")
         elif op == "forward":
             _, skeleton, tensor_layout, (generation, key), mode = message

@@ -89,7 +89,12 @@ def receive_weights(diffusion_model, keys, device):
     for key in keys:
         dist.broadcast(header, src=0)
         meta = header.tolist()
-        tensor = torch.empty(meta[2:2 + meta[1]], dtype=_DTYPES[meta[0]], device=device)
+        shape, dtype = meta[2:2 + meta[1]], _DTYPES[meta[0]]
+        current = comfy.utils.get_attr(diffusion_model, key)
+        if not current.is_meta and list(current.shape) == shape and current.dtype == dtype:
+            dist.broadcast(_as_bytes(current.data), src=0)   # same layout as before: overwrite in place
+            continue
+        tensor = torch.empty(shape, dtype=dtype, device=device)
         dist.broadcast(_as_bytes(tensor), src=0)
         comfy.utils.set_attr_param(diffusion_model, key, tensor)
     left = [name for name, t in list(diffusion_model.named_parameters()) + list(diffusion_model.named_buffers())
