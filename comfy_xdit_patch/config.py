@@ -87,3 +87,17 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         raise ValueError(f"Enable Multi-GPU supports CUDA GPUs and CPU ranks; ComfyUI runs on '{main_device.type}'.")
     ulysses, ring = choose_degrees(world, heads, parallelism, ulysses_degree, ring_degree)
     return ParallelPlan(device_type, indices, ulysses, ring)
+
+
+def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):
+    """Every helper GPU holds a full copy of the diffusion model: refuse before starting when one cannot.
+    ``free_bytes(index)`` returns a CUDA device's free memory."""
+    if plan.device_type != "cuda":
+        return
+    for index in plan.device_indices[1:]:
+        free = free_bytes(index)
+        if free < model_bytes * margin:
+            raise ValueError(
+                f"GPU {index} has {free / 2**30:.1f} GiB free but each helper GPU holds the whole diffusion model "
+                f"({model_bytes / 2**30:.1f} GiB plus activations). Free memory on GPU {index}, lower gpus to "
+                "leave it out, or load the model in a smaller weight dtype (e.g. fp8).")

@@ -16,7 +16,7 @@ import torch
 import comfy.model_management
 import comfy.patcher_extension as ext
 
-from .config import resolve_plan
+from .config import check_helper_memory, resolve_plan
 from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
 from .patches import flux
 from .runtime import group as helpers
@@ -152,6 +152,7 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
     if plan.world_size == 1:
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model
+    check_helper_memory(plan, model.model_size(), lambda index: torch.cuda.mem_get_info(index)[0])
     clone = model.clone()
     flux.install_on_patcher(clone)
     run = MultiGPURun(plan)

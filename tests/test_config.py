@@ -69,3 +69,13 @@ def test_foreign_object_patch_on_the_diffusion_model_runs_on_one_gpu(tiny_flux, 
         got = ksample(enable_multigpu(patched, gpus=2, parallelism="ring"), (16, 16))
     assert relative_error(got, expected) == 0.0
     assert any("diffusion_model.single_blocks.0.forward" in r.getMessage() for r in caplog.records)
+
+
+def test_a_helper_gpu_without_room_for_the_model_is_refused_before_any_work():
+    from comfy_xdit_patch.config import check_helper_memory
+    plan = resolve_plan(3, "ring", 24, torch.device("cuda", 0), visible_cuda=3)
+    free = {1: 80 * 2**30, 2: 16 * 2**30}
+    with pytest.raises(ValueError, match=r"GPU 2 has 16.0 GiB free .* \(22.2 GiB plus activations\)"):
+        check_helper_memory(plan, int(22.2 * 2**30), free.__getitem__)
+    check_helper_memory(resolve_plan(2, "ring", 24, torch.device("cuda", 0), visible_cuda=3), 22 * 2**30,
+                        free.__getitem__)
