@@ -165,3 +165,40 @@ def test_fill_inpaint_extra_channels_and_noise_mask(model_files):
     negative = node_helpers.conditioning_set_values(flux_conditioning(77, seed=2), values)
     latent = {"samples": image_latent.clone(), "noise_mask": mask}
     assert_parallel_equal(fill, positive=positive, negative=negative, latent=latent)
+
+
+def test_model_sampling_flux_before_the_node(unet, conds):
+    from comfy_extras.nodes_model_advanced import ModelSamplingFlux
+    shifted = ModelSamplingFlux().patch(unet, 1.15, 0.5, 112, 144)[0]
+    assert_parallel_equal(shifted, positive=conds["positive"], negative=conds["negative"], latent=empty_latent(18, 14))
+
+
+def test_easycache_before_the_node_wraps_the_parallel_call(unet, conds, caplog):
+    """EasyCache's diffusion-model wrapper sits outside ours: the steps it computes run in parallel, the steps it
+    reuses cost nothing on any GPU, and the result equals EasyCache on one GPU."""
+    from comfy_extras.nodes_easycache import EasyCacheNode
+    cached = EasyCacheNode.execute(unet, 0.2, 0.0, 1.0, False).result[0]
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        assert_parallel_equal(cached, positive=conds["positive"], negative=conds["negative"],
+                              latent=empty_latent(16, 16), steps=6)
+    assert not [r for r in caplog.records if "one GPU" in r.getMessage()]
+
+
+def test_easycache_after_the_node_falls_back_with_a_log_line(unet, conds, caplog):
+    from comfy_extras.nodes_easycache import EasyCacheNode
+    parallel = EasyCacheNode.execute(enable_multigpu(unet, gpus=2, parallelism="ring"), 0.2, 0.0, 1.0, False).result[0]
+    expected = ksample(EasyCacheNode.execute(unet, 0.2, 0.0, 1.0, False).result[0], latent=empty_latent(16, 16),
+                       **conds)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(parallel, latent=empty_latent(16, 16), **conds)
+    assert relative_error(got, expected) == 0.0
+    assert any("wrappers.diffusion_model.easycache" in r.getMessage() for r in caplog.records)
+
+
+def test_torch_compile_model_before_the_node(unet, conds):
+    """TorchCompileModel's wrapper compiles rank 0's diffusion model (here with dynamo's 'eager' backend, which
+    traces without code generation, to stay fast on the CPU); the collectives inside become graph breaks."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    compiled = unet.clone()
+    set_torch_compile_wrapper(compiled, backend="eager")
+    assert_parallel_equal(compiled, positive=conds["positive"], negative=conds["negative"], latent=empty_latent(16, 16))

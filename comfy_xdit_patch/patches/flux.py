@@ -10,6 +10,8 @@ Nothing of FLUX's forward is copied; every hook reads the call's state from ``tr
 when a call is not sequence-parallel.
 """
 import inspect
+import uuid
+
 import torch
 
 from ..parallel.attention import sequence_parallel_attention
@@ -128,9 +130,15 @@ def foreign_hooks(transformer_options):
     override = transformer_options.get("optimized_attention_override")
     if override is not None and not is_ours(override):
         found.append("optimized_attention_override")
+    # DIFFUSION_MODEL wrappers registered before ours run outside the parallel call, on rank 0 (EasyCache reusing
+    # whole steps, for one); only those registered after ours would run inside it, where helpers cannot follow.
     import comfy.patcher_extension as ext
+    inside = False
     for key, wrappers in transformer_options.get("wrappers", {}).get(ext.WrappersMP.DIFFUSION_MODEL, {}).items():
-        found += [f"wrappers.diffusion_model.{key}" for w in wrappers if not is_ours(w)]
+        if any(is_ours(w) for w in wrappers):
+            inside = True
+        elif inside:
+            found += [f"wrappers.diffusion_model.{key}" for w in wrappers]
     return found
 
 
@@ -140,10 +148,22 @@ def foreign_object_patches(model_patcher):
                   if name.split(".")[0] == "diffusion_model" and not is_ours(obj))
 
 
+def _is_data(value):
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor, torch.dtype, uuid.UUID)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_data(v) for k, v in value.items())
+    return False
+
+
 def helper_transformer_options(transformer_options):
-    """The data part of rank 0's transformer_options, which helpers combine with their own copies of our hooks."""
+    """The data part of rank 0's transformer_options, which helpers combine with their own copies of our hooks.
+    Objects (another node's state, such as EasyCache's) stay on rank 0: only their own hooks read them, and those
+    are either outside the parallel call or make it run on one GPU."""
     return {k: v for k, v in transformer_options.items()
-            if k not in _HOOK_ENTRIES and k != TRANSFORMER_OPTIONS_KEY and not callable(v)}
+            if k not in _HOOK_ENTRIES and k != TRANSFORMER_OPTIONS_KEY and _is_data(v)}
 
 
 def hooked_transformer_options(data_options, call):
