@@ -1,8 +1,8 @@
 """The Enable Multi-GPU node: one node on the MODEL line, before the sampler."""
 from comfy_api.latest import ComfyExtension, io
 
-from .config import PARALLELISMS
-from .multigpu import enable_multigpu
+from .dropin import DROP_IN_NODES
+from .node_options import apply_multigpu, multigpu_inputs
 
 
 class EnableMultiGPU(io.ComfyNode):
@@ -18,33 +18,18 @@ class EnableMultiGPU(io.ComfyNode):
             display_name="Enable Multi-GPU",
             category="advanced/multigpu",
             description=cls.__doc__,
-            inputs=[
-                io.Model.Input("model"),
-                io.Boolean.Input("enabled", default=True, tooltip="Off returns the model unchanged (one GPU)."),
-                io.Int.Input("gpus", default=0, min=0, max=64,
-                             tooltip="How many GPUs to use; 0 = every visible GPU. With ComfyUI started with --cpu: "
-                                     "that many CPU processes (0 = 2)."),
-                io.Combo.Input("parallelism", options=list(PARALLELISMS), default="auto",
-                               tooltip="auto: Ulysses as far as the attention heads allow, ring attention for the "
-                                       "rest. ulysses: all-to-all of heads. ring: K/V passed around a ring. usp: both."),
-                io.Int.Input("ulysses_degree", default=0, min=0, max=64, optional=True,
-                             tooltip="For usp: GPUs per Ulysses group (0 = automatic)."),
-                io.Int.Input("ring_degree", default=0, min=0, max=64, optional=True,
-                             tooltip="For usp: Ulysses groups in the ring (0 = automatic)."),
-            ],
+            inputs=[io.Model.Input("model")] + multigpu_inputs(),
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0):
-        if not enabled:
-            return io.NodeOutput(model)
-        return io.NodeOutput(enable_multigpu(model, gpus, parallelism, ulysses_degree or 0, ring_degree or 0))
+        return io.NodeOutput(apply_multigpu(model, enabled, gpus, parallelism, ulysses_degree, ring_degree))
 
 
 class XDiTExtension(ComfyExtension):
     async def get_node_list(self):
-        return [EnableMultiGPU]
+        return [EnableMultiGPU] + DROP_IN_NODES
 
 
 async def comfy_entrypoint():

@@ -64,6 +64,29 @@ def tiny_flux_controlnet_state_dict(hidden=512, heads=4, depth=2, depth_single=1
             for k, v in shapes.items()}
 
 
+def tiny_vae_state_dict(seed=30):
+    """A FLUX-style VAE (16 latent channels) with a narrow decoder (ComfyUI reads its width from decoder.conv_in);
+    decoder weights only: the tests decode, never encode."""
+    import torch
+    from comfy.ldm.modules.diffusionmodules.model import Decoder
+    with torch.device("meta"):
+        decoder = Decoder(ch=32, out_ch=3, ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0,
+                          in_channels=3, resolution=256, z_channels=16)
+    generator = torch.Generator().manual_seed(seed)
+    return {"decoder." + k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in decoder.state_dict().items()}
+
+
+def tiny_clip_l_state_dict(seed=40):
+    """CLIP-L at its real size (123 M parameters; ComfyUI's config is fixed) with random weights."""
+    import torch
+    import comfy.sd1_clip
+    with torch.device("meta"):
+        shapes = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float32).state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    return {k[len("transformer."):] if k.startswith("transformer.") else k: torch.randn(v.shape, generator=generator)
+            * 0.02 for k, v in shapes.items() if v.dtype.is_floating_point}
+
+
 def write_model_files(root):
     """Writes the tiny models into ComfyUI's folder layout under ``root`` and registers the folders."""
     import folder_paths
@@ -76,6 +99,9 @@ def write_model_files(root):
         ("loras", "tiny_lora_a.safetensors"): tiny_lora_state_dict(base, layers_a, seed=11),
         ("loras", "tiny_lora_b.safetensors"): tiny_lora_state_dict(base, layers_b, seed=12),
         ("controlnet", "tiny_flux_controlnet.safetensors"): tiny_flux_controlnet_state_dict(),
+        ("vae", "tiny_vae.safetensors"): tiny_vae_state_dict(),
+        ("text_encoders", "tiny_clip_l.safetensors"): tiny_clip_l_state_dict(),
+        ("checkpoints", "tiny_flux_checkpoint.safetensors"): {"model.diffusion_model." + k: v for k, v in base.items()},
     }
     for (folder, name), state in files.items():
         os.makedirs(os.path.join(root, folder), exist_ok=True)

@@ -1,0 +1,36 @@
+"""The Enable Multi-GPU options, shared by the node and every drop-in node: one definition, one behaviour."""
+from comfy_api.latest import io
+
+from .config import PARALLELISMS
+from .multigpu import enable_multigpu
+
+
+def multigpu_inputs(optional=False):
+    """The Enable Multi-GPU options, shared by the node and every drop-in."""
+    return [
+        io.Boolean.Input("enabled", default=True, optional=optional, tooltip="Off: one GPU, the model unchanged."),
+        io.Int.Input("gpus", default=0, min=0, max=64, optional=optional,
+                     tooltip="How many GPUs to use; 0 = every visible GPU. With ComfyUI started with --cpu: that many "
+                             "CPU processes (0 = 2)."),
+        io.Combo.Input("parallelism", options=list(PARALLELISMS), default="auto", optional=optional,
+                       tooltip="auto: a ring of 2 x Ulysses over the rest as far as the heads allow. ulysses: "
+                               "all-to-all of heads. ring: K/V passed around a ring. usp: both."),
+        io.Int.Input("ulysses_degree", default=0, min=0, max=64, optional=True,
+                     tooltip="For usp: GPUs per Ulysses group (0 = automatic)."),
+        io.Int.Input("ring_degree", default=0, min=0, max=64, optional=True,
+                     tooltip="For usp: Ulysses groups in the ring (0 = automatic)."),
+    ]
+
+
+_MULTIGPU_NAMES = ("enabled", "gpus", "parallelism", "ulysses_degree", "ring_degree")
+
+
+def split_multigpu(kwargs):
+    options = {k: kwargs.pop(k) for k in _MULTIGPU_NAMES if k in kwargs}
+    return kwargs, options
+
+
+def apply_multigpu(model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0):
+    if not enabled:
+        return model
+    return enable_multigpu(model, gpus, parallelism, ulysses_degree or 0, ring_degree or 0)
