@@ -12,4 +12,6 @@ if _here not in sys.path:
 
 from comfy_xdit_patch.nodes import comfy_entrypoint  # noqa: E402
 
-__all__ = ["comfy_entrypoint"]
+WEB_DIRECTORY = "./web/js"   # the live status panel (web/js/xdit_panel.js)
+
+__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -10,6 +10,7 @@ call ends the helpers and reruns the call on one GPU: the user always gets the i
 """
 import logging
 import pickle
+import time
 
 import torch
 
@@ -21,6 +22,7 @@ from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
 from .patches import flux
 from .runtime import group as helpers
 from .runtime import step_graphs, transport
+from . import monitor
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,20 @@ class MultiGPURun:
         if reason not in self.reasons_logged:
             self.reasons_logged.add(reason)
             log.warning("Enable Multi-GPU: running on one GPU because %s.", reason)
+            monitor.note_one_gpu(reason)
+
+    def on_cleanup(self, model_patcher):
+        """After each sampling run (helpers idle): collect their figures for the monitoring route."""
+        group = helpers.current_group()
+        if group is not None and group.plan == self.plan and group.alive():
+            try:
+                group.helper_stats()
+            except Exception as e:  # monitoring must never fail a prompt
+                log.debug("could not collect helper figures: %s", e)
 
     def on_pre_run(self, model_patcher):
         self.reasons_logged.clear()
+        monitor.new_run(self.plan)
         foreign = flux.foreign_object_patches(model_patcher)
         self.blocked = ("another node replaced parts of the diffusion model (" + ", ".join(foreign) + ")"
                         if foreign else None)
@@ -103,6 +116,7 @@ class MultiGPURun:
                             args.pop("guidance"), args.pop("ref_latents"), args.pop("control"), options,
                             **{k: v for k, v in args.items() if k != "transformer_options"})
 
+        started = time.perf_counter()
         try:
             if mode == step_graphs.EAGER:
                 out = forward(tensors)
@@ -110,6 +124,7 @@ class MultiGPURun:
                 # The graph's output buffer is overwritten by the next replay: the sampler gets a copy.
                 out = group.graphs.run(key, mode, forward, [t.to(group.device) for t in tensors]).clone()
             group.wait_step()
+            group.step_ms.append((time.perf_counter() - started) * 1e3)
             return out
         except comfy.model_management.InterruptProcessingException:
             # ComfyUI checks Cancel inside every layer: rank 0 left this step midway while the helpers wait in
@@ -158,5 +173,6 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
     run = MultiGPURun(plan)
     clone.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, KEY, run.diffusion_model_wrapper)
     clone.add_callback_with_key(ext.CallbacksMP.ON_PRE_RUN, KEY, run.on_pre_run)
+    clone.add_callback_with_key(ext.CallbacksMP.ON_CLEANUP, KEY, run.on_cleanup)
     log.info("Enable Multi-GPU: %s", plan.describe())
     return clone

@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .dropin import DROP_IN_NODES
+from . import monitor
 from .node_options import apply_multigpu, multigpu_inputs
 
 
@@ -28,6 +29,9 @@ class EnableMultiGPU(io.ComfyNode):
 
 
 class XDiTExtension(ComfyExtension):
+    async def on_load(self):
+        monitor.register_routes()
+
     async def get_node_list(self):
         return [EnableMultiGPU] + DROP_IN_NODES
 

@@ -5,6 +5,7 @@ device, started on first use and reused while the plan (devices and degrees) sta
 ``torch.distributed`` (NCCL on CUDA, gloo on the CPU); everything else over one control channel per helper.
 """
 import atexit
+import collections
 import logging
 import os
 import pickle
@@ -69,6 +70,8 @@ class HelperGroup:
         self.graph_keys = {}
         self.generation = 0
         self.failure = None           # set by the health monitor when a helper dies
+        self.step_ms = collections.deque(maxlen=200)   # rank 0's parallel steps, completed (monitoring)
+        self.helper_report = {}       # the helpers' own figures, collected after each sampling run
         self._stopping = threading.Event()
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
@@ -242,11 +245,13 @@ class HelperGroup:
         return True
 
     def helper_stats(self):
-        """Per helper: peak memory since the last query (bytes) and process id."""
+        """Per helper: process id, device, peak and current memory, and its step times since the last query.
+        Only between sampling runs: the control channels carry the steps while one runs."""
         self._broadcast_message(("stats",))
         stats = {}
         for rank, channel in self.channels.items():
             stats[rank] = channel.recv(timeout=30)
+        self.helper_report = dict(stats, collected=time.time())
         return stats
 
     def new_sampling_run(self):

@@ -72,6 +72,8 @@ def main():
 
 
 def serve(link, mesh, device):
+    import collections
+    import torch
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
     from comfy_xdit_patch.patches import flux
     from comfy_xdit_patch.runtime import transport, weights
@@ -80,6 +82,7 @@ def serve(link, mesh, device):
     diffusion_model = loaded_spec = None
     graphs = StepGraphs()
     forwards = 0
+    step_ms = collections.deque(maxlen=200)
     # Test hook (tests/test_faults.py): stall inside the Nth call's first collective, as a stuck peer would.
     stall_at = int(os.environ.get("COMFY_XDIT_TEST_STALL_AT_FORWARD", "0"))
     while True:
@@ -111,9 +114,14 @@ def serve(link, mesh, device):
                 options = flux.hooked_transformer_options(call_args.pop("transformer_options"), SequenceParallelCall(mesh))
                 return diffusion_model(**call_args, transformer_options=options)
 
+            started = time.perf_counter()
             graphs.run(key, mode, forward, tensors)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)   # nothing else to do until the next call: time the step truly
+            step_ms.append((time.perf_counter() - started) * 1e3)
         elif op == "stats":
-            link.send(_device_stats(device))
+            link.send(dict(_device_stats(device), step_ms=list(step_ms)))
+            step_ms.clear()
         else:
             raise RuntimeError(f"unknown message {op!r}")
 
