@@ -182,6 +182,8 @@ def main(argv=None):
     parser.add_argument("--parallelism", default="auto", help="auto, ulysses, ring, usp or a comma list of them")
     parser.add_argument("--model", choices=("flux-dev", "tiny"), default=None)
     parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
+    parser.add_argument("--repeat", type=int, default=1, help="sample each configuration this many times (1 device "
+                        "and N devices alike) and report the median of the runs' medians, with the min-max speed-up")
     parser.add_argument("--graph-baseline", action="store_true", help="also time 1 GPU with its step replayed as a "
                         "CUDA graph (the fair baseline for the graphed N-GPU step)")
     parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="off",
@@ -223,8 +225,10 @@ def main(argv=None):
     for res in resolutions:
         hw = (res // 8, res // 8)
         _peak(device)
-        out1, steps1, total1 = sample(model, hw, steps, text_tokens, device)
-        baselines[res] = dict(out=out1, step=median(steps1), total=total1, peak=_peak(device))
+        repeats1 = [sample(model, hw, steps, text_tokens, device) for _ in range(args.repeat)]
+        out1, steps1, total1 = repeats1[0]
+        baselines[res] = dict(out=out1, step=statistics.median(median(r[1]) for r in repeats1),
+                              each=[median(r[1]) for r in repeats1], total=total1, peak=_peak(device))
         if args.kernel_baseline:
             baselines[res]["kernel_step"] = median(sample(_kernel_baseline(model), hw, steps, text_tokens, device)[1])
         if args.graph_baseline and not cpu:
@@ -243,15 +247,18 @@ def main(argv=None):
             for res in resolutions:
                 hw = (res // 8, res // 8)
                 _peak(device)
-                outn, stepsn, totaln = sample(patched, hw, steps, text_tokens, device)
+                repeatsn = [sample(patched, hw, steps, text_tokens, device) for _ in range(args.repeat)]
+                outn, stepsn, totaln = repeatsn[0]
                 group = helpers.current_group()
                 helper_peaks = group.helper_stats() if group is not None else {}
                 base = baselines[res]
-                stepn = median(stepsn)
+                eachn = [median(r[1]) for r in repeatsn]
+                stepn = statistics.median(eachn)
+                ratios = [b / n for b, n in zip(base["each"], eachn)]
                 rows.append(dict(
                     parallelism=label, layout=group.plan.describe() if group else "1 device (fallback)",
                     res=res, tokens=(res // 16) ** 2 + text_tokens, step1=base["step"], stepn=stepn,
-                    speedup=base["step"] / stepn,
+                    speedup=base["step"] / stepn, spread=(min(ratios), max(ratios)),
                     kernel_speedup=base["kernel_step"] / stepn if "kernel_step" in base else None,
                     graph_speedup=base["graph_step"] / stepn if "graph_step" in base else None,
                     total1=base["total"], totaln=totaln,
@@ -277,7 +284,8 @@ def main(argv=None):
     print("|" + "---|" * 15)
     for r in rows:
         print(f"| {r['parallelism']} | {r['layout']} | {r['res']} | {r['tokens']} | {r['step1'] * 1e3:.1f} | "
-              f"{r['stepn'] * 1e3:.1f} | {r['speedup']:.2f}x | "
+              f"{r['stepn'] * 1e3:.1f} | {r['speedup']:.2f}x"
+              f"{'' if args.repeat == 1 else ' (' + format(r['spread'][0], '.2f') + '-' + format(r['spread'][1], '.2f') + ')'} | "
               f"{'-' if r['kernel_speedup'] is None else format(r['kernel_speedup'], '.2f') + 'x'} | "
               f"{'-' if r['graph_speedup'] is None else format(r['graph_speedup'], '.2f') + 'x'} | "
               f"{r['total1']:.2f} | {r['totaln']:.2f} | {r['err']:.2e} | {gib(r['peak1'])} | "
