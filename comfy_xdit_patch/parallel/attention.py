@@ -30,17 +30,19 @@ def ring_attention(q, k, v, ring_lens, ring_ranks, member):
 
 
 def sequence_parallel_attention(q, k, v, mesh, seq_lens, local_attention):
-    """``seq_lens`` holds every rank's local token count (global rank order). ``local_attention(q, k, v)`` is the
-    single-device kernel for the Ulysses-only case, so that it stays exactly the kernel ComfyUI would use."""
+    """``seq_lens`` holds the local token count of every rank of the sequence-parallel group (by ``sp_rank``).
+    ``local_attention(q, k, v)`` is the single-device kernel for the Ulysses-only case, so that it stays exactly the
+    kernel ComfyUI would use."""
     batch, heads, length, dim = q.shape
+    first = mesh.sp_ranks[0]
     u_member = mesh.ulysses_ranks.index(mesh.rank)
-    u_lens = [seq_lens[r] for r in mesh.ulysses_ranks]
+    u_lens = [seq_lens[r - first] for r in mesh.ulysses_ranks]
     if mesh.ulysses_degree > 1:
         qkv = scatter_heads_gather_sequence(q, k, v, u_lens, mesh.ulysses_group)
         q, k, v = qkv[0], qkv[1], qkv[2]
     if mesh.ring_degree > 1:
         # After the Ulysses exchange a ring member holds the tokens of its whole Ulysses group.
-        ring_lens = [sum(seq_lens[r] for r in mesh.ulysses_group_of(member)) for member in mesh.ring_ranks]
+        ring_lens = [sum(seq_lens[r - first] for r in mesh.ulysses_group_of(member)) for member in mesh.ring_ranks]
         out = ring_attention(q, k, v, ring_lens, mesh.ring_ranks, mesh.ring_ranks.index(mesh.rank)).transpose(1, 2)
     else:
         out = local_attention(q, k, v)

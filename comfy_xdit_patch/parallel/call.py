@@ -15,12 +15,13 @@ class SequenceParallelCall:
         self.img_sizes = None
 
     def plan_tokens(self, txt_len, img_len):
-        self.txt_sizes = split_sizes(txt_len, self.mesh.world_size)
-        self.img_sizes = split_sizes(img_len, self.mesh.world_size)
+        self.txt_sizes = split_sizes(txt_len, self.mesh.sp_degree)
+        self.img_sizes = split_sizes(img_len, self.mesh.sp_degree)
 
     @property
     def seq_lens(self):
-        """Tokens each rank holds in the joint (text + image) attention, in global rank order."""
+        """Tokens each rank of the sequence-parallel group holds in the joint (text + image) attention, by
+        ``sp_rank``."""
         return [t + i for t, i in zip(self.txt_sizes, self.img_sizes)]
 
 

@@ -1,9 +1,11 @@
-"""The process groups of one sequence-parallel run: Ulysses groups inside ring groups (USP).
+"""The process groups of one run: replicas (data parallel, for batch items and CFG branches), each a sequence-
+parallel group of Ulysses groups inside ring groups (USP).
 
-Ranks are laid out as yunchang lays them out (``use_ulysses_low``): a Ulysses group is ``ulysses_degree``
-consecutive ranks, so its all-to-all stays between neighbouring GPUs; a ring group takes one rank of every Ulysses
-group. yunchang builds the groups; we keep the rank lists beside them because the uneven all-to-all and the ring's
-point-to-point transfers need them.
+Ranks are laid out as yunchang lays them out (``use_ulysses_low``): replica ``i`` is ranks
+``[i * sp_degree, (i + 1) * sp_degree)``; inside it a Ulysses group is ``ulysses_degree`` consecutive ranks, so its
+all-to-all stays between neighbouring GPUs, and a ring group takes one rank of every Ulysses group. yunchang builds
+the Ulysses and ring groups; we add one group per replica and keep the rank lists, which the uneven all-to-all and the
+ring's point-to-point transfers need.
 """
 from dataclasses import dataclass, field
 
@@ -18,8 +20,27 @@ class SequenceParallelMesh:
     ring_degree: int
     ulysses_ranks: list = field(default_factory=list)
     ring_ranks: list = field(default_factory=list)
+    sp_ranks: list = field(default_factory=list)
     ulysses_group: object = None
     ring_group: object = None
+    sp_group: object = None
+
+    @property
+    def sp_degree(self):
+        return self.ulysses_degree * self.ring_degree
+
+    @property
+    def sp_rank(self):
+        """This rank's place in its sequence-parallel group (the index of its token shard)."""
+        return self.rank - self.sp_ranks[0]
+
+    @property
+    def replicas(self):
+        return self.world_size // self.sp_degree
+
+    @property
+    def replica(self):
+        return self.rank // self.sp_degree
 
     def ulysses_group_of(self, rank):
         """The ranks of ``rank``'s Ulysses group (consecutive ranks)."""
@@ -30,18 +51,28 @@ class SequenceParallelMesh:
     def build(cls, ulysses_degree, ring_degree):
         """Collective: every rank of the default group calls this with the same degrees."""
         rank, world_size = dist.get_rank(), dist.get_world_size()
-        if ulysses_degree * ring_degree != world_size:
-            raise ValueError(f"ulysses_degree {ulysses_degree} x ring_degree {ring_degree} != {world_size} ranks")
+        sp_degree = ulysses_degree * ring_degree
+        if world_size % sp_degree:
+            raise ValueError(f"ulysses_degree {ulysses_degree} x ring_degree {ring_degree} does not divide the "
+                             f"{world_size} ranks")
         from yunchang.globals import set_seq_parallel_pg, PROCESS_GROUP
         set_seq_parallel_pg(ulysses_degree, ring_degree, rank, world_size, use_ulysses_low=True)
+        first = rank - rank % sp_degree
+        sp_group = None
+        for replica_first in range(0, world_size, sp_degree):   # every rank creates every group, in order
+            group = dist.new_group(list(range(replica_first, replica_first + sp_degree)))
+            if replica_first == first:
+                sp_group = group
         mesh = cls(
             rank=rank,
             world_size=world_size,
             ulysses_degree=ulysses_degree,
             ring_degree=ring_degree,
-            ring_ranks=list(range(rank % ulysses_degree, world_size, ulysses_degree)),
+            ring_ranks=list(range(first + rank % ulysses_degree, first + sp_degree, ulysses_degree)),
+            sp_ranks=list(range(first, first + sp_degree)),
             ulysses_group=PROCESS_GROUP.ULYSSES_PG,
             ring_group=PROCESS_GROUP.RING_PG,
+            sp_group=sp_group,
         )
         mesh.ulysses_ranks = mesh.ulysses_group_of(rank)
         return mesh

@@ -48,7 +48,7 @@ def shard_tokens(args):
     call = active_call(args["transformer_options"])
     if call is None:
         return args
-    rank = call.mesh.rank
+    rank = call.mesh.sp_rank
     if args["txt"].shape[1] != sum(call.txt_sizes) or args["img"].shape[1] != sum(call.img_sizes):
         raise RuntimeError("a post_input patch before Enable Multi-GPU changed the token counts")
     out = dict(args)
@@ -81,7 +81,7 @@ def parallel_attention(func, q, k, v, heads, *args, **kwargs):
 
 def shard_control(control, call):
     """ControlNet residuals are added by absolute image-token position; each rank keeps the part over its tokens."""
-    rank = call.mesh.rank
+    rank = call.mesh.sp_rank
     sharded = dict(control)
     for name in ("input", "output"):
         if control.get(name) is not None:
@@ -102,7 +102,7 @@ def wrap_forward_orig(original):
         if bound.arguments.get("control") is not None:
             bound.arguments["control"] = shard_control(bound.arguments["control"], call)
         local = original(*bound.args, **bound.kwargs)
-        return gather_shards(local, call.img_sizes, call.mesh.rank, group=None)
+        return gather_shards(local, call.img_sizes, call.mesh.sp_rank, group=call.mesh.sp_group)
 
     forward_orig.__wrapped__ = original
     return forward_orig
