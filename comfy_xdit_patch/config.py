@@ -1,7 +1,8 @@
 """What the user asked for, checked against the machine and the model before any work starts."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PARALLELISMS = ("auto", "ulysses", "ring", "usp")
+SCHEDULINGS = ("round_robin", "least_loaded", "weighted_round_robin", "adaptive")
 CPU_DEFAULT_RANKS = 2
 
 
@@ -12,10 +13,20 @@ class ParallelPlan:
     device_indices: tuple       # per rank: CUDA device index, or None on the CPU
     ulysses_degree: int
     ring_degree: int
+    scheduling: str = field(default="round_robin", compare=False)   # rank 0's choice alone: no helper restart
 
     @property
     def world_size(self):
         return len(self.device_indices)
+
+    @property
+    def sp_degree(self):
+        return self.ulysses_degree * self.ring_degree
+
+    @property
+    def replicas(self):
+        """Sequence-parallel groups: batch items and CFG branches are placed on them by ``scheduling``."""
+        return self.world_size // self.sp_degree
 
     @property
     def backend(self):
@@ -23,7 +34,10 @@ class ParallelPlan:
 
     def describe(self):
         where = "CPU ranks" if self.device_type == "cpu" else "GPUs " + ",".join(map(str, self.device_indices))
-        return f"{self.world_size} {where} (ulysses {self.ulysses_degree} x ring {self.ring_degree})"
+        layout = f"ulysses {self.ulysses_degree} x ring {self.ring_degree}"
+        if self.replicas > 1:
+            return f"{self.world_size} {where} ({self.replicas} groups of {layout}, {self.scheduling})"
+        return f"{self.world_size} {where} ({layout})"
 
 
 def _divisors(n):
@@ -66,8 +80,11 @@ def choose_degrees(world_size, heads, parallelism, ulysses_degree=0, ring_degree
     return ulysses, world_size // ulysses
 
 
-def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_degree=0, ring_degree=0):
-    """``main_device`` is the torch.device ComfyUI runs on (rank 0); ``visible_cuda`` the CUDA device count."""
+def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_degree=0, ring_degree=0,
+                 sequence_degree=0, scheduling="round_robin"):
+    """``main_device`` is the torch.device ComfyUI runs on (rank 0); ``visible_cuda`` the CUDA device count.
+    ``sequence_degree`` (0 = all ranks) is the size of one sequence-parallel group; with fewer than all ranks the
+    rest form more groups, and batch items / CFG branches are placed on the groups by ``scheduling``."""
     if gpus < 0:
         raise ValueError("gpus must be 0 (every visible GPU) or a positive count.")
     if main_device.type == "cpu":
@@ -85,8 +102,14 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         device_type = "cuda"
     else:
         raise ValueError(f"Enable Multi-GPU supports CUDA GPUs and CPU ranks; ComfyUI runs on '{main_device.type}'.")
-    ulysses, ring = choose_degrees(world, heads, parallelism, ulysses_degree, ring_degree)
-    return ParallelPlan(device_type, indices, ulysses, ring)
+    if scheduling not in SCHEDULINGS:
+        raise ValueError(f"scheduling must be one of {', '.join(SCHEDULINGS)}, not '{scheduling}'.")
+    degree = sequence_degree or world
+    if degree < 1 or world % degree:
+        raise ValueError(f"sequence_degree {sequence_degree} must divide the {world} ranks into equal groups; "
+                         f"use one of {_divisors(world)}.")
+    ulysses, ring = choose_degrees(degree, heads, parallelism, ulysses_degree, ring_degree)
+    return ParallelPlan(device_type, indices, ulysses, ring, scheduling)
 
 
 def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):

@@ -19,6 +19,7 @@ import comfy.patcher_extension as ext
 
 from .config import check_helper_memory, resolve_plan
 from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
+from .parallel.placement import run_placed
 from .patches import flux
 from .runtime import group as helpers
 from .runtime import step_graphs, transport
@@ -50,6 +51,8 @@ class MultiGPURun:
         if group is not None and group.plan == self.plan and group.alive():
             try:
                 group.helper_stats()
+                group.learn_group_speeds()
+                group.group_ms.clear()
             except Exception as e:  # monitoring must never fail a prompt
                 log.debug("could not collect helper figures: %s", e)
 
@@ -101,20 +104,24 @@ class MultiGPURun:
                          ref_latents=ref_latents, control=control,
                          transformer_options=flux.helper_transformer_options(transformer_options))
         try:
-            skeleton, tensors, key, mode = group.dispatch_forward(call_args, self.graphs_allowed)
+            skeleton, tensors, key, mode, placement = group.dispatch_forward(call_args, self.graphs_allowed)
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
             return one_gpu()
         except helpers.HelperFailure as e:
             return self._recover(e, one_gpu)
 
-        def forward(inputs):
-            args = transport.insert_tensors(skeleton, inputs)
+        def shard(args, token_weights):
+            args = dict(args)
             options = dict(transformer_options)
-            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh)
+            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights)
             return executor(args.pop("x"), args.pop("timestep"), args.pop("context"), args.pop("y"),
                             args.pop("guidance"), args.pop("ref_latents"), args.pop("control"), options,
                             **{k: v for k, v in args.items() if k != "transformer_options"})
+
+        def forward(inputs):
+            return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, group.mesh, group.device,
+                              group.group_ms)
 
         started = time.perf_counter()
         try:
@@ -154,7 +161,8 @@ def _visible_cuda():
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0):
+def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0, sequence_degree=0,
+                    scheduling="round_robin"):
     """A clone of ``model`` that samples sequence-parallel. Raises ValueError naming the fix for a bad config.
     A model other than FLUX comes back unchanged, with one log line."""
     diffusion_model = model.get_model_object("diffusion_model")
@@ -163,7 +171,7 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
                     type(diffusion_model).__name__)
         return model
     plan = resolve_plan(gpus, parallelism, flux.num_heads(diffusion_model), model.load_device, _visible_cuda(),
-                        ulysses_degree, ring_degree)
+                        ulysses_degree, ring_degree, sequence_degree, scheduling)
     if plan.world_size == 1:
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model

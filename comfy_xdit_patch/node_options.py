@@ -1,7 +1,7 @@
 """The Enable Multi-GPU options, shared by the node and every drop-in node: one definition, one behaviour."""
 from comfy_api.latest import io
 
-from .config import PARALLELISMS
+from .config import PARALLELISMS, SCHEDULINGS
 from .multigpu import enable_multigpu
 
 
@@ -19,10 +19,17 @@ def multigpu_inputs(optional=False):
                      tooltip="For usp: GPUs per Ulysses group (0 = automatic)."),
         io.Int.Input("ring_degree", default=0, min=0, max=64, optional=True,
                      tooltip="For usp: Ulysses groups in the ring (0 = automatic)."),
+        io.Int.Input("sequence_degree", default=0, min=0, max=64, optional=True,
+                     tooltip="GPUs per sequence-parallel group (0 = all of them). Fewer makes several groups, and "
+                             "batch items and CFG branches (cond / uncond) run on different groups at once."),
+        io.Combo.Input("scheduling", options=list(SCHEDULINGS), default="round_robin", optional=True,
+                       tooltip="How rows go to groups: round_robin; least_loaded; weighted_round_robin (by measured "
+                               "GPU speed, token shards too); adaptive (speeds re-measured every run)."),
     ]
 
 
-_MULTIGPU_NAMES = ("enabled", "gpus", "parallelism", "ulysses_degree", "ring_degree")
+_MULTIGPU_NAMES = ("enabled", "gpus", "parallelism", "ulysses_degree", "ring_degree", "sequence_degree",
+                   "scheduling")
 
 
 def split_multigpu(kwargs):
@@ -30,7 +37,9 @@ def split_multigpu(kwargs):
     return kwargs, options
 
 
-def apply_multigpu(model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0):
+def apply_multigpu(model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0,
+                   sequence_degree=0, scheduling="round_robin"):
     if not enabled:
         return model
-    return enable_multigpu(model, gpus, parallelism, ulysses_degree or 0, ring_degree or 0)
+    return enable_multigpu(model, gpus, parallelism, ulysses_degree or 0, ring_degree or 0, sequence_degree or 0,
+                           scheduling or "round_robin")

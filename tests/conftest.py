@@ -23,6 +23,13 @@ def model_files(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def unet(model_files):
+    """The tiny FLUX loaded by ComfyUI's UNETLoader node from its file."""
+    import nodes
+    return nodes.UNETLoader().load_unet("tiny_flux.safetensors", "default")[0]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def stop_helpers_at_end():
     yield

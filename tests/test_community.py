@@ -27,11 +27,6 @@ def assert_parallel_equal(model, gpus=2, parallelism="ring", **sample_args):
     return group
 
 
-@pytest.fixture(scope="module")
-def unet(model_files):
-    return nodes.UNETLoader().load_unet("tiny_flux.safetensors", "default")[0]
-
-
 @pytest.fixture
 def conds():
     return dict(positive=flux_conditioning(77, seed=1), negative=flux_conditioning(77, seed=2))

@@ -55,7 +55,8 @@ def main():
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size,
                                 timeout=timedelta(seconds=float(os.environ.get("COMFY_XDIT_COLLECTIVE_TIMEOUT", "300"))))
         mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree)
-        link.send("ready")
+        from comfy_xdit_patch.runtime.speed import measure_speed
+        link.send(("ready", measure_speed(device, rank)))
         with torch.inference_mode():
             serve(link, mesh, device)
     except control.ChannelClosed:
@@ -75,6 +76,7 @@ def serve(link, mesh, device):
     import collections
     import torch
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
+    from comfy_xdit_patch.parallel.placement import run_placed
     from comfy_xdit_patch.patches import flux
     from comfy_xdit_patch.runtime import transport, weights
     from comfy_xdit_patch.runtime.step_graphs import StepGraphs
@@ -83,6 +85,7 @@ def serve(link, mesh, device):
     graphs = StepGraphs()
     forwards = 0
     step_ms = collections.deque(maxlen=200)
+    group_ms = collections.deque(maxlen=200)   # this rank's group, its own rows only (placement strategies)
     # Test hook (tests/test_faults.py): stall inside the Nth call's first collective, as a stuck peer would.
     stall_at = int(os.environ.get("COMFY_XDIT_TEST_STALL_AT_FORWARD", "0"))
     while True:
@@ -102,7 +105,7 @@ def serve(link, mesh, device):
             weights.receive_weights(diffusion_model, keys, device)
             link.send("loaded")
         elif op == "forward":
-            _, skeleton, tensor_layout, (generation, key), mode = message
+            _, skeleton, tensor_layout, (generation, key), mode, placement = message
             forwards += 1
             if forwards == stall_at:
                 time.sleep(3600)
@@ -110,9 +113,13 @@ def serve(link, mesh, device):
             graphs.reset(generation)
 
             def forward(inputs):
-                call_args = transport.insert_tensors(skeleton, inputs)
-                options = flux.hooked_transformer_options(call_args.pop("transformer_options"), SequenceParallelCall(mesh))
-                return diffusion_model(**call_args, transformer_options=options)
+                def shard(call_args, token_weights):
+                    call_args = dict(call_args)
+                    options = flux.hooked_transformer_options(call_args.pop("transformer_options"),
+                                                              SequenceParallelCall(mesh, token_weights))
+                    return diffusion_model(**call_args, transformer_options=options)
+                return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, mesh, device,
+                                  group_ms)
 
             started = time.perf_counter()
             graphs.run(key, mode, forward, tensors)
@@ -120,8 +127,9 @@ def serve(link, mesh, device):
                 torch.cuda.synchronize(device)   # nothing else to do until the next call: time the step truly
             step_ms.append((time.perf_counter() - started) * 1e3)
         elif op == "stats":
-            link.send(dict(_device_stats(device), step_ms=list(step_ms)))
+            link.send(dict(_device_stats(device), step_ms=list(step_ms), group_ms=list(group_ms)))
             step_ms.clear()
+            group_ms.clear()
         else:
             raise RuntimeError(f"unknown message {op!r}")
 

@@ -1,0 +1,117 @@
+"""Placing batch rows (batch items, CFG branches) on sequence-parallel groups, and sizing token shards by speed.
+
+With G ranks and groups of d, there are G/d groups. A model call of batch B is split by rows: each group samples
+its rows sequence-parallel, and the rows are gathered back on rank 0 in their original order.
+
+Strategies (``ParallelPlan.scheduling``):
+- ``round_robin``: row i goes to group i mod G/d.
+- ``least_loaded``: each row goes to the group that would finish it first, given its measured speed and the rows it
+  already has (with equal speeds: an even, contiguous split).
+- ``weighted_round_robin``: smooth weighted round robin by the groups' measured speeds; inside a group the tokens are
+  split in proportion to each rank's speed.
+- ``adaptive``: as weighted, with speeds re-measured from the step times of every sampling run.
+Every group gets its rows in ascending order; group 0 (rank 0's) always gets at least one row.
+"""
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def assign_rows(batch, speeds, strategy):
+    """``speeds``: one positive number per group. Returns a list of row lists, one per group."""
+    groups = len(speeds)
+    rows = [[] for _ in range(groups)]
+    if strategy == "round_robin":
+        for row in range(batch):
+            rows[row % groups].append(row)
+    elif strategy == "least_loaded":
+        for row in range(batch):
+            finish = [(len(rows[g]) + 1) / speeds[g] for g in range(groups)]
+            rows[finish.index(min(finish))].append(row)
+    elif strategy in ("weighted_round_robin", "adaptive"):
+        current = [0.0] * groups
+        total = sum(speeds)
+        for row in range(batch):
+            current = [c + s for c, s in zip(current, speeds)]
+            chosen = current.index(max(current))
+            current[chosen] -= total
+            rows[chosen].append(row)
+    else:
+        raise ValueError(f"unknown scheduling '{strategy}'")
+    if batch and not rows[0]:            # rank 0 must hold rows: its output defines the gathered layout
+        donor = max(range(groups), key=lambda g: len(rows[g]))
+        rows[0].append(rows[donor].pop(0))
+    return [sorted(r) for r in rows]
+
+
+def weighted_split(length, weights):
+    """Split ``length`` tokens in proportion to ``weights`` (largest remainder), every part as exact integers."""
+    total = sum(weights)
+    exact = [length * w / total for w in weights]
+    sizes = [int(e) for e in exact]
+    for index in sorted(range(len(weights)), key=lambda i: exact[i] - sizes[i], reverse=True)[:length - sum(sizes)]:
+        sizes[index] += 1
+    return sizes
+
+
+def take_rows(obj, rows, batch):
+    """``obj`` with every tensor whose first dimension is the batch cut down to ``rows``."""
+    if isinstance(obj, torch.Tensor):
+        if obj.ndim and obj.shape[0] == batch:
+            return obj[torch.as_tensor(rows, device=obj.device)] if rows != list(range(batch)) else obj
+        return obj
+    if isinstance(obj, dict):
+        return {k: take_rows(v, rows, batch) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(take_rows(v, rows, batch) for v in obj)
+    return obj
+
+
+def run_placed(forward, call_args, placement, mesh, device, group_times=None):
+    """Runs one model call under a placement, on every rank alike: this rank's group samples its rows (``forward
+    (args, token_weights)``), then the rows of all groups are gathered. Without a placement: ``forward`` as is.
+    ``group_times`` receives this group's own time for its rows (ms, before the gather waits for the others)."""
+    if placement is None:
+        return forward(call_args, None)
+    rows, token_weights = placement
+    batch = call_args["x"].shape[0]
+    mine = rows[mesh.replica]
+    weights = token_weights[mesh.replica] if token_weights else None
+    local = None
+    if mine:
+        started = time.perf_counter()
+        local = forward(take_rows(call_args, mine, batch), weights)
+        if group_times is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            group_times.append((time.perf_counter() - started) * 1e3)
+    return gather_rows(local, rows, mesh, device, call_args["x"].dtype)
+
+
+def gather_rows(local, rows, mesh, device, dtype):
+    """All ranks: every group's output rows back together, in the original batch order (used on rank 0).
+    ``local`` is this rank's group output (None for a group without rows)."""
+    if mesh.replicas == 1:
+        return local
+    world = mesh.world_size
+    numel = torch.tensor([0 if local is None else local.numel()], dtype=torch.int64, device=device)
+    sizes = torch.empty(world, dtype=torch.int64, device=device)
+    dist.all_gather_into_tensor(sizes, numel)
+    longest = int(sizes.max())
+    flat = torch.zeros(longest, dtype=dtype, device=device)
+    if local is not None:
+        flat[:local.numel()] = local.reshape(-1).to(dtype)
+    gathered = flat.new_empty(world * longest)
+    dist.all_gather_into_tensor(gathered, flat)
+    if local is None:
+        return None
+    row_shape = local.shape[1:]
+    batch = sum(len(r) for r in rows)
+    out = local.new_empty((batch,) + tuple(row_shape))
+    for group, group_rows in enumerate(rows):
+        if group_rows:
+            leader = group * mesh.sp_degree
+            part = gathered[leader * longest: leader * longest + int(sizes[leader])]
+            out[torch.as_tensor(group_rows, device=out.device)] = part.view((len(group_rows),) + tuple(row_shape))
+    return out
