@@ -75,3 +75,15 @@ def test_adaptive_measures_group_speeds_after_each_run(unet, conds, fresh):
     group = helpers.current_group()
     assert group.group_speeds is not None and all(s > 0 for s in group.group_speeds)
     assert relative_error(ksample(parallel, latent=start, denoise=0.8, **conds), expected) <= 1e-5
+
+
+def test_groups_with_controlnet_kontext_and_cfg(unet, conds, fresh):
+    from test_community import controlnet_conds, kontext_conds
+    positive, negative = controlnet_conds(conds, (18, 14))
+    positive = kontext_conds({"positive": positive}, (8, 10))
+    negative = kontext_conds({"positive": negative}, (8, 10), seed=6)
+    expected = ksample(unet, positive=positive, negative=negative, latent=empty_latent(18, 14), cfg=2.5)
+    parallel = enable_multigpu(unet, gpus=4, parallelism="ring", sequence_degree=2, scheduling="least_loaded")
+    got = ksample(parallel, positive=positive, negative=negative, latent=empty_latent(18, 14), cfg=2.5)
+    assert helpers.current_group().last_rows == [[0], [1]]
+    assert relative_error(got, expected) <= 1e-5
