@@ -50,9 +50,7 @@ class MultiGPURun:
         group = helpers.current_group()
         if group is not None and group.plan == self.plan and group.alive():
             try:
-                group.helper_stats()
-                group.learn_group_speeds()
-                group.group_ms.clear()
+                group.end_sampling_run()
             except Exception as e:  # monitoring must never fail a prompt
                 log.debug("could not collect helper figures: %s", e)
 

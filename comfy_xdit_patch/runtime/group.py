@@ -288,6 +288,12 @@ class HelperGroup:
         self.last_rows = rows
         return rows, (by_group if weighted else None)
 
+    def end_sampling_run(self):
+        """Between sampling runs (helpers idle): collect their figures and, for ``adaptive``, the groups' speeds."""
+        self.helper_stats()
+        self.learn_group_speeds()
+        self.group_ms.clear()
+
     def learn_group_speeds(self):
         """adaptive: rows per second each group managed in the last sampling run, from its leader's own times."""
         if self.plan.replicas == 1 or not self.last_rows:
