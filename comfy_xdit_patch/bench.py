@@ -23,11 +23,22 @@ FLUX_DEV = dict(hidden=3072, heads=24, depth=19, depth_single=38)
 TINY = dict(hidden=512, heads=4, depth=2, depth_single=2)
 
 
+def _find_comfy():
+    """COMFYUI_PATH, else the ComfyUI this plugin sits in (ComfyUI/custom_nodes/<plugin>), also through a symlink."""
+    if os.environ.get("COMFYUI_PATH"):
+        return os.environ["COMFYUI_PATH"]
+    starts = [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PWD", os.getcwd())]
+    for start in starts:
+        path = start
+        while path != os.path.dirname(path):
+            if os.path.isfile(os.path.join(path, "comfy", "model_patcher.py")):
+                return path
+            path = os.path.dirname(path)
+    return starts[0]
+
+
 def _setup_comfy(cpu, comfy_args=""):
-    comfy_path = os.environ.get("COMFYUI_PATH")
-    if comfy_path is None:
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        comfy_path = os.path.dirname(os.path.dirname(here))   # ComfyUI/custom_nodes/<this repo>
+    comfy_path = _find_comfy()
     if not os.path.isfile(os.path.join(comfy_path, "comfy", "model_patcher.py")):
         sys.exit(f"ComfyUI not found at '{comfy_path}': set COMFYUI_PATH to a ComfyUI 0.33 checkout.")
     sys.path.insert(0, comfy_path)
