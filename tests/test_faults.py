@@ -165,3 +165,15 @@ def test_helper_killed_inside_a_step_is_rerun_on_one_gpu(tiny_flux, fresh_helper
     assert relative_error(got, expected) <= 1e-5
     assert time.monotonic() - start < 20
     assert helpers.current_group() is None or helpers.current_group().processes[1].pid != victim.pid
+
+
+def test_a_helper_of_another_version_is_refused_with_a_message(tiny_flux, fresh_helpers, monkeypatch, caplog):
+    monkeypatch.setenv("COMFY_XDIT_TEST_HELPER_VERSION", "0.0.1")
+    expected = sample(tiny_flux, steps=1)
+    with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(tiny_flux, gpus=2, parallelism="ring"), steps=1)
+    assert relative_error(got, expected) == 0.0
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "comfy_xdit_patch 0.0.1 on the helper vs 0.1.0 on rank 0" in message
+    assert "Install the same ComfyUI and comfy-xdit-patch on every machine" in message
+    assert helpers.current_group() is None

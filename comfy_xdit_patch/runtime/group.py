@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ..parallel.mesh import SequenceParallelMesh
 from ..parallel.placement import assign_rows
 from . import channel as control
-from . import transport, weights
+from . import transport, versions, weights
 from .speed import measure_speed
 from .step_graphs import EAGER, StepGraphs
 
@@ -46,6 +46,12 @@ _LOOPBACK_ENV = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
 
 class HelperFailure(RuntimeError):
     """The helper group can no longer be used: a helper died, hung or reported an error."""
+
+
+def _rank0_versions():
+    import comfy_xdit_patch
+    import comfyui_version
+    return {"comfy_xdit_patch": comfy_xdit_patch.__version__, "comfyui": comfyui_version.__version__}
 
 
 def _plugin_root():
@@ -72,6 +78,7 @@ class HelperGroup:
         self.graph_keys = {}
         self.generation = 0
         self.failure = None           # set by the health monitor when a helper dies
+        self.versions = _rank0_versions()
         self.rank_speeds = []         # measured at start (TFLOP/s per rank), for the placement strategies
         self.group_speeds = None      # rows per second per group, measured by the adaptive strategy
         self.group_ms = collections.deque(maxlen=200)   # rank 0's group, its own rows only
@@ -103,8 +110,11 @@ class HelperGroup:
             deadline = time.monotonic() + start_timeout_s()
             for _ in range(1, self.plan.world_size):
                 channel = self._accept(listener, token, deadline)
-                rank = channel.recv(timeout=10)
+                rank, helper_versions = channel.recv(timeout=10)
                 self.channels[rank] = channel
+                problem = versions.mismatch(self.versions, helper_versions)
+                if problem:
+                    raise HelperFailure(f"helper rank {rank}: {problem}")
             import comfy.cli_args
             for rank, channel in self.channels.items():
                 channel.send({"comfy_args": vars(comfy.cli_args.args), "plan": self.plan, "rank": rank,

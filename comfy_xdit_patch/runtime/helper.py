@@ -41,7 +41,8 @@ def main():
     from comfy_xdit_patch.runtime import channel as control
     host, port = os.environ["COMFY_XDIT_CONTROL"].rsplit(":", 1)
     link = control.connect((host, int(port)), bytes.fromhex(os.environ["COMFY_XDIT_TOKEN"]))
-    link.send(rank)
+    from comfy_xdit_patch.runtime.versions import local_versions
+    link.send((rank, local_versions()))
     try:
         setup = link.recv()
         plan = setup["plan"]
