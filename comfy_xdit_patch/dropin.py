@@ -122,9 +122,11 @@ class XDiTVAELoader(io.ComfyNode):
         return io.NodeOutput(vae)
 
 
-def _place_clip(clip, device):
+def _clip_on_device(load_clip, device, core_args):
+    """The core loader takes 'cpu' itself; a GPU goes through ComfyUI's Select CLIP Device."""
     from comfy_extras.nodes_multigpu import SelectCLIPDeviceNode
-    return clip if device == "default" else SelectCLIPDeviceNode.execute(clip, device).result[0]
+    clip = load_clip(**core_args, device="cpu" if device == "cpu" else "default")[0]
+    return clip if device in ("default", "cpu") else SelectCLIPDeviceNode.execute(clip, device).result[0]
 
 
 class XDiTCLIPLoader(io.ComfyNode):
@@ -136,8 +138,7 @@ class XDiTCLIPLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, device="default", **core_args):
-        clip = nodes.CLIPLoader().load_clip(**core_args, device="cpu" if device == "cpu" else "default")[0]
-        return io.NodeOutput(_place_clip(clip, "default" if device == "cpu" else device))
+        return io.NodeOutput(_clip_on_device(nodes.CLIPLoader().load_clip, device, core_args))
 
 
 class XDiTDualCLIPLoader(io.ComfyNode):
@@ -149,8 +150,7 @@ class XDiTDualCLIPLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, device="default", **core_args):
-        clip = nodes.DualCLIPLoader().load_clip(**core_args, device="cpu" if device == "cpu" else "default")[0]
-        return io.NodeOutput(_place_clip(clip, "default" if device == "cpu" else device))
+        return io.NodeOutput(_clip_on_device(nodes.DualCLIPLoader().load_clip, device, core_args))
 
 
 DROP_IN_NODES = [XDiTUNetLoader, XDiTCheckpointLoader, XDiTKSampler, XDiTVAELoader, XDiTCLIPLoader,
