@@ -119,7 +119,7 @@ class MultiGPURun:
 
         def forward(inputs):
             return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, group.mesh, group.device,
-                              group.group_ms)
+                              group.scheduler.group_ms)
 
         started = time.perf_counter()
         try:

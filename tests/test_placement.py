@@ -43,7 +43,7 @@ def test_cfg_branches_run_on_two_groups_at_once(unet, conds, fresh):
     parallel = enable_multigpu(unet, gpus=4, parallelism="ring", sequence_degree=2)
     got = ksample(parallel, latent=empty_latent(18, 14), cfg=3.0, **conds)
     group = helpers.current_group()
-    assert group.plan.replicas == 2 and group.last_rows == [[0], [1]]
+    assert group.plan.replicas == 2 and group.scheduler.last_rows == [[0], [1]]
     assert relative_error(got, expected) <= 1e-5
 
 
@@ -53,7 +53,7 @@ def test_weighted_round_robin_gives_the_faster_group_more_rows(unet, conds, fres
     expected = ksample(unet, latent=start, denoise=0.7, **conds)
     parallel = enable_multigpu(unet, gpus=4, parallelism="ring", sequence_degree=2, scheduling="weighted_round_robin")
     got = ksample(parallel, latent=start, denoise=0.7, **conds)
-    assert helpers.current_group().last_rows == [[1], [0, 2, 3]]
+    assert helpers.current_group().scheduler.last_rows == [[1], [0, 2, 3]]
     assert relative_error(got, expected) <= 1e-5
 
 
@@ -63,7 +63,7 @@ def test_tokens_split_by_speed_inside_one_group(unet, conds, fresh):
     got = ksample(enable_multigpu(unet, gpus=2, parallelism="ulysses", scheduling="weighted_round_robin"),
                   latent=empty_latent(18, 14), **conds)
     group = helpers.current_group()
-    assert group.placement(1) == ([[0]], [[1.0, 3.0]])
+    assert group.scheduler.placement(1) == ([[0]], [[1.0, 3.0]])
     assert relative_error(got, expected) <= 1e-5
 
 
@@ -73,7 +73,7 @@ def test_adaptive_measures_group_speeds_after_each_run(unet, conds, fresh):
     expected = ksample(unet, latent=start, denoise=0.8, **conds)
     assert relative_error(ksample(parallel, latent=start, denoise=0.8, **conds), expected) <= 1e-5
     group = helpers.current_group()
-    assert group.group_speeds is not None and all(s > 0 for s in group.group_speeds)
+    assert group.scheduler.group_speeds is not None and all(s > 0 for s in group.scheduler.group_speeds)
     assert relative_error(ksample(parallel, latent=start, denoise=0.8, **conds), expected) <= 1e-5
 
 
@@ -85,5 +85,5 @@ def test_groups_with_controlnet_kontext_and_cfg(unet, conds, fresh):
     expected = ksample(unet, positive=positive, negative=negative, latent=empty_latent(18, 14), cfg=2.5)
     parallel = enable_multigpu(unet, gpus=4, parallelism="ring", sequence_degree=2, scheduling="least_loaded")
     got = ksample(parallel, positive=positive, negative=negative, latent=empty_latent(18, 14), cfg=2.5)
-    assert helpers.current_group().last_rows == [[0], [1]]
+    assert helpers.current_group().scheduler.last_rows == [[0], [1]]
     assert relative_error(got, expected) <= 1e-5

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..parallel.mesh import SequenceParallelMesh
-from ..parallel.placement import assign_rows
+from .scheduler import Scheduler
 from . import channel as control
 from . import transport, versions, weights
 from .speed import measure_speed
@@ -79,10 +79,7 @@ class HelperGroup:
         self.generation = 0
         self.failure = None           # set by the health monitor when a helper dies
         self.versions = _rank0_versions()
-        self.rank_speeds = []         # measured at start (TFLOP/s per rank), for the placement strategies
-        self.group_speeds = None      # rows per second per group, measured by the adaptive strategy
-        self.group_ms = collections.deque(maxlen=200)   # rank 0's group, its own rows only
-        self.last_rows = None
+        self.scheduler = None         # places batch rows on groups (runtime/scheduler.py), made at start
         self.step_ms = collections.deque(maxlen=200)   # rank 0's parallel steps, completed (monitoring)
         self.helper_report = {}       # the helpers' own figures, collected after each sampling run
         self._stopping = threading.Event()
@@ -123,8 +120,8 @@ class HelperGroup:
             dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
                                     timeout=timedelta(seconds=collective_timeout_s()))
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree)
-            self.rank_speeds = [measure_speed(self.device, 0)] + [
-                reply[1] for reply in self._expect_all("ready", deadline)]
+            rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
+            self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
             self.shutdown()
             raise
@@ -281,42 +278,10 @@ class HelperGroup:
         self.graphs.reset(self.generation)
         self.graph_keys.clear()
 
-    def placement(self, batch):
-        """Rows of a call of ``batch`` per group, and per-group token weights, by the plan's scheduling."""
-        strategy, sp = self.plan.scheduling, self.plan.sp_degree
-        weighted = strategy in ("weighted_round_robin", "adaptive")
-        by_group = [self.rank_speeds[g * sp:(g + 1) * sp] for g in range(self.plan.replicas)]
-        if self.plan.replicas == 1 and not (weighted and len(set(self.rank_speeds)) > 1):
-            return None   # one group of equal GPUs: the plain even split
-        if strategy == "adaptive" and self.group_speeds:
-            speeds = self.group_speeds
-        elif weighted:
-            speeds = [sum(s) for s in by_group]          # tokens split by speed: the group works at its total
-        else:
-            speeds = [min(s) * sp for s in by_group]      # even tokens: the slowest rank sets the pace
-        rows = assign_rows(batch, speeds, strategy)
-        self.last_rows = rows
-        return rows, (by_group if weighted else None)
-
     def end_sampling_run(self):
-        """Between sampling runs (helpers idle): collect their figures and, for ``adaptive``, the groups' speeds."""
+        """Between sampling runs (helpers idle): collect their figures and let the scheduler learn from them."""
         self.helper_stats()
-        self.learn_group_speeds()
-        self.group_ms.clear()
-
-    def learn_group_speeds(self):
-        """adaptive: rows per second each group managed in the last sampling run, from its leader's own times."""
-        if self.plan.replicas == 1 or not self.last_rows:
-            return
-        speeds = []
-        for group, rows in enumerate(self.last_rows):
-            leader = group * self.plan.sp_degree
-            times = list(self.group_ms) if leader == 0 else self.helper_report.get(leader, {}).get("group_ms", [])
-            if not rows or not times:
-                return
-            speeds.append(len(rows) / (sorted(times)[len(times) // 2] / 1e3))
-        previous = self.group_speeds or speeds
-        self.group_speeds = [0.5 * old + 0.5 * new for old, new in zip(previous, speeds)]
+        self.scheduler.learn(self.helper_report)
 
     def dispatch_forward(self, call_args, allow_graph):
         """Send one model call (a dict of its arguments) to every helper; they start computing at once.
@@ -326,7 +291,7 @@ class HelperGroup:
         tensor_layout = transport.layout(tensors)
         structure = pickle.dumps((skeleton, tensor_layout), protocol=pickle.HIGHEST_PROTOCOL)
         key = self.graph_keys.setdefault(structure, len(self.graph_keys))
-        placement = self.placement(call_args["x"].shape[0])
+        placement = self.scheduler.placement(call_args["x"].shape[0])
         mode = self.graphs.choose(key) if allow_graph and placement is None else EAGER
         # Pickling errors surface here, before any helper sees anything.
         self._broadcast_message(("forward", skeleton, tensor_layout, (self.generation, key), mode, placement))
