@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 
 PARALLELISMS = ("auto", "ulysses", "ring", "usp")
 SCHEDULINGS = ("round_robin", "least_loaded", "weighted_round_robin", "adaptive")
+LAUNCHERS = ("local", "ray")
 CPU_DEFAULT_RANKS = 2
 
 
@@ -14,6 +15,7 @@ class ParallelPlan:
     ulysses_degree: int
     ring_degree: int
     scheduling: str = field(default="round_robin", compare=False)   # rank 0's choice alone: no helper restart
+    launcher: str = "local"     # "ray": helpers are Ray actors, possibly on other machines
 
     @property
     def world_size(self):
@@ -33,7 +35,10 @@ class ParallelPlan:
         return "nccl" if self.device_type == "cuda" else "gloo"
 
     def describe(self):
-        where = "CPU ranks" if self.device_type == "cpu" else "GPUs " + ",".join(map(str, self.device_indices))
+        if self.launcher == "ray":
+            where = ("CPU ranks" if self.device_type == "cpu" else "GPUs") + " via Ray"
+        else:
+            where = "CPU ranks" if self.device_type == "cpu" else "GPUs " + ",".join(map(str, self.device_indices))
         layout = f"ulysses {self.ulysses_degree} x ring {self.ring_degree}"
         if self.replicas > 1:
             return f"{self.world_size} {where} ({self.replicas} groups of {layout}, {self.scheduling})"
@@ -81,7 +86,7 @@ def choose_degrees(world_size, heads, parallelism, ulysses_degree=0, ring_degree
 
 
 def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_degree=0, ring_degree=0,
-                 sequence_degree=0, scheduling="round_robin"):
+                 sequence_degree=0, scheduling="round_robin", launcher="local"):
     """``main_device`` is the torch.device ComfyUI runs on (rank 0); ``visible_cuda`` the CUDA device count.
     ``sequence_degree`` (0 = all ranks) is the size of one sequence-parallel group; with fewer than all ranks the
     rest form more groups, and batch items / CFG branches are placed on the groups by ``scheduling``."""
@@ -91,6 +96,12 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         world = gpus or CPU_DEFAULT_RANKS
         indices = (None,) * world
         device_type = "cpu"
+    elif main_device.type == "cuda" and launcher == "ray":
+        if not gpus:
+            raise ValueError("With launcher 'ray', set gpus to the total number of GPUs to use across the cluster.")
+        world, device_type = gpus, "cuda"
+        # Rank 0 uses ComfyUI's GPU; every helper uses the one GPU Ray gives its actor.
+        indices = (main_device.index or 0,) + (0,) * (world - 1)
     elif main_device.type == "cuda":
         world = gpus or visible_cuda
         if world > visible_cuda:
@@ -102,6 +113,8 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         device_type = "cuda"
     else:
         raise ValueError(f"Enable Multi-GPU supports CUDA GPUs and CPU ranks; ComfyUI runs on '{main_device.type}'.")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, not '{launcher}'.")
     if scheduling not in SCHEDULINGS:
         raise ValueError(f"scheduling must be one of {', '.join(SCHEDULINGS)}, not '{scheduling}'.")
     degree = sequence_degree or world
@@ -109,13 +122,13 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         raise ValueError(f"sequence_degree {sequence_degree} must divide the {world} ranks into equal groups; "
                          f"use one of {_divisors(world)}.")
     ulysses, ring = choose_degrees(degree, heads, parallelism, ulysses_degree, ring_degree)
-    return ParallelPlan(device_type, indices, ulysses, ring, scheduling)
+    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher)
 
 
 def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):
     """Every helper GPU holds a full copy of the diffusion model: refuse before starting when one cannot.
     ``free_bytes(index)`` returns a CUDA device's free memory."""
-    if plan.device_type != "cuda":
+    if plan.device_type != "cuda" or plan.launcher != "local":   # Ray's GPUs are not visible from here
         return
     for index in plan.device_indices[1:]:
         free = free_bytes(index)

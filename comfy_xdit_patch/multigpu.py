@@ -160,7 +160,7 @@ def _visible_cuda():
 
 
 def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0, sequence_degree=0,
-                    scheduling="round_robin"):
+                    scheduling="round_robin", launcher="local"):
     """A clone of ``model`` that samples sequence-parallel. Raises ValueError naming the fix for a bad config.
     A model other than FLUX comes back unchanged, with one log line."""
     diffusion_model = model.get_model_object("diffusion_model")
@@ -169,7 +169,7 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
                     type(diffusion_model).__name__)
         return model
     plan = resolve_plan(gpus, parallelism, flux.num_heads(diffusion_model), model.load_device, _visible_cuda(),
-                        ulysses_degree, ring_degree, sequence_degree, scheduling)
+                        ulysses_degree, ring_degree, sequence_degree, scheduling, launcher)
     if plan.world_size == 1:
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model

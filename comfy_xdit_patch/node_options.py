@@ -1,7 +1,7 @@
 """The Enable Multi-GPU options, shared by the node and every drop-in node: one definition, one behaviour."""
 from comfy_api.latest import io
 
-from .config import PARALLELISMS, SCHEDULINGS
+from .config import LAUNCHERS, PARALLELISMS, SCHEDULINGS
 from .multigpu import enable_multigpu
 
 
@@ -25,11 +25,15 @@ def multigpu_inputs(optional=False):
         io.Combo.Input("scheduling", options=list(SCHEDULINGS), default="round_robin", optional=True,
                        tooltip="How rows go to groups: round_robin; least_loaded; weighted_round_robin (by measured "
                                "GPU speed, token shards too); adaptive (speeds re-measured every run)."),
+        io.Combo.Input("launcher", options=list(LAUNCHERS), default="local", optional=True,
+                       tooltip="local: helper processes on this machine. ray: helpers as Ray actors across a Ray "
+                               "cluster (COMFY_XDIT_RAY_ADDRESS; empty starts Ray here; rank 0's address in "
+                               "COMFY_XDIT_HOST)."),
     ]
 
 
 _MULTIGPU_NAMES = ("enabled", "gpus", "parallelism", "ulysses_degree", "ring_degree", "sequence_degree",
-                   "scheduling")
+                   "scheduling", "launcher")
 
 
 def split_multigpu(kwargs):
@@ -38,8 +42,8 @@ def split_multigpu(kwargs):
 
 
 def apply_multigpu(model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0,
-                   sequence_degree=0, scheduling="round_robin"):
+                   sequence_degree=0, scheduling="round_robin", launcher="local"):
     if not enabled:
         return model
     return enable_multigpu(model, gpus, parallelism, ulysses_degree or 0, ring_degree or 0, sequence_degree or 0,
-                           scheduling or "round_robin")
+                           scheduling or "round_robin", launcher or "local")

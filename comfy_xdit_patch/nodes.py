@@ -25,9 +25,9 @@ class EnableMultiGPU(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0,
-                sequence_degree=0, scheduling="round_robin"):
+                sequence_degree=0, scheduling="round_robin", launcher="local"):
         return io.NodeOutput(apply_multigpu(model, enabled, gpus, parallelism, ulysses_degree, ring_degree,
-                                            sequence_degree, scheduling))
+                                            sequence_degree, scheduling, launcher))
 
 
 class XDiTExtension(ComfyExtension):

@@ -1,7 +1,7 @@
 """Control channel between rank 0 and one helper: length-prefixed pickles over a loopback TCP socket.
 
 Small messages only (a model call's structure, never its tensors). The helper proves it was started by this rank 0
-with a random token; the socket listens on 127.0.0.1 only.
+with a random token; the socket listens on 127.0.0.1 only, unless a multi-machine setup names rank 0's address.
 """
 import hmac
 import pickle
@@ -69,8 +69,8 @@ def accept(listener, token, timeout):
     return channel
 
 
-def listen():
+def listen(host="127.0.0.1"):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
+    listener.bind((host, 0))
     listener.listen()
     return listener

@@ -12,7 +12,6 @@ import pickle
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..parallel.mesh import SequenceParallelMesh
+from .launchers import make_launcher, rank0_host
 from .scheduler import Scheduler
 from . import channel as control
 from . import transport, versions, weights
@@ -80,6 +80,7 @@ class HelperGroup:
         self.failure = None           # set by the health monitor when a helper dies
         self.versions = _rank0_versions()
         self.scheduler = None         # places batch rows on groups (runtime/scheduler.py), made at start
+        self.launcher = None
         self.step_ms = collections.deque(maxlen=200)   # rank 0's parallel steps, completed (monitoring)
         self.helper_report = {}       # the helpers' own figures, collected after each sampling run
         self._stopping = threading.Event()
@@ -91,15 +92,17 @@ class HelperGroup:
             raise HelperFailure("torch.distributed is already initialised in ComfyUI's process (by another custom "
                                 "node?); Enable Multi-GPU needs to create its own process group.")
         token = secrets.token_bytes(16)
-        listener = control.listen()
-        for name, value in _LOOPBACK_ENV.items():
-            os.environ.setdefault(name, value)
-        # TCPStore binds every interface unless it is handed a listening socket: give it one on 127.0.0.1.
+        listener = control.listen(rank0_host())
+        host = rank0_host()
+        if host == "127.0.0.1":
+            for name, value in _LOOPBACK_ENV.items():
+                os.environ.setdefault(name, value)
+        # TCPStore binds every interface unless it is handed a listening socket: give it one on the chosen host.
         store_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        store_socket.bind(("127.0.0.1", 0))
+        store_socket.bind((host, 0))
         store_socket.listen()
         store_port = store_socket.getsockname()[1]
-        store = dist.TCPStore("127.0.0.1", store_port, self.plan.world_size, True,
+        store = dist.TCPStore(host, store_port, self.plan.world_size, True,
                               timedelta(seconds=start_timeout_s()), wait_for_workers=False,
                               master_listen_fd=store_socket.detach(), use_libuv=True)
         try:
@@ -115,7 +118,7 @@ class HelperGroup:
             import comfy.cli_args
             for rank, channel in self.channels.items():
                 channel.send({"comfy_args": vars(comfy.cli_args.args), "plan": self.plan, "rank": rank,
-                              "store_port": store_port})
+                              "store_host": host, "store_port": store_port})
             self._expect_all("imported", deadline)
             dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
                                     timeout=timedelta(seconds=collective_timeout_s()))
@@ -133,17 +136,20 @@ class HelperGroup:
                  self.plan.world_size - 1, self.plan.describe(), self.started_s)
 
     def _spawn(self, address, token):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([_plugin_root(), _comfy_root()] + [p for p in [env.get("PYTHONPATH")] if p])
+        """What a helper needs in its environment: where rank 0 is, the session token, the same ComfyUI and
+        plugin, and this process's COMFY_XDIT_*, NCCL_*, GLOO_* and TORCH_* settings."""
+        env = {k: v for k, v in os.environ.items() if k.startswith(("COMFY_XDIT_", "NCCL_", "GLOO_", "TORCH_"))}
+        env["PYTHONPATH"] = os.pathsep.join([_plugin_root(), _comfy_root()] +
+                                            [p for p in [os.environ.get("PYTHONPATH")] if p])
         env["COMFY_XDIT_CONTROL"] = f"{address[0]}:{address[1]}"
         env["COMFY_XDIT_TOKEN"] = token.hex()
         env["COMFY_XDIT_PARENT_PID"] = str(os.getpid())
         if self.plan.device_type == "cpu":
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.plan.world_size)))
+            env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
+                                                    str(max(1, (os.cpu_count() or 1) // self.plan.world_size)))
+        self.launcher = make_launcher(self.plan)
         for rank in range(1, self.plan.world_size):
-            env["COMFY_XDIT_RANK"] = str(rank)
-            self.processes[rank] = subprocess.Popen([sys.executable, "-m", "comfy_xdit_patch.runtime.helper"],
-                                                    env=env, stdin=subprocess.DEVNULL)
+            self.processes[rank] = self.launcher.spawn(rank, dict(env, COMFY_XDIT_RANK=str(rank)))
 
     def _check_processes(self):
         for rank, process in self.processes.items():
@@ -227,6 +233,9 @@ class HelperGroup:
                 process.wait()
         for channel in self.channels.values():
             channel.close()
+        if self.launcher is not None:
+            self.launcher.close()
+            self.launcher = None
         if dist.is_initialized():
             try:
                 dist.destroy_process_group()

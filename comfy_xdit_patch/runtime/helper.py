@@ -24,13 +24,15 @@ def _watch_parent(parent_pid):
 
 def _setup_comfy(comfy_args, plan, rank):
     import torch
+    # A launcher that hands each helper one visible GPU (Ray) says which index it has there.
+    index = int(os.environ.get("COMFY_XDIT_DEVICE_INDEX", plan.device_indices[rank] or 0))
     if plan.device_type == "cuda":
-        torch.cuda.set_device(plan.device_indices[rank])
+        torch.cuda.set_device(index)
     import comfy.cli_args
     comfy.cli_args.args.__dict__.update(comfy_args)
     import comfy.model_management  # noqa: F401  (reads the args above: device, attention backend, vram mode)
     import comfy.ldm.modules.attention  # noqa: F401
-    return torch.device("cpu") if plan.device_type == "cpu" else torch.device("cuda", plan.device_indices[rank])
+    return torch.device("cpu") if plan.device_type == "cpu" else torch.device("cuda", index)
 
 
 def main():
@@ -52,7 +54,8 @@ def main():
         import torch
         import torch.distributed as dist
         from comfy_xdit_patch.parallel.mesh import SequenceParallelMesh
-        store = dist.TCPStore("127.0.0.1", setup["store_port"], plan.world_size, False, timedelta(seconds=120))
+        store = dist.TCPStore(setup["store_host"], setup["store_port"], plan.world_size, False,
+                              timedelta(seconds=120))
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size,
                                 timeout=timedelta(seconds=float(os.environ.get("COMFY_XDIT_COLLECTIVE_TIMEOUT", "300"))))
         mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree)

@@ -1,0 +1,140 @@
+"""How helper processes come to life: on this machine (``local``), or as Ray actors anywhere in a Ray cluster
+(``ray``, for GPUs beyond one machine). Either way the helper is the same ``comfy_xdit_patch.runtime.helper``
+process and everything after its start (rendezvous, NCCL/gloo, weights, steps) is the same.
+
+A launcher returns, per helper, an object with the part of ``subprocess.Popen`` the group uses: ``pid``,
+``poll()``, ``wait(timeout)``, ``kill()``.
+"""
+import logging
+import os
+import subprocess
+import sys
+
+log = logging.getLogger(__name__)
+
+HELPER = [sys.executable, "-m", "comfy_xdit_patch.runtime.helper"]
+
+
+def rank0_host():
+    """The address helpers reach rank 0 on: loopback, unless a multi-machine setup names one (COMFY_XDIT_HOST)."""
+    return os.environ.get("COMFY_XDIT_HOST", "127.0.0.1")
+
+
+class LocalLauncher:
+    def __init__(self, plan):
+        self.plan = plan
+
+    def spawn(self, rank, helper_env):
+        return subprocess.Popen(HELPER, env=dict(os.environ, **helper_env), stdin=subprocess.DEVNULL)
+
+    def close(self):
+        pass
+
+
+class RayLauncher:
+    """One Ray actor per helper, each holding one GPU (or one CPU for CPU ranks), spread over the cluster's nodes by
+    a placement group. The actor starts the helper process on its node and reports on it. ``COMFY_XDIT_RAY_ADDRESS``
+    names the cluster; empty starts a Ray instance on this machine for its own GPUs."""
+
+    def __init__(self, plan):
+        try:
+            import ray
+            from ray.util.placement_group import placement_group
+        except ImportError as e:
+            raise RuntimeError("launcher 'ray' needs Ray: pip install comfy-xdit-patch[ray]") from e
+        self.ray = ray
+        self.plan = plan
+        address = os.environ.get("COMFY_XDIT_RAY_ADDRESS", "")
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
+                     configure_logging=False)
+        resource = {"GPU": 1} if plan.device_type == "cuda" else {"CPU": 1}
+        self.group = placement_group([dict(resource) for _ in range(plan.world_size - 1)], strategy="SPREAD")
+        ray.get(self.group.ready(), timeout=120)
+        self.actors = []
+
+    def spawn(self, rank, helper_env):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        host = _helper_host_class(self.ray).options(
+            num_cpus=0 if self.plan.device_type == "cuda" else 1,
+            num_gpus=1 if self.plan.device_type == "cuda" else 0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank - 1),
+        ).remote()
+        self.actors.append(host)
+        return RayHelperProcess(self.ray, host, self.ray.get(host.start.remote(helper_env), timeout=120))
+
+    def close(self):
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:  # already gone
+                pass
+        try:
+            from ray.util.placement_group import remove_placement_group
+            remove_placement_group(self.group)
+        except Exception:
+            log.debug("placement group removal failed", exc_info=True)
+        if self.started_ray:
+            self.ray.shutdown()
+
+
+class RayHelperProcess:
+    def __init__(self, ray, host, pid):
+        self.ray, self.host, self.pid = ray, host, pid
+
+    def poll(self):
+        try:
+            return self.ray.get(self.host.poll.remote(), timeout=5)
+        except Exception:     # the actor (or its node) is gone: so is the helper
+            return -1
+
+    def wait(self, timeout=None):
+        code = self.ray.get(self.host.wait.remote(timeout), timeout=None if timeout is None else timeout + 5)
+        if code is None:
+            raise subprocess.TimeoutExpired(HELPER, timeout)
+        return code
+
+    def kill(self):
+        try:
+            self.ray.get(self.host.kill.remote(), timeout=10)
+        except Exception:
+            pass
+
+
+_host_class = None
+
+
+def _helper_host_class(ray):
+    """The actor class, defined on first use so that Ray stays an optional dependency."""
+    global _host_class
+    if _host_class is None:
+        @ray.remote
+        class HelperHost:
+            def start(self, helper_env):
+                env = dict(os.environ, **helper_env)
+                env["COMFY_XDIT_PARENT_PID"] = str(os.getpid())      # the helper lives as long as this actor
+                if "CUDA_VISIBLE_DEVICES" in os.environ:              # Ray gave this actor one GPU
+                    env["COMFY_XDIT_DEVICE_INDEX"] = "0"
+                self.process = subprocess.Popen(HELPER, env=env, stdin=subprocess.DEVNULL)
+                return self.process.pid
+
+            def poll(self):
+                return self.process.poll()
+
+            def wait(self, timeout=None):
+                try:
+                    return self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    return None
+
+            def kill(self):
+                self.process.kill()
+                return self.process.wait()
+
+        _host_class = HelperHost
+    return _host_class
+
+
+def make_launcher(plan):
+    return RayLauncher(plan) if plan.launcher == "ray" else LocalLauncher(plan)

@@ -1,0 +1,76 @@
+"""The Ray launcher: helpers as Ray actors on a local two-node Ray cluster (CPU resources, gloo), equal to 1 rank;
+a version mismatch is refused; nothing of Ray is left after teardown."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from comfy_env import empty_latent, flux_conditioning, relative_error
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.runtime import group as helpers
+from test_community import ksample
+
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def ray_processes():
+    names = ("raylet", "gcs_server", "ray::", "dashboard", "log_monitor")
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any(n in " ".join(p.info["cmdline"] or []) for n in names)]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head node and a second node on this machine, as two hosts would be (CPU resources only)."""
+    from test_server import free_port
+    port = free_port()
+    common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                    "--include-dashboard=false", *common], check=True, capture_output=True, timeout=120)
+    subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", "--num-gpus=0", *common],
+                   check=True, capture_output=True, timeout=120)
+    os.environ["COMFY_XDIT_RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    try:
+        yield port
+    finally:
+        helpers.shutdown_group()
+        os.environ.pop("COMFY_XDIT_RAY_ADDRESS", None)
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        deadline = time.monotonic() + 20
+        while ray_processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not ray_processes(), "Ray processes outlived the teardown"
+
+
+def test_two_ranks_through_the_ray_launcher_equal_one(unet, ray_cluster):
+    import ray
+    positive, negative = flux_conditioning(77, seed=1), flux_conditioning(77, seed=2)
+    expected = ksample(unet, positive=positive, negative=negative, latent=empty_latent(18, 14))
+    parallel = enable_multigpu(unet, gpus=3, parallelism="ring", launcher="ray")
+    got = ksample(parallel, positive=positive, negative=negative, latent=empty_latent(18, 14))
+    group = helpers.current_group()
+    assert group is not None and group.plan.describe() == "3 CPU ranks via Ray (ulysses 1 x ring 3)"
+    assert relative_error(got, expected) <= 1e-5
+    # The placement group spread the two helpers over the cluster's two nodes.
+    table = ray.util.placement_group_table(group.launcher.group)
+    assert len(set(table["bundles_to_node_id"].values())) == 2
+    helpers.shutdown_group()
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if "comfy_xdit_patch.runtime.helper" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_ray_helper_of_another_version_is_refused(unet, ray_cluster, monkeypatch, caplog):
+    import logging
+    monkeypatch.setenv("COMFY_XDIT_TEST_HELPER_VERSION", "9.9.9")
+    positive, negative = flux_conditioning(77, seed=1), flux_conditioning(77, seed=2)
+    expected = ksample(unet, positive=positive, negative=negative, latent=empty_latent(16, 16), steps=1)
+    with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):
+        got = ksample(enable_multigpu(unet, gpus=2, parallelism="ring", launcher="ray"), positive=positive,
+                      negative=negative, latent=empty_latent(16, 16), steps=1)
+    assert relative_error(got, expected) == 0.0
+    assert any("comfy_xdit_patch 9.9.9 on the helper vs 0.1.0 on rank 0" in r.getMessage() for r in caplog.records)
+    assert helpers.current_group() is None
