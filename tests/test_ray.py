@@ -23,18 +23,27 @@ def ray_processes():
             if any(n in " ".join(p.info["cmdline"] or []) for n in names)]
 
 
+def token_auth():
+    """Ray 2.60 turns token authentication on once ~/.ray/auth_token exists (an earlier local Ray writes it): make
+    every process of the test cluster, this one included, use it explicitly, whatever an earlier run left."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if not os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A head node and a second node on this machine, as two hosts would be (CPU resources only)."""
     from test_server import free_port
+    token_auth()
     port = free_port()
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                    "--include-dashboard=false", *common], check=True, capture_output=True, timeout=120)
-    subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", "--num-gpus=0", *common],
-                   check=True, capture_output=True, timeout=120)
-    os.environ["COMFY_XDIT_RAY_ADDRESS"] = f"127.0.0.1:{port}"
     try:
+        for command in (["--head", f"--port={port}", "--include-dashboard=false"], [f"--address=127.0.0.1:{port}"]):
+            started = subprocess.run([RAY, "start", *command, "--num-cpus=2", "--num-gpus=0", *common],
+                                     capture_output=True, text=True, timeout=120)
+            assert started.returncode == 0, started.stderr[-2000:]
+        os.environ["COMFY_XDIT_RAY_ADDRESS"] = f"127.0.0.1:{port}"
         yield port
     finally:
         helpers.shutdown_group()

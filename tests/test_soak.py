@@ -17,6 +17,7 @@ def footprint():
         "rss": sum(p.memory_info().rss for p in procs),
         "children": len(me.children(recursive=True)),
         "threads": me.num_threads(),
+        "thread_names": sorted(t.name for t in __import__("threading").enumerate()),
         "fds": me.num_fds(),
         "sockets": len(me.net_connections(kind="inet")),
         "shm": len(os.listdir("/dev/shm")),
@@ -37,8 +38,13 @@ def test_fifty_prompts_leave_no_growth(model_files):
         if prompt == 2:   # after the first prompts have started the helpers and seen every size and both weights
             baseline = footprint()
     final = footprint()
-    for key in ("children", "threads", "fds", "sockets", "shm"):
+    for key in ("children", "fds", "sockets", "shm"):
         assert final[key] <= baseline[key], f"{key} grew: {baseline[key]} -> {final[key]}"
+    # Ours: one health thread for the one group. Others' pools (torch, an earlier test's Ray client) may add a
+    # thread or two on their own schedule; a per-prompt leak would add dozens.
+    assert final["thread_names"].count("comfy-xdit-health") == 1
+    assert final["threads"] <= baseline["threads"] + 2, \
+        f"threads grew: {baseline['thread_names']} -> {final['thread_names']}"
     assert final["rss"] <= baseline["rss"] * 1.10 + 64 * 2**20, \
         f"memory grew from {baseline['rss'] / 2**20:.0f} MiB to {final['rss'] / 2**20:.0f} MiB"
     helpers.shutdown_group()

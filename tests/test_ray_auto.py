@@ -1,0 +1,30 @@
+"""The Ray launcher with no cluster address: it starts a Ray instance on this machine for the helpers, and stops it
+with them."""
+import os
+
+from comfy_env import empty_latent, flux_conditioning, relative_error
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.runtime import group as helpers
+from test_community import ksample
+from test_ray import ray_processes, token_auth
+
+
+def test_ray_launcher_starts_and_stops_its_own_local_ray(unet, monkeypatch):
+    import ray
+    monkeypatch.delenv("COMFY_XDIT_RAY_ADDRESS", raising=False)
+    token_auth()
+    helpers.shutdown_group()
+    assert not ray.is_initialized()
+    positive, negative = flux_conditioning(77, seed=1), flux_conditioning(77, seed=2)
+    expected = ksample(unet, positive=positive, negative=negative, latent=empty_latent(16, 16))
+    got = ksample(enable_multigpu(unet, gpus=2, parallelism="ulysses", launcher="ray"), positive=positive,
+                  negative=negative, latent=empty_latent(16, 16))
+    assert relative_error(got, expected) <= 1e-5
+    assert ray.is_initialized() and helpers.current_group().launcher.started_ray
+    helpers.shutdown_group()
+    assert not ray.is_initialized()
+    import time
+    deadline = time.monotonic() + 20
+    while ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes(), "the local Ray instance outlived the helpers"
