@@ -87,6 +87,16 @@ def tiny_clip_l_state_dict(seed=40):
             * 0.02 for k, v in shapes.items() if v.dtype.is_floating_point}
 
 
+def tiny_redux_state_dict(seed=50):
+    """FLUX Redux (ComfyUI's ReduxImageEncoder, fixed 1152 -> 12288 -> 4096 sizes) with random weights."""
+    import torch
+    from comfy.ldm.flux.redux import ReduxImageEncoder
+    with torch.device("meta"):
+        shapes = ReduxImageEncoder().state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=generator) * 0.01 for k, v in shapes.items()}
+
+
 def write_model_files(root):
     """Writes the tiny models into ComfyUI's folder layout under ``root`` and registers the folders."""
     import folder_paths
@@ -100,6 +110,7 @@ def write_model_files(root):
         ("loras", "tiny_lora_b.safetensors"): tiny_lora_state_dict(base, layers_b, seed=12),
         ("controlnet", "tiny_flux_controlnet.safetensors"): tiny_flux_controlnet_state_dict(),
         ("vae", "tiny_vae.safetensors"): tiny_vae_state_dict(),
+        ("style_models", "tiny_redux.safetensors"): tiny_redux_state_dict(),
         ("text_encoders", "tiny_clip_l.safetensors"): tiny_clip_l_state_dict(),
         ("checkpoints", "tiny_flux_checkpoint.safetensors"): {"model.diffusion_model." + k: v for k, v in base.items()},
     }

@@ -197,3 +197,15 @@ def test_torch_compile_model_before_the_node(unet, conds):
     compiled = unet.clone()
     set_torch_compile_wrapper(compiled, backend="eager")
     assert_parallel_equal(compiled, positive=conds["positive"], negative=conds["negative"], latent=empty_latent(16, 16))
+
+
+def test_redux_style_model_appends_image_tokens_to_the_text(unet, conds):
+    """StyleModelLoader + StyleModelApply (Redux) with a CLIP-vision output given directly (no SigLIP weights here):
+    729 image tokens join the 77 text tokens, and the longer context splits like any other."""
+    import comfy.clip_vision
+    style_model = nodes.StyleModelLoader().load_style_model("tiny_redux.safetensors")[0]
+    vision = comfy.clip_vision.Output()
+    vision["last_hidden_state"] = torch.randn(1, 729, 1152, generator=torch.Generator().manual_seed(12))
+    positive = nodes.StyleModelApply().apply_stylemodel(conds["positive"], style_model, vision, 1.0, "multiply")[0]
+    assert positive[0][0].shape[1] == 77 + 729
+    assert_parallel_equal(unet, positive=positive, negative=conds["negative"], latent=empty_latent(16, 16))
