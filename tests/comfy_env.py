@@ -121,6 +121,24 @@ def write_model_files(root):
         folder_paths.add_model_folder_path(folder, os.path.join(root, folder), is_default=True)
 
 
+def tiny_flux2_state_dict(seed=60):
+    """A Flux.2-shaped model (global modulation, SiLU-gated MLP, no biases, 128 latent channels, patch 1, text
+    positions in id dim 3) with 4 heads and random weights; ComfyUI detects it as Flux2."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+    from comfy_xdit_patch.bench import bfl_name
+    with torch.device("meta"):
+        shapes = Flux(operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="meta", in_channels=128,
+                      out_channels=128, vec_in_dim=None, context_in_dim=256, hidden_size=512, mlp_ratio=3.0,
+                      num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[32, 32, 32, 32], theta=2000,
+                      patch_size=1, qkv_bias=False, guidance_embed=True, txt_ids_dims=[3], global_modulation=True,
+                      mlp_silu_act=True, ops_bias=False).state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    return {bfl_name(k): torch.randn(v.shape, generator=generator) * (0.02 if v.ndim > 1 else 0.01)
+            for k, v in shapes.items()}
+
+
 def load_tiny_flux(**kwargs):
     import torch
     import comfy.sd

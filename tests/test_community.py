@@ -209,3 +209,42 @@ def test_redux_style_model_appends_image_tokens_to_the_text(unet, conds):
     positive = nodes.StyleModelApply().apply_stylemodel(conds["positive"], style_model, vision, 1.0, "multiply")[0]
     assert positive[0][0].shape[1] == 77 + 729
     assert_parallel_equal(unet, positive=positive, negative=conds["negative"], latent=empty_latent(16, 16))
+
+
+@pytest.fixture(scope="module")
+def flux2():
+    import comfy.sd
+    from comfy_env import tiny_flux2_state_dict
+    model = comfy.sd.load_diffusion_model_state_dict(tiny_flux2_state_dict())
+    assert type(model.model).__name__ == "Flux2"
+    return model
+
+
+def flux2_conds(seed=1):
+    return [[torch.randn(1, 30, 256, generator=torch.Generator().manual_seed(seed)), {"guidance": 4.0}]]
+
+
+def test_flux2_text_to_image(flux2):
+    assert_parallel_equal(flux2, positive=flux2_conds(1), negative=flux2_conds(2),
+                          latent={"samples": torch.zeros(1, 128, 9, 7)})
+
+
+def test_flux2_edit_with_reference_latents(flux2):
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+    reference = {"samples": torch.randn(1, 128, 6, 5, generator=torch.Generator().manual_seed(3))}
+    positive = ReferenceLatent.execute(flux2_conds(1), reference).result[0]
+    assert_parallel_equal(flux2, positive=positive, negative=flux2_conds(2), latent={"samples": torch.zeros(1, 128, 9, 7)})
+
+
+def test_flux2_index_timestep_zero_falls_back_with_a_log_line(flux2, caplog):
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+    from comfy_extras.nodes_flux import FluxKontextMultiReferenceLatentMethod
+    reference = {"samples": torch.randn(1, 128, 6, 5, generator=torch.Generator().manual_seed(3))}
+    positive = ReferenceLatent.execute(flux2_conds(1), reference).result[0]
+    positive = FluxKontextMultiReferenceLatentMethod.execute(positive, "index_timestep_zero").result[0]
+    latent = {"samples": torch.zeros(1, 128, 9, 7)}
+    expected = ksample(flux2, positive, flux2_conds(2), latent)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(enable_multigpu(flux2, gpus=2, parallelism="ring"), positive, flux2_conds(2), latent)
+    assert relative_error(got, expected) == 0.0
+    assert any("index_timestep_zero" in r.getMessage() for r in caplog.records)
