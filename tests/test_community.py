@@ -236,15 +236,15 @@ def test_flux2_edit_with_reference_latents(flux2):
     assert_parallel_equal(flux2, positive=positive, negative=flux2_conds(2), latent={"samples": torch.zeros(1, 128, 9, 7)})
 
 
-def test_flux2_index_timestep_zero_falls_back_with_a_log_line(flux2, caplog):
+def test_flux2_index_timestep_zero_per_token_timesteps_are_sharded(flux2):
+    """index_timestep_zero gives the reference tokens their own (zero) timestep through per-token modulation
+    ranges: each shard leads with generated-image tokens and gets the ranges in its own coordinates."""
     from comfy_extras.nodes_edit_model import ReferenceLatent
     from comfy_extras.nodes_flux import FluxKontextMultiReferenceLatentMethod
     reference = {"samples": torch.randn(1, 128, 6, 5, generator=torch.Generator().manual_seed(3))}
     positive = ReferenceLatent.execute(flux2_conds(1), reference).result[0]
     positive = FluxKontextMultiReferenceLatentMethod.execute(positive, "index_timestep_zero").result[0]
     latent = {"samples": torch.zeros(1, 128, 9, 7)}
-    expected = ksample(flux2, positive, flux2_conds(2), latent)
-    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
-        got = ksample(enable_multigpu(flux2, gpus=2, parallelism="ring"), positive, flux2_conds(2), latent)
-    assert relative_error(got, expected) == 0.0
-    assert any("index_timestep_zero" in r.getMessage() for r in caplog.records)
+    for gpus, parallelism in ((2, "ring"), (4, "usp")):
+        assert_parallel_equal(flux2, gpus=gpus, parallelism=parallelism, positive=positive,
+                              negative=flux2_conds(2), latent=latent)

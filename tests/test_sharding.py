@@ -34,3 +34,15 @@ def test_a_tensor_repeated_in_a_call_travels_once():
     assert len(tensors) == 2
     rebuilt = insert_tensors(skeleton, tensors)
     assert rebuilt["control"]["input"][3] is residual and rebuilt["x"] is other and rebuilt["control"]["input"][2] is None
+
+
+def test_image_shards_lead_with_generated_tokens_then_references():
+    from types import SimpleNamespace
+    from comfy_xdit_patch.parallel.call import SequenceParallelCall
+    call = SequenceParallelCall(SimpleNamespace(sp_degree=2))
+    call.plan_tokens(txt_len=5, img_len=10 + 6, ref_len=6)      # 10 generated-image tokens, 6 reference tokens
+    assert call.image_slices(0) == ((0, 5), (10, 3)) and call.image_slices(1) == ((5, 5), (13, 3))
+    assert call.seq_lens == [3 + 8, 2 + 8]
+    # Flux.2's zero-timestep range over the references, in each shard's coordinates (after its 5 image tokens).
+    assert call.local_ranges([[10, 16]], 0) == [[5, 8]] and call.local_ranges([[10, 16]], 1) == [[5, 8]]
+    assert call.local_ranges([[3, 12]], 1) == [[0, 5]] and call.local_ranges([[3, 12]], 0) == [[3, 5], [5, 7]]

@@ -10,25 +10,52 @@ TRANSFORMER_OPTIONS_KEY = "xdit_sequence_parallel"
 
 
 class SequenceParallelCall:
+    """The image sequence is the generated image's tokens followed by any reference-image tokens (Kontext, Flux.2
+    edit). Each rank holds a slice of both parts: its image tokens first, then its reference tokens. So every shard
+    starts with generated-image tokens (FLUX's per-token modulation ranges rely on that), and only the generated part
+    has to be gathered at the end."""
+
     def __init__(self, mesh, token_weights=None):
         self.mesh = mesh
         self.token_weights = token_weights   # per sp_rank, for GPUs of different speed; None = even split
-        self.txt_sizes = None
-        self.img_sizes = None
+        self.txt_sizes = self.main_sizes = self.ref_sizes = None
 
-    def plan_tokens(self, txt_len, img_len):
+    def _split(self, length):
         if self.token_weights:
-            self.txt_sizes = weighted_split(txt_len, self.token_weights)
-            self.img_sizes = weighted_split(img_len, self.token_weights)
-        else:
-            self.txt_sizes = split_sizes(txt_len, self.mesh.sp_degree)
-            self.img_sizes = split_sizes(img_len, self.mesh.sp_degree)
+            return weighted_split(length, self.token_weights)
+        return split_sizes(length, self.mesh.sp_degree)
+
+    def plan_tokens(self, txt_len, img_len, ref_len=0):
+        self.txt_sizes = self._split(txt_len)
+        self.main_sizes = self._split(img_len - ref_len)
+        self.ref_sizes = self._split(ref_len)
+
+    @property
+    def img_sizes(self):
+        return [m + r for m, r in zip(self.main_sizes, self.ref_sizes)]
 
     @property
     def seq_lens(self):
         """Tokens each rank of the sequence-parallel group holds in the joint (text + image) attention, by
         ``sp_rank``."""
         return [t + i for t, i in zip(self.txt_sizes, self.img_sizes)]
+
+    def image_slices(self, rank):
+        """(start, length) of ``rank``'s generated-image tokens and of its reference tokens in the full sequence."""
+        main = sum(self.main_sizes)
+        return ((sum(self.main_sizes[:rank]), self.main_sizes[rank]),
+                (main + sum(self.ref_sizes[:rank]), self.ref_sizes[rank]))
+
+    def local_ranges(self, ranges, rank):
+        """Global [start, stop) token ranges of the image sequence, in ``rank``'s local coordinates."""
+        local, offset = [], 0
+        for start, length in self.image_slices(rank):
+            for a, b in ranges:
+                lo, hi = max(a, start), min(b, start + length)
+                if hi > lo:
+                    local.append([lo - start + offset, hi - start + offset])
+            offset += length
+        return local
 
 
 def active_call(transformer_options):

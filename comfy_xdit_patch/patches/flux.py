@@ -54,8 +54,10 @@ def shard_tokens(args):
     out = dict(args)
     out["txt"] = take_shard(args["txt"], call.txt_sizes, rank)
     out["txt_ids"] = take_shard(args["txt_ids"], call.txt_sizes, rank)
-    out["img"] = take_shard(args["img"], call.img_sizes, rank)
-    out["img_ids"] = take_shard(args["img_ids"], call.img_sizes, rank)
+    slices = call.image_slices(rank)
+    for key in ("img", "img_ids"):
+        parts = [args[key].narrow(1, start, length) for start, length in slices if length]
+        out[key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     return out
 
 
@@ -80,12 +82,13 @@ def parallel_attention(func, q, k, v, heads, *args, **kwargs):
 
 
 def shard_control(control, call):
-    """ControlNet residuals are added by absolute image-token position; each rank keeps the part over its tokens."""
+    """ControlNet residuals are added by absolute position over the generated image's tokens (never the reference
+    tokens); each rank keeps the part over its own generated-image tokens, which lead its image shard."""
     rank = call.mesh.sp_rank
     sharded = dict(control)
     for name in ("input", "output"):
         if control.get(name) is not None:
-            sharded[name] = [None if t is None else clip_to_shard(t, call.img_sizes, rank) for t in control[name]]
+            sharded[name] = [None if t is None else clip_to_shard(t, call.main_sizes, rank) for t in control[name]]
     return sharded
 
 
@@ -98,11 +101,17 @@ def wrap_forward_orig(original):
         call = active_call(bound.arguments.get("transformer_options"))
         if call is None:
             return original(*args, **kwargs)
-        call.plan_tokens(bound.arguments["txt"].shape[1], bound.arguments["img"].shape[1])
+        options = bound.arguments.get("transformer_options") or {}
+        references = sum(options.get("reference_image_num_tokens", []))
+        call.plan_tokens(bound.arguments["txt"].shape[1], bound.arguments["img"].shape[1], references)
+        rank = call.mesh.sp_rank
         if bound.arguments.get("control") is not None:
             bound.arguments["control"] = shard_control(bound.arguments["control"], call)
+        if bound.arguments.get("timestep_zero_index") is not None:   # Flux.2: reference tokens at timestep zero
+            bound.arguments["timestep_zero_index"] = call.local_ranges(bound.arguments["timestep_zero_index"], rank)
         local = original(*bound.args, **bound.kwargs)
-        return gather_shards(local, call.img_sizes, call.mesh.sp_rank, group=call.mesh.sp_group)
+        # _forward keeps only the generated image's tokens: gather just those.
+        return gather_shards(local[:, :call.main_sizes[rank]], call.main_sizes, rank, group=call.mesh.sp_group)
 
     forward_orig.__wrapped__ = original
     return forward_orig
@@ -112,8 +121,6 @@ def unsupported_reason(kwargs, transformer_options):
     """Why this model call cannot run sequence-parallel (it then runs on one GPU), or None."""
     if kwargs.get("attention_mask") is not None:
         return "the text conditioning carries an attention mask"
-    if kwargs.get("ref_latents_method") == "index_timestep_zero":
-        return "reference latents with 'index_timestep_zero' (per-token timesteps) are not sharded yet"
     foreign = foreign_hooks(transformer_options)
     if foreign:
         return "the model carries patches the helper GPUs cannot reproduce: " + ", ".join(foreign)
