@@ -87,7 +87,10 @@ class HelperGroup:
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
     def start(self):
+        global _owned_default_group
         t0 = time.perf_counter()
+        if dist.is_initialized() and _owned_default_group:
+            _release_default_group()          # left over from a group that failed to tear down (e.g. after abort)
         if dist.is_initialized():
             raise HelperFailure("torch.distributed is already initialised in ComfyUI's process (by another custom "
                                 "node?); Enable Multi-GPU needs to create its own process group.")
@@ -122,6 +125,7 @@ class HelperGroup:
             self._expect_all("imported", deadline)
             dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
                                     timeout=timedelta(seconds=collective_timeout_s()))
+            _owned_default_group = True
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree)
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
@@ -236,11 +240,7 @@ class HelperGroup:
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:  # a broken group may fail to tear down; the processes are gone either way
-                log.debug("destroy_process_group failed", exc_info=True)
+        _release_default_group()
         self.processes, self.channels, self.mesh = {}, {}, None
         self.diffusion_model = self.model_fingerprint = None
 
@@ -313,6 +313,17 @@ class HelperGroup:
 
 _lock = threading.Lock()
 _group = None
+_owned_default_group = False    # whether the default process group is ours (so ours to destroy)
+
+
+def _release_default_group():
+    global _owned_default_group
+    if dist.is_initialized() and _owned_default_group:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # a broken (aborted) group may fail to tear down; the helpers are gone either way
+            log.warning("Enable Multi-GPU: could not destroy the old process group", exc_info=True)
+    _owned_default_group = dist.is_initialized() and _owned_default_group
 
 
 def ensure_group(plan):
