@@ -1,0 +1,22 @@
+"""The GPU evidence scenarios (python -m comfy_xdit_patch.evidence ...) run on CPU ranks, exact against 1 rank, so
+that a session with device time can spend it on the runs, not on fixing the scripts."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from comfy_env import COMFYUI_PATH, REPO
+
+
+@pytest.mark.parametrize("scenario", ["spotcheck", "kill", "groups"])
+def test_evidence_scenario_runs_and_is_exact(scenario):
+    out = subprocess.run([sys.executable, "-m", "comfy_xdit_patch.evidence", scenario, "--cpu", "--steps", "3"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, COMFYUI_PATH=COMFYUI_PATH, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| case")]
+    assert rows, out.stdout
+    for row in rows:
+        error = float(row.strip("|").split("|")[4])
+        assert error <= 1e-5, row
