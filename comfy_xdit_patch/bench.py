@@ -37,7 +37,7 @@ def _find_comfy():
     return starts[0]
 
 
-def _setup_comfy(cpu, comfy_args=""):
+def setup_comfy(cpu, comfy_args=""):
     comfy_path = _find_comfy()
     if not os.path.isfile(os.path.join(comfy_path, "comfy", "model_patcher.py")):
         sys.exit(f"ComfyUI not found at '{comfy_path}': set COMFYUI_PATH to a ComfyUI 0.33 checkout.")
@@ -73,7 +73,7 @@ def bfl_name(key):
     return key[:-len(".weight")] + ".scale" if key.endswith(("query_norm.weight", "key_norm.weight")) else key
 
 
-def _random_flux(size, dtype, device, seed=0):
+def load_random_flux(size, dtype, device, seed=0):
     """A random FLUX loaded by ComfyUI's own diffusion-model loader."""
     import comfy.sd
     return comfy.sd.load_diffusion_model_state_dict(random_flux_state_dict(size, dtype, device, seed),
@@ -87,7 +87,7 @@ def _conditioning(tokens, seed):
         "pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}]]
 
 
-def _sync(device):
+def sync_device(device):
     import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -103,14 +103,14 @@ def sample(model, latent_hw, steps, text_tokens, device, seed=7):
     marks = []
 
     def on_step(step, x0, x, total):
-        _sync(device)
+        sync_device(device)
         marks.append(time.perf_counter())
 
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     out = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", positive, negative, latent,
                               callback=on_step, disable_pbar=True, seed=seed)
-    _sync(device)
+    sync_device(device)
     total = time.perf_counter() - start
     step_times = [b - a for a, b in zip(marks, marks[1:])]
     return out, step_times, total
@@ -211,7 +211,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
     cpu = args.cpu or not torch.cuda.is_available()
-    _setup_comfy(cpu, args.comfy_args)
+    setup_comfy(cpu, args.comfy_args)
     import comfy.model_management
     from comfy_xdit_patch.multigpu import enable_multigpu
     from comfy_xdit_patch.runtime import group as helpers
@@ -226,7 +226,7 @@ def main(argv=None):
         torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
     t0 = time.perf_counter()
-    model = _random_flux(size, dtype, device)
+    model = load_random_flux(size, dtype, device)
     logging.info("random %s FLUX (%s) ready in %.1f s; ComfyUI patcher: %s", "FLUX.1-dev-size" if size is FLUX_DEV
                  else "tiny", dtype, time.perf_counter() - t0, type(model).__name__)
 

@@ -13,7 +13,7 @@ import signal
 import statistics
 import time
 
-from .bench import FLUX_DEV, TINY, _random_flux, _setup_comfy, _sync, bfl_name
+from .bench import FLUX_DEV, TINY, load_random_flux, setup_comfy, sync_device, bfl_name
 
 
 def _conds(tokens, seed):
@@ -30,16 +30,16 @@ def run(model, latent, positive, negative, steps, device, on_step=None, seed=7):
     marks = []
 
     def callback(step, x0, x, total):
-        _sync(device)
+        sync_device(device)
         marks.append(time.perf_counter())
         if on_step:
             on_step(step)
 
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     out = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", positive, negative, latent,
                               callback=callback, disable_pbar=True, seed=seed)
-    _sync(device)
+    sync_device(device)
     return out, [b - a for a, b in zip(marks, marks[1:])], time.perf_counter() - start
 
 
@@ -141,7 +141,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
     cpu = args.cpu or not torch.cuda.is_available()
-    _setup_comfy(cpu)
+    setup_comfy(cpu)
     import comfy.model_management
     from .runtime import group as helpers
     device = comfy.model_management.get_torch_device()
@@ -151,7 +151,7 @@ def main(argv=None):
     res = args.res or (128 if cpu else 1024)
     args.steps = args.steps or (4 if cpu else (28 if args.scenario == "kill" else 10))
     tokens = 77 if cpu else 512
-    model = _random_flux(size, dtype, device)
+    model = load_random_flux(size, dtype, device)
     try:
         rows = SCENARIOS[args.scenario](args, model, device, size, dtype, res, tokens)
     finally:
