@@ -22,10 +22,12 @@ def test_ulysses_degree_must_divide_heads_and_lists_what_works():
 
 
 def test_degrees_and_device_layout():
-    assert choose_degrees(2, 24, "auto") == (1, 2)
-    assert choose_degrees(4, 24, "auto") == (2, 2)
-    assert choose_degrees(8, 24, "auto") == (4, 2)
+    assert choose_degrees(2, 24, "auto") == (2, 1)
+    assert choose_degrees(4, 24, "auto") == (4, 1)
+    assert choose_degrees(8, 24, "auto") == (8, 1)
     assert choose_degrees(3, 24, "auto") == (3, 1)
+    assert choose_degrees(8, 12, "auto") == (4, 2)       # 12 heads: Ulysses as far as they divide, ring the rest
+    assert choose_degrees(2, 3, "auto") == (1, 2)
     assert choose_degrees(4, 24, "ring") == (1, 4)
     assert choose_degrees(8, 24, "ulysses") == (8, 1)
     assert choose_degrees(4, 4, "usp") == (2, 2)

@@ -3,8 +3,10 @@
 Started by ``group.HelperGroup`` as ``python -m comfy_xdit_patch.runtime.helper``. It imports ComfyUI from the same
 install as rank 0, with rank 0's command-line settings, and exits when rank 0 says so, closes the channel or dies.
 """
+import faulthandler
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -38,6 +40,8 @@ def _setup_comfy(comfy_args, plan, rank):
 def main():
     rank = int(os.environ["COMFY_XDIT_RANK"])
     logging.basicConfig(level=logging.INFO, format=f"[xdit rank {rank}] %(levelname)s %(message)s")
+    # A helper stuck inside a collective can be asked where it is: kill -USR1 <pid> prints every thread's stack.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     threading.Thread(target=_watch_parent, args=(int(os.environ["COMFY_XDIT_PARENT_PID"]),), daemon=True).start()
 
     from comfy_xdit_patch.runtime import channel as control
