@@ -68,16 +68,16 @@ class MultiGPURun:
             group.new_sampling_run()
             self.graphs_allowed = _graph_safe(model_patcher, group)
         except NotImplementedError as e:
-            self._one_gpu(str(e))
+            self.blocked = str(e)       # every call of this run goes to one GPU, with this one reason logged
+            self._one_gpu(self.blocked)
         except Exception as e:
             log.error("Enable Multi-GPU: could not prepare the helpers (%s); this prompt runs on one GPU.", e)
             helpers.shutdown_group("start-up failed")
 
     @flux.ours
-    def diffusion_model_wrapper(self, executor, x, timestep, context, y, guidance, ref_latents, control,
-                                transformer_options, **kwargs):
+    def diffusion_model_wrapper(self, executor, *args, **kwargs):
         def one_gpu():
-            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+            return executor(*args, **kwargs)
 
         if self.blocked:
             self._one_gpu(self.blocked)
@@ -92,15 +92,15 @@ class MultiGPURun:
         if group.diffusion_model is not executor.class_obj:
             self._one_gpu("the helpers hold another model (was the sampler started without ModelPatcher.pre_run?)")
             return one_gpu()
-        reason = flux.unsupported_reason(kwargs, transformer_options)
+        arguments = flux.named_arguments(executor.original, args, kwargs)
+        transformer_options = arguments.pop("transformer_options")
+        reason = flux.unsupported_reason(arguments, transformer_options)
         if reason is not None:
             self._one_gpu(reason)
             return one_gpu()
         # A Cancel that arrived between steps stops here, before the helpers are engaged: they stay warm and in step.
         comfy.model_management.throw_exception_if_processing_interrupted()
-        call_args = dict(kwargs, x=x, timestep=timestep, context=context, y=y, guidance=guidance,
-                         ref_latents=ref_latents, control=control,
-                         transformer_options=flux.helper_transformer_options(transformer_options))
+        call_args = dict(arguments, transformer_options=flux.helper_transformer_options(transformer_options))
         try:
             skeleton, tensors, key, mode, placement = group.dispatch_forward(call_args, self.graphs_allowed)
         except (pickle.PicklingError, TypeError, AttributeError) as e:
@@ -110,12 +110,9 @@ class MultiGPURun:
             return self._recover(e, one_gpu)
 
         def shard(args, token_weights):
-            args = dict(args)
             options = dict(transformer_options)
             options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights)
-            return executor(args.pop("x"), args.pop("timestep"), args.pop("context"), args.pop("y"),
-                            args.pop("guidance"), args.pop("ref_latents"), args.pop("control"), options,
-                            **{k: v for k, v in args.items() if k != "transformer_options"})
+            return executor(**dict(args, transformer_options=options))
 
         def forward(inputs):
             return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, group.mesh, group.device,
@@ -165,7 +162,7 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
     A model other than FLUX comes back unchanged, with one log line."""
     diffusion_model = model.get_model_object("diffusion_model")
     if not flux.supports(diffusion_model):
-        log.warning("Enable Multi-GPU: %s is not a FLUX model; passing it through unchanged (one GPU).",
+        log.warning("Enable Multi-GPU: %s is not a FLUX or Chroma model; passing it through unchanged (one GPU).",
                     type(diffusion_model).__name__)
         return model
     plan = resolve_plan(gpus, parallelism, flux.num_heads(diffusion_model), model.load_device, _visible_cuda(),

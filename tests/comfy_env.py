@@ -32,6 +32,28 @@ def tiny_flux_state_dict(hidden=512, heads=4, depth=2, depth_single=2, guidance=
     return random_flux_state_dict(size, torch.float32, "cpu", seed, guidance, context_dim, in_channels)
 
 
+def tiny_scaled_fp8_flux_state_dict(base=None, input_scale=0.05):
+    """The tiny FLUX as a "scaled fp8" checkpoint in ComfyUI's format: a 'scaled_fp8' marker tensor (its dtype names
+    the fp8 format), every Linear weight of the double and single blocks stored as float8_e4m3fn divided by a
+    per-layer fp32 '<layer>.scale_weight', and a '<layer>.scale_input' beside it. The embedders and the final layer
+    stay bf16, so one file mixes both kinds. ComfyUI turns it into per-layer quantization metadata on load
+    (comfy.utils.convert_old_quants) and builds the model with its mixed-precision operations."""
+    import torch
+    base = tiny_flux_state_dict() if base is None else base
+    fp8 = torch.float8_e4m3fn
+    state = {"scaled_fp8": torch.empty(0, dtype=fp8)}
+    for key, value in base.items():
+        layer = key[:-len(".weight")]
+        if key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and value.ndim == 2:
+            scale = (value.abs().amax() / torch.finfo(fp8).max).float()
+            state[key] = (value / scale).to(fp8)
+            state[layer + ".scale_weight"] = scale
+            state[layer + ".scale_input"] = torch.tensor(input_scale, dtype=torch.float32)
+        else:
+            state[key] = value.to(torch.bfloat16)
+    return state
+
+
 def tiny_lora_state_dict(base_state, layers, rank=4, seed=10, scale=0.05):
     """A LoRA in the kohya naming ComfyUI maps to FLUX keys ('lora_unet_<key with _>.lora_up/.lora_down/.alpha')."""
     import torch
@@ -106,6 +128,7 @@ def write_model_files(root):
     layers_b = ["double_blocks.0.img_mlp.2", "single_blocks.1.linear2", "img_in"]
     files = {
         ("diffusion_models", "tiny_flux.safetensors"): base,
+        ("diffusion_models", "tiny_flux_scaled_fp8.safetensors"): tiny_scaled_fp8_flux_state_dict(base),
         ("loras", "tiny_lora_a.safetensors"): tiny_lora_state_dict(base, layers_a, seed=11),
         ("loras", "tiny_lora_b.safetensors"): tiny_lora_state_dict(base, layers_b, seed=12),
         ("controlnet", "tiny_flux_controlnet.safetensors"): tiny_flux_controlnet_state_dict(),
@@ -144,6 +167,33 @@ def load_tiny_flux(**kwargs):
     import comfy.sd
     return comfy.sd.load_diffusion_model_state_dict(tiny_flux_state_dict(**kwargs),
                                                     model_options={"dtype": torch.float32})
+
+
+def load_tiny_chroma(seed=70):
+    """A 4-head Chroma (ComfyUI's own Chroma model classes, random weights) as a ModelPatcher.
+
+    ComfyUI's checkpoint detection fixes Chroma's modulation network at full size (3072 wide, 5 layers of 5120), far
+    too big for CPU tests, so the tiny model goes through the rest of the loader by hand: ComfyUI's Chroma model
+    config, its ``get_model`` and ``load_model_weights``, and a ModelPatcher, as ``load_diffusion_model_state_dict``
+    does after detection."""
+    import torch
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+    unet_config = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=4096, hidden_size=512,
+                       mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56],
+                       theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=512, hidden_dim=256, n_layers=2,
+                       txt_ids_dims=[], vec_in_dim=None)
+    model_config = comfy.supported_models.Chroma(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    generator = torch.Generator().manual_seed(seed)
+    state = {"model.diffusion_model." + k: torch.randn(v.shape, generator=generator) * (0.02 if v.ndim > 1 else 0.1)
+             for k, v in model.diffusion_model.state_dict().items()}
+    model.load_model_weights(state, "model.diffusion_model.")
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device,
+                                            offload_device=comfy.model_management.unet_offload_device())
 
 
 def flux_conditioning(text_tokens=77, seed=1, guidance=3.5, context_dim=4096):

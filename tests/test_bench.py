@@ -15,7 +15,7 @@ def test_main_job_command_prints_speedup_and_equivalence():
     assert out.returncode == 0, out.stderr[-3000:]
     row = next(line for line in out.stdout.splitlines() if line.startswith("| auto |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "2 CPU ranks (ulysses 1 x ring 2)"
+    assert cells[1] == "2 CPU ranks (ulysses 2 x ring 1)"
     assert re.fullmatch(r"\d+\.\d\dx", cells[6]), cells[6]
     assert float(cells[11]) <= 1e-5, f"relative error {cells[11]}"
     assert "end-to-end 3-step prompt at 256" in out.stdout

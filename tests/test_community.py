@@ -23,6 +23,7 @@ def assert_parallel_equal(model, gpus=2, parallelism="ring", **sample_args):
     got = ksample(enable_multigpu(model, gpus=gpus, parallelism=parallelism), **sample_args)
     group = helpers.current_group()
     assert group is not None and group.plan.world_size == gpus, "the helpers did not run"
+    assert group.diffusion_model is model.model.diffusion_model, "the helpers never received this model"
     assert relative_error(got, expected) <= 1e-5
     return group
 
@@ -248,3 +249,23 @@ def test_flux2_index_timestep_zero_per_token_timesteps_are_sharded(flux2):
     for gpus, parallelism in ((2, "ring"), (4, "usp")):
         assert_parallel_equal(flux2, gpus=gpus, parallelism=parallelism, positive=positive,
                               negative=flux2_conds(2), latent=latent)
+
+
+@pytest.fixture(scope="module")
+def chroma():
+    from comfy_env import load_tiny_chroma
+    model = load_tiny_chroma()
+    assert type(model.model.diffusion_model).__name__ == "Chroma"
+    return model
+
+
+@pytest.mark.parametrize("parallelism", ["ulysses", "ring"])
+def test_chroma_text_to_image(chroma, conds, parallelism):
+    # Chroma's forward has no post_input point: the tokens are sliced where forward_orig is entered.
+    assert_parallel_equal(chroma, parallelism=parallelism, positive=conds["positive"], negative=conds["negative"],
+                          latent=empty_latent(18, 14))
+
+
+def test_chroma_with_cfg_and_a_batch_of_two(chroma, conds):
+    assert_parallel_equal(chroma, parallelism="ring", positive=conds["positive"], negative=conds["negative"],
+                          latent=empty_latent(16, 16, batch=2), cfg=3.0)

@@ -51,7 +51,7 @@ def test_non_flux_model_passes_through_with_one_log_line(tiny_flux, caplog):
     with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
         assert enable_multigpu(other, gpus=2) is other
     assert [r.getMessage() for r in caplog.records] == [
-        "Enable Multi-GPU: Linear is not a FLUX model; passing it through unchanged (one GPU)."]
+        "Enable Multi-GPU: Linear is not a FLUX or Chroma model; passing it through unchanged (one GPU)."]
 
 
 def test_foreign_object_patch_on_the_diffusion_model_runs_on_one_gpu(tiny_flux, caplog):

@@ -54,3 +54,16 @@ def test_input_model_is_untouched(tiny_flux):
     assert "optimized_attention_override" not in tiny_flux.model_options["transformer_options"]
     assert not tiny_flux.object_patches
     assert relative_error(ksample(tiny_flux, (16, 16)), reference(tiny_flux, (16, 16))) == 0.0
+
+
+@pytest.mark.parametrize("parallelism,degrees", [("usp", (4, 2)), ("ring", (1, 8))], ids=["usp4x2", "ring8"])
+def test_eight_ranks_equal_one(tiny_flux, parallelism, degrees):
+    """The 8-GPU layouts on 8 CPU ranks (the tiny model's 4 heads allow Ulysses up to 4): exact at an uneven size."""
+    expected = reference(tiny_flux, LATENTS["uneven 18x14"])
+    patched = enable_multigpu(tiny_flux, gpus=8, parallelism=parallelism,
+                              ulysses_degree=degrees[0] if parallelism == "usp" else 0)
+    got = ksample(patched, LATENTS["uneven 18x14"])
+    group = helpers.current_group()
+    assert group is not None and group.plan.world_size == 8, "the helpers did not run"
+    assert (group.plan.ulysses_degree, group.plan.ring_degree) == degrees
+    assert relative_error(got, expected) <= 1e-5

@@ -1,7 +1,10 @@
-"""FLUX adapter (comfy/ldm/flux): token sharding, parallel attention and the output gather, as ComfyUI hooks.
+"""FLUX adapter (comfy/ldm/flux, and Chroma in comfy/ldm/chroma, which runs FLUX's blocks): token sharding,
+parallel attention and the output gather, as ComfyUI hooks.
 
 - ``shard_tokens`` is a ``post_input`` patch: after the text and image embeddings, each rank keeps its slice of both
-  streams and of their position ids, so ComfyUI computes each rank's own RoPE rows.
+  streams and of their position ids, so ComfyUI computes each rank's own RoPE rows. Chroma's forward has no
+  ``post_input`` point; there the same slicing runs on its inputs (its embeddings act on each token alone, so
+  slicing before them is the same as after).
 - ``parallel_attention`` is the ``optimized_attention_override``: it receives q, k, v of the local tokens after RoPE.
 - ``wrap_forward_orig`` is an object patch on ``forward_orig``: it fixes the split before the blocks run, slices the
   ControlNet residuals like the image tokens, and gathers the image tokens before ``_forward`` unpatchifies them.
@@ -34,9 +37,34 @@ def is_ours(fn):
     return getattr(fn, OUR_MARK, False)
 
 
+def _model_classes():
+    import comfy.ldm.chroma.model
+    import comfy.ldm.flux.model
+    return comfy.ldm.flux.model.Flux, comfy.ldm.chroma.model.Chroma
+
+
 def supports(diffusion_model):
+    # Exact classes: a subclass (Chroma Radiance, say) has its own forward and is not known to be shardable.
+    return type(diffusion_model) in _model_classes()
+
+
+def applies_post_input(diffusion_model):
+    """Whether the model's forward calls the ``post_input`` patches (FLUX does, Chroma does not)."""
     import comfy.ldm.flux.model
     return type(diffusion_model) is comfy.ldm.flux.model.Flux
+
+
+def named_arguments(function, args, kwargs):
+    """One model call's arguments by name, extra keyword arguments included: FLUX and Chroma take them in
+    different orders, and the helpers call the model with keywords."""
+    bound = inspect.signature(function).bind(*args, **kwargs)
+    arguments = {}
+    for name, value in bound.arguments.items():
+        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        else:
+            arguments[name] = value
+    return arguments
 
 
 def num_heads(diffusion_model):
@@ -92,7 +120,8 @@ def shard_control(control, call):
     return sharded
 
 
-def wrap_forward_orig(original):
+def wrap_forward_orig(original, shard_inputs=False):
+    """``shard_inputs``: slice the tokens here, for a model whose forward has no ``post_input`` point."""
     signature = inspect.signature(original)
 
     @ours
@@ -109,6 +138,10 @@ def wrap_forward_orig(original):
             bound.arguments["control"] = shard_control(bound.arguments["control"], call)
         if bound.arguments.get("timestep_zero_index") is not None:   # Flux.2: reference tokens at timestep zero
             bound.arguments["timestep_zero_index"] = call.local_ranges(bound.arguments["timestep_zero_index"], rank)
+        if shard_inputs:
+            tokens = {name: bound.arguments[name] for name in ("img", "img_ids", "txt", "txt_ids")}
+            sharded = shard_tokens(dict(tokens, transformer_options=options))
+            bound.arguments.update((name, sharded[name]) for name in tokens)
         local = original(*bound.args, **bound.kwargs)
         # _forward keeps only the generated image's tokens: gather just those.
         return gather_shards(local[:, :call.main_sizes[rank]], call.main_sizes, rank, group=call.mesh.sp_group)
@@ -117,9 +150,9 @@ def wrap_forward_orig(original):
     return forward_orig
 
 
-def unsupported_reason(kwargs, transformer_options):
+def unsupported_reason(arguments, transformer_options):
     """Why this model call cannot run sequence-parallel (it then runs on one GPU), or None."""
-    if kwargs.get("attention_mask") is not None:
+    if arguments.get("attention_mask") is not None:
         return "the text conditioning carries an attention mask"
     foreign = foreign_hooks(transformer_options)
     if foreign:
@@ -184,7 +217,8 @@ def hooked_transformer_options(data_options, call):
 
 def install_on_model(diffusion_model):
     """Helpers own a bare diffusion model: patch its forward_orig directly."""
-    diffusion_model.forward_orig = wrap_forward_orig(diffusion_model.forward_orig)
+    diffusion_model.forward_orig = wrap_forward_orig(diffusion_model.forward_orig,
+                                                     shard_inputs=not applies_post_input(diffusion_model))
 
 
 def install_on_patcher(model_patcher):
@@ -194,5 +228,7 @@ def install_on_patcher(model_patcher):
     # A foreign attention override stays in place: unsupported_reason() then runs those calls on one GPU.
     if options.get("optimized_attention_override") is None:
         options["optimized_attention_override"] = parallel_attention
-    model_patcher.add_object_patch(FORWARD_ORIG, wrap_forward_orig(model_patcher.get_model_object(FORWARD_ORIG)))
+    shard_inputs = not applies_post_input(model_patcher.get_model_object("diffusion_model"))
+    model_patcher.add_object_patch(FORWARD_ORIG, wrap_forward_orig(model_patcher.get_model_object(FORWARD_ORIG),
+                                                                   shard_inputs=shard_inputs))
 

@@ -259,6 +259,7 @@ class HelperGroup:
         if fingerprint == self.model_fingerprint:
             self.diffusion_model = model_patcher.model.diffusion_model
             return False
+        weights.check_transferable(model_patcher)
         t0 = time.perf_counter()
         keys = weights.weight_keys(model_patcher)
         self._broadcast_message(("load", weights.model_spec(model_patcher), keys))

@@ -110,7 +110,7 @@ def serve(link, mesh, device):
                 flux.install_on_model(diffusion_model)
                 loaded_spec = spec
             # Same model class and config (e.g. only a LoRA strength changed): weights land in the same memory.
-            weights.receive_weights(diffusion_model, keys, device)
+            weights.receive_weights(diffusion_model, keys, device, spec)
             link.send("loaded")
         elif op == "forward":
             _, skeleton, tensor_layout, (generation, key), mode, placement = message

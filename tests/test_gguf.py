@@ -1,0 +1,171 @@
+"""GGUF checkpoints under Enable Multi-GPU: a tiny FLUX GGUF file loaded by ComfyUI-GGUF's UnetLoaderGGUF computes on
+N ranks as on 1, and the helpers hold its quantized blocks (dequantized at every call, as on rank 0).
+
+ComfyUI-GGUF (city96/ComfyUI-GGUF) is a custom node, not part of ComfyUI: it is loaded from COMFY_XDIT_GGUF_PATH
+(default /opt/ComfyUI-GGUF) the way ComfyUI loads custom nodes, and the module is skipped, saying so, without it.
+"""
+import asyncio
+import logging
+import os
+
+import nodes
+import pytest
+import torch
+
+from comfy_env import empty_latent, flux_conditioning, tiny_flux_state_dict
+from test_community import assert_parallel_equal, ksample
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.runtime import gguf_weights, weights
+
+GGUF_PATH = os.path.abspath(os.environ.get("COMFY_XDIT_GGUF_PATH", "/opt/ComfyUI-GGUF"))
+if not os.path.isfile(os.path.join(GGUF_PATH, "nodes.py")):
+    pytest.skip(f"ComfyUI-GGUF not found at COMFY_XDIT_GGUF_PATH='{GGUF_PATH}' (a checkout of city96/ComfyUI-GGUF)",
+                allow_module_level=True)
+gguf = pytest.importorskip("gguf", reason="the 'gguf' package (tests/requirements.txt) is needed by ComfyUI-GGUF")
+
+Q = gguf.GGMLQuantizationType
+
+
+def tensor_type_for(key, value):
+    """Three kinds of block in one file, as real GGUF FLUX files mix them: Q8_0 double blocks, Q4_0 single blocks,
+    F16 embedders and final layer, F32 biases and norms (ComfyUI-GGUF's converter keeps 1-D tensors F32)."""
+    if value.ndim == 1:
+        return Q.F32
+    if key.startswith("double_blocks."):
+        return Q.Q8_0
+    if key.startswith("single_blocks."):
+        return Q.Q4_0
+    return Q.F16
+
+
+def write_tiny_flux_gguf(path):
+    writer = gguf.GGUFWriter(path, arch="flux")   # 'general.architecture' = flux: ComfyUI-GGUF's image-model check
+    for key, value in tiny_flux_state_dict().items():
+        tensor_type = tensor_type_for(key, value)
+        writer.add_tensor(key, gguf.quants.quantize(value.numpy(), tensor_type), raw_dtype=tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def gguf_nodes():
+    """ComfyUI-GGUF loaded as ComfyUI loads a custom node (module named after its path)."""
+    assert asyncio.run(nodes.load_custom_node(GGUF_PATH)), f"ComfyUI-GGUF at {GGUF_PATH} failed to load"
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def gguf_file(model_files):
+    """The file's name in ComfyUI's diffusion_models folder, where UnetLoaderGGUF lists .gguf files."""
+    write_tiny_flux_gguf(str(model_files / "diffusion_models" / "tiny_flux_q8.gguf"))
+    return "tiny_flux_q8.gguf"
+
+
+@pytest.fixture(scope="module")
+def gguf_unet(gguf_file, gguf_nodes):
+    return gguf_nodes["UnetLoaderGGUF"]().load_unet(gguf_file)[0]
+
+
+@pytest.fixture
+def conds():
+    return dict(positive=flux_conditioning(77, seed=1), negative=flux_conditioning(77, seed=2))
+
+
+def one_gpu_lines(caplog):
+    return [r.getMessage() for r in caplog.records if "one GPU" in r.getMessage()]
+
+
+def assert_parallel_equal_on_helpers(caplog, model, **kwargs):
+    """assert_parallel_equal, and no call went to one GPU (a model the helpers cannot hold would)."""
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        assert_parallel_equal(model, **kwargs)
+    assert not one_gpu_lines(caplog)
+
+
+def test_unet_loader_gguf_builds_ggml_layers(gguf_unet):
+    diffusion_model = gguf_unet.model.diffusion_model
+    qkv = diffusion_model.double_blocks[0].img_attn.qkv.weight
+    assert gguf_weights.is_ggml_tensor(qkv) and qkv.tensor_type == Q.Q8_0 and qkv.dtype == torch.uint8
+    assert tuple(qkv.shape) == (1536, 512) and qkv.numel() < 1536 * 512 * 2   # quantized: ~1.06 bytes a weight
+    assert diffusion_model.single_blocks[0].linear1.weight.tensor_type == Q.Q4_0
+    assert diffusion_model.img_in.weight.tensor_type == Q.F16
+    assert gguf_weights.ops_module(diffusion_model) is not None
+
+
+def test_helpers_rebuild_the_same_ggml_layers(gguf_unet, monkeypatch):
+    """The weight transfer's two ends in one process (broadcast recorded, then replayed): the helper's model has
+    ComfyUI-GGUF's layers holding rank 0's raw quantized blocks with their types and shapes, not dequantized copies."""
+    cpu = torch.device("cpu")
+    sent = []
+    monkeypatch.setattr(weights.dist, "broadcast", lambda tensor, src: sent.append(tensor.clone()))
+    keys = weights.weight_keys(gguf_unet)
+    assert not [key for key in keys if key.endswith(".temp.weight")], "ComfyUI-GGUF's memory-estimate placeholder"
+    weights.send_weights(gguf_unet, keys, cpu)
+    replay = iter(sent)
+    monkeypatch.setattr(weights.dist, "broadcast", lambda tensor, src: tensor.copy_(next(replay)))
+    spec = weights.model_spec(gguf_unet)
+    assert spec["gguf"]["path"] == GGUF_PATH
+    helper_model = weights.build_diffusion_model(spec, cpu)
+    weights.receive_weights(helper_model, keys, cpu, spec)
+    assert next(replay, None) is None
+
+    rank0_model = gguf_unet.model.diffusion_model
+    rank0_tensors = dict(list(rank0_model.named_parameters()) + list(rank0_model.named_buffers()))
+    helper_tensors = dict(list(helper_model.named_parameters()) + list(helper_model.named_buffers()))
+    assert set(helper_tensors) == set(rank0_tensors)
+    quantized = 0
+    for key, value in rank0_tensors.items():
+        got = helper_tensors[key]
+        assert type(got) is type(value), key
+        if gguf_weights.is_ggml_tensor(value):
+            assert (got.tensor_type, got.tensor_shape) == (value.tensor_type, value.tensor_shape), key
+            quantized += value.tensor_type in (Q.Q8_0, Q.Q4_0)
+        raw, expected = gguf_weights.storage(got), gguf_weights.storage(value)
+        assert raw.dtype == expected.dtype and raw.shape == expected.shape, key
+        assert torch.equal(raw.reshape(-1).view(torch.uint8), expected.reshape(-1).view(torch.uint8)), key
+    blocks = [key for key, value in tiny_flux_state_dict().items()
+              if key.startswith(("double_blocks.", "single_blocks.")) and value.ndim == 2]
+    assert quantized == len(blocks), "every Linear weight of the double and single blocks stays quantized"
+    for name, layer in rank0_model.named_modules():
+        assert type(helper_model.get_submodule(name)) is type(layer), name
+
+
+@pytest.mark.parametrize("parallelism", ["ring", "ulysses"])
+def test_gguf_checkpoint_on_two_ranks(gguf_unet, conds, parallelism, caplog):
+    assert_parallel_equal_on_helpers(caplog, gguf_unet, parallelism=parallelism, latent=empty_latent(18, 14), **conds)
+
+
+def test_gguf_advanced_loader_dequant_dtype_reaches_the_helpers(gguf_file, gguf_nodes, conds, caplog):
+    """UnetLoaderGGUFAdvanced's dequant_dtype is a setting of ComfyUI-GGUF's Linear class, not of the model: it
+    travels in the model spec and a helper's build sets it. (float32 multiplies the fp16 block scales exactly; on this
+    tiny model that moves the latent by only ~1e-5, so the build itself is checked, besides the parallel run.)"""
+    loader = gguf_nodes["UnetLoaderGGUFAdvanced"]()
+    try:
+        model = loader.load_unet(gguf_file, dequant_dtype="float32", patch_dtype="default")[0]
+        spec = weights.model_spec(model)
+        assert spec["gguf"]["dequant_dtype"] == torch.float32
+        assert_parallel_equal_on_helpers(caplog, model, parallelism="ring", latent=empty_latent(16, 16), **conds)
+        linear = type(model.model.diffusion_model.img_in)
+        linear.dequant_dtype = None   # as in a fresh helper process
+        helper_model = weights.build_diffusion_model(spec, torch.device("cpu"))
+        assert type(helper_model.img_in) is linear and linear.dequant_dtype == torch.float32
+    finally:
+        loader.load_unet(gguf_file)   # the default settings again, for the other tests
+
+
+def test_lora_on_gguf_runs_on_one_gpu_with_a_log_line(gguf_unet, conds, caplog):
+    """ComfyUI-GGUF adds a LoRA while dequantizing each weight; the helpers do not receive the patches yet, so that
+    prompt runs on one GPU (the LoRA applied) with one log line naming it, and the helpers stay in step."""
+    lora = nodes.LoraLoaderModelOnly().load_lora_model_only(gguf_unet, "tiny_lora_a.safetensors", 0.8)[0]
+    latent = empty_latent(16, 16)
+    expected = ksample(lora, latent=latent, **conds)
+    assert not torch.equal(expected, ksample(gguf_unet, latent=latent, **conds)), "the LoRA must change the result"
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(enable_multigpu(lora, gpus=2, parallelism="ring"), latent=latent, **conds)
+    assert torch.equal(got, expected)
+    lines = one_gpu_lines(caplog)
+    assert len(lines) == 1 and "GGUF" in lines[0] and "LoRA" in lines[0], lines
+    caplog.clear()
+    assert_parallel_equal_on_helpers(caplog, gguf_unet, parallelism="ring", latent=latent, **conds)
