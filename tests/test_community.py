@@ -76,6 +76,35 @@ def test_kontext_reference_latents_add_image_tokens(unet, conds):
     assert_parallel_equal(unet, positive=positive, negative=conds["negative"], latent=empty_latent(18, 14))
 
 
+@pytest.mark.parametrize("method", ["offset", "index", "uxo/uno"])
+def test_kontext_two_references_with_each_reference_method(unet, conds, method):
+    """FluxKontextMultiReferenceLatentMethod changes where the reference tokens sit in position space; the tokens
+    themselves shard with the image as for one reference."""
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+    from comfy_extras.nodes_flux import FluxKontextMultiReferenceLatentMethod
+    positive = kontext_conds(conds, (10, 12))
+    second = {"samples": torch.randn(1, 16, 6, 8, generator=torch.Generator().manual_seed(11))}
+    positive = ReferenceLatent.execute(positive, second).result[0]
+    positive = FluxKontextMultiReferenceLatentMethod.execute(positive, method).result[0]
+    assert_parallel_equal(unet, positive=positive, negative=conds["negative"], latent=empty_latent(18, 14))
+
+
+def test_fresca_before_the_node(unet, conds):
+    """FreSca filters the guidance in a pre-CFG function: that runs in the sampler on rank 0, outside the model."""
+    from comfy_extras.nodes_fresca import FreSca
+    filtered = FreSca.execute(unet, 1.0, 1.25, 3).result[0]
+    assert_parallel_equal(filtered, positive=conds["positive"], negative=conds["negative"],
+                          latent=empty_latent(16, 16), cfg=2.5)
+
+
+def test_lora_loader_with_clip(unet, conds, model_files):
+    """LoraLoader (model and CLIP) patches the model as LoraLoaderModelOnly does; the CLIP side stays on rank 0."""
+    clip = nodes.CLIPLoader().load_clip("tiny_clip_l.safetensors", "stable_diffusion")[0]
+    model, _ = nodes.LoraLoader().load_lora(unet, clip, "tiny_lora_a.safetensors", 0.8, 0.8)
+    assert model.patches, "the LoRA must patch the model"
+    assert_parallel_equal(model, positive=conds["positive"], negative=conds["negative"], latent=empty_latent(16, 16))
+
+
 def test_img2img_batch_of_two_and_cfg(unet, conds):
     start = {"samples": torch.randn(2, 16, 16, 18, generator=torch.Generator().manual_seed(6))}
     assert_parallel_equal(unet, positive=conds["positive"], negative=conds["negative"], latent=start,
