@@ -94,7 +94,7 @@ class MultiGPURun:
             return one_gpu()
         arguments = flux.named_arguments(executor.original, args, kwargs)
         transformer_options = arguments.pop("transformer_options")
-        reason = flux.unsupported_reason(arguments, transformer_options)
+        reason = flux.unsupported_reason(arguments, transformer_options, self.plan.ring_degree)
         if reason is not None:
             self._one_gpu(reason)
             return one_gpu()

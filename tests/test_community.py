@@ -241,6 +241,36 @@ def test_redux_style_model_appends_image_tokens_to_the_text(unet, conds):
     assert_parallel_equal(unet, positive=positive, negative=conds["negative"], latent=empty_latent(16, 16))
 
 
+def redux_with_attention_bias(conds, strength=0.5):
+    """Redux at a strength other than 1 with strength_type attn_bias: ComfyUI adds an attention mask (a bias of
+    log(strength) on the 729 Redux tokens, for every query), the case of most Redux workflows that tune strength."""
+    import comfy.clip_vision
+    style_model = nodes.StyleModelLoader().load_style_model("tiny_redux.safetensors")[0]
+    vision = comfy.clip_vision.Output()
+    vision["last_hidden_state"] = torch.randn(1, 729, 1152, generator=torch.Generator().manual_seed(12))
+    return nodes.StyleModelApply().apply_stylemodel(conds["positive"], style_model, vision, strength, "attn_bias")[0]
+
+
+@pytest.mark.parametrize("gpus", [2, 4])
+def test_redux_strength_attention_mask_is_sequence_parallel_with_ulysses(unet, conds, gpus, caplog):
+    positive = redux_with_attention_bias(conds)
+    assert positive[0][1]["attention_mask"].shape[-1] == 77 + 729 + 1
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        assert_parallel_equal(unet, gpus=gpus, parallelism="ulysses", positive=positive,
+                              negative=conds["negative"], latent=empty_latent(18, 14), cfg=2.0)
+    assert not [r.getMessage() for r in caplog.records if "one GPU" in r.getMessage()]
+
+
+def test_attention_mask_with_ring_runs_on_one_gpu_naming_the_fix(unet, conds, caplog):
+    positive = redux_with_attention_bias(conds)
+    latent = empty_latent(16, 16)
+    expected = ksample(unet, positive, conds["negative"], latent)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(enable_multigpu(unet, gpus=2, parallelism="ring"), positive, conds["negative"], latent)
+    assert torch.equal(got, expected)
+    assert any("attention mask" in r.getMessage() and "ulysses" in r.getMessage() for r in caplog.records)
+
+
 @pytest.fixture(scope="module")
 def flux2():
     import comfy.sd

@@ -3,6 +3,8 @@
 It travels inside ``transformer_options`` (ComfyUI copies that dict shallowly on its way down the model, so every
 hook of the call sees the same object). A call without it runs exactly as on one device.
 """
+import torch
+
 from .placement import weighted_split
 from .sharding import split_sizes
 
@@ -19,6 +21,7 @@ class SequenceParallelCall:
         self.mesh = mesh
         self.token_weights = token_weights   # per sp_rank, for GPUs of different speed; None = even split
         self.txt_sizes = self.main_sizes = self.ref_sizes = None
+        self._masks = {}    # id(mask) -> (mask, the mask in the token order of the gathered sequence)
 
     def _split(self, length):
         if self.token_weights:
@@ -56,6 +59,30 @@ class SequenceParallelCall:
                     local.append([lo - start + offset, hi - start + offset])
             offset += length
         return local
+
+
+    def joint_positions(self, rank, device):
+        """Where ``rank``'s tokens of the joint attention (its text, then its image tokens) stand in the whole
+        sequence (all text, then all image tokens): the rows and columns of a full attention mask they use."""
+        text_start = sum(self.txt_sizes[:rank])
+        parts = [torch.arange(text_start, text_start + self.txt_sizes[rank], device=device)]
+        text = sum(self.txt_sizes)
+        parts += [torch.arange(text + start, text + start + length, device=device)
+                  for start, length in self.image_slices(rank)]
+        return torch.cat(parts)
+
+    def gathered_mask(self, mask):
+        """A full attention mask (..., L, L) over the whole sequence, in the order of the sequence that the Ulysses
+        exchange gathers (every rank's tokens, rank after rank). Made once per call: every block uses the same."""
+        cached = self._masks.get(id(mask))
+        if cached is None or cached[0] is not mask:
+            total = sum(self.txt_sizes) + sum(self.img_sizes)
+            if mask.shape[-1] != total or mask.shape[-2] != total:
+                raise RuntimeError(f"the attention mask covers {mask.shape[-1]} tokens, the sequence has {total}")
+            order = torch.cat([self.joint_positions(rank, mask.device) for rank in range(self.mesh.sp_degree)])
+            cached = (mask, mask.index_select(-2, order).index_select(-1, order))
+            self._masks[id(mask)] = cached
+        return cached[1]
 
 
 def active_call(transformer_options):

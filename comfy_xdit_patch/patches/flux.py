@@ -94,8 +94,14 @@ def parallel_attention(func, q, k, v, heads, *args, **kwargs):
     call = active_call(kwargs.get("transformer_options"))
     if call is None:
         return func(q, k, v, heads, *args, **kwargs)
-    if kwargs.get("mask") is not None or args:
-        raise RuntimeError("masked attention is not sequence-parallel yet")
+    if args:
+        raise RuntimeError("positional attention arguments are not known to the sequence-parallel attention")
+    mask = kwargs.pop("mask", None)
+    if mask is not None:
+        # Ulysses gathers the whole sequence on every rank: the full mask applies, reordered like the tokens.
+        if call.mesh.ring_degree > 1:
+            raise RuntimeError("an attention mask is sequence-parallel with Ulysses only")
+        kwargs["mask"] = call.gathered_mask(mask)
     skip_output_reshape = kwargs.pop("skip_output_reshape", False)
     kwargs["skip_reshape"] = True
 
@@ -150,10 +156,11 @@ def wrap_forward_orig(original, shard_inputs=False):
     return forward_orig
 
 
-def unsupported_reason(arguments, transformer_options):
+def unsupported_reason(arguments, transformer_options, ring_degree=1):
     """Why this model call cannot run sequence-parallel (it then runs on one GPU), or None."""
-    if arguments.get("attention_mask") is not None:
-        return "the text conditioning carries an attention mask"
+    if arguments.get("attention_mask") is not None and ring_degree > 1:
+        return ("the conditioning carries an attention mask (e.g. Redux with strength_type attn_bias), which runs "
+                "sequence-parallel with parallelism 'ulysses' only; set parallelism to 'ulysses'")
     foreign = foreign_hooks(transformer_options)
     if foreign:
         return "the model carries patches the helper GPUs cannot reproduce: " + ", ".join(foreign)
