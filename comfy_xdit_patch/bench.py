@@ -37,6 +37,26 @@ def _find_comfy():
     return starts[0]
 
 
+def enable_dynamic_vram():
+    """ComfyUI's dynamic VRAM (comfy-aimdo; ModelPatcherDynamic for every model loaded after this), switched on the
+    way ComfyUI's main.py does on NVIDIA. Returns whether it is on; never on the CPU."""
+    import comfy.memory_management
+    import comfy.model_management
+    import comfy.model_patcher
+    if comfy.model_management.get_torch_device().type != "cuda":
+        return False
+    import comfy_aimdo.control
+    devices = [d.index for d in comfy.model_management.get_all_torch_devices()]
+    try:
+        ready = comfy_aimdo.control.init_devices((index, 0) for index in devices)
+    except TypeError:   # older comfy-aimdo: indices only
+        ready = comfy_aimdo.control.init_devices(iter(devices))
+    if ready:
+        comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+        comfy.memory_management.aimdo_enabled = True
+    return bool(ready)
+
+
 def setup_comfy(cpu, comfy_args=""):
     comfy_path = _find_comfy()
     if not os.path.isfile(os.path.join(comfy_path, "comfy", "model_patcher.py")):

@@ -3,6 +3,9 @@
     python -m comfy_xdit_patch.evidence spotcheck   # LoRA patches + FLUX ControlNet + Kontext reference, error vs 1
     python -m comfy_xdit_patch.evidence kill        # a helper SIGKILLed mid-sampling: the image still arrives
     python -m comfy_xdit_patch.evidence groups      # batch 4: one sequence-parallel group vs two groups
+    python -m comfy_xdit_patch.evidence formats     # scaled-fp8 checkpoint (+ weight patches), fp8_e4m3fn_fast
+    python -m comfy_xdit_patch.evidence dynamic     # weight patches on a model loaded under ComfyUI's dynamic VRAM
+    python -m comfy_xdit_patch.evidence devices     # drop-in VAE / CLIP loaders on another GPU vs the native ones
 
 Without CUDA they run on CPU ranks with the tiny FLUX (``--cpu``), which is how the tests keep them working.
 """
@@ -13,7 +16,8 @@ import signal
 import statistics
 import time
 
-from .bench import FLUX_DEV, TINY, load_random_flux, setup_comfy, sync_device, bfl_name
+from .bench import (FLUX_DEV, TINY, bfl_name, enable_dynamic_vram, load_random_flux, random_flux_state_dict,
+                    setup_comfy, sync_device)
 
 
 def _conds(tokens, seed):
@@ -73,12 +77,8 @@ def spotcheck(args, model, device, size, dtype, res, tokens):
     import nodes
     from comfy_extras.nodes_edit_model import ReferenceLatent
     from .multigpu import enable_multigpu
-    patched = model.clone()
+    patched = _with_weight_patches(model)
     generator = torch.Generator().manual_seed(5)
-    state = model.model.state_dict()
-    keys = [k for k in state if k.endswith(".weight") and state[k].ndim == 2][:8]
-    patched.add_patches({k: ((torch.randn(state[k].shape, generator=generator) * 0.01).to(state[k].dtype),)
-                         for k in keys}, 1.0)
     hint = torch.rand(1, res, res, 3, generator=generator)
     positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
         _conds(tokens, 1), _conds(tokens, 2), _random_controlnet(size, dtype, device), hint, 0.8, 0.0, 1.0)
@@ -126,7 +126,148 @@ def groups(args, model, device, size, dtype, res, tokens):
     return rows
 
 
-SCENARIOS = {"spotcheck": spotcheck, "kill": kill, "groups": groups}
+def _with_weight_patches(model, seed=5, count=8):
+    """A clone with LoRA-style weight patches on the first ``count`` 2-D weights (what a LoRA loader adds)."""
+    import torch
+    patched = model.clone()
+    generator = torch.Generator().manual_seed(seed)
+    state = model.model.diffusion_model.state_dict()
+    keys = [k for k in state if k.endswith(".weight") and state[k].ndim == 2 and state[k].is_floating_point()][:count]
+    patched.add_patches({"diffusion_model." + k: ((torch.randn(state[k].shape, generator=generator) * 0.01).to(
+        torch.float32),) for k in keys}, 1.0)
+    return patched
+
+
+def scaled_fp8_state_dict(state):
+    """``state`` as a ComfyUI "scaled fp8" checkpoint: block Linear weights in float8_e4m3fn with a per-layer fp32
+    'scale_weight', a 'scaled_fp8' marker; everything else unchanged."""
+    import torch
+    fp8 = torch.float8_e4m3fn
+    out = {"scaled_fp8": torch.empty(0, dtype=fp8)}
+    for key, value in state.items():
+        if key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and value.ndim == 2:
+            scale = (value.float().abs().amax() / torch.finfo(fp8).max).clamp(min=1e-12)
+            out[key] = (value.float() / scale).to(fp8)
+            out[key[:-len(".weight")] + ".scale_weight"] = scale.reshape(())
+        else:
+            out[key] = value
+    return out
+
+
+def formats(args, model, device, size, dtype, res, tokens):
+    """Quantized checkpoints on N devices against the same checkpoint on one."""
+    import torch
+    import comfy.sd
+    from .multigpu import enable_multigpu
+    latent = torch.zeros(1, 16, res // 8, res // 8)
+    positive, negative = _conds(tokens, 1), _conds(tokens, 2)
+    rows = []
+    cases = (("scaled-fp8 checkpoint + 8 weight patches", lambda: _with_weight_patches(comfy.sd.load_diffusion_model_state_dict(
+                 scaled_fp8_state_dict(random_flux_state_dict(size, dtype, device))))),
+             ("UNETLoader fp8_e4m3fn_fast", lambda: comfy.sd.load_diffusion_model_state_dict(
+                 random_flux_state_dict(size, dtype, device),
+                 model_options={"dtype": torch.float8_e4m3fn, "fp8_optimizations": True})))
+    for label, load in cases:
+        case = load()
+        one, t1, _ = run(case, latent, positive, negative, args.steps, device)
+        many, tn, _ = run(enable_multigpu(case, gpus=args.gpus, parallelism=args.parallelism), latent, positive,
+                          negative, args.steps, device)
+        rows.append((label, res, _median_ms(t1), _median_ms(tn), _err(many, one), type(case).__name__))
+        del case
+        import comfy.model_management
+        comfy.model_management.unload_all_models()
+    return rows
+
+
+def dynamic(args, model, device, size, dtype, res, tokens):
+    """Weight patches under ComfyUI's dynamic VRAM (``main`` loads the model after switching it on): the helpers must
+    receive the patched weights although ModelPatcherDynamic never patches them in place."""
+    import torch
+    from .multigpu import enable_multigpu
+    patched = _with_weight_patches(model)
+    latent = torch.zeros(1, 16, res // 8, res // 8)
+    positive, negative = _conds(tokens, 1), _conds(tokens, 2)
+    one, t1, _ = run(patched, latent, positive, negative, args.steps, device)
+    many, tn, _ = run(enable_multigpu(patched, gpus=args.gpus, parallelism=args.parallelism), latent, positive,
+                      negative, args.steps, device)
+    return [("8 weight patches, dynamic VRAM", res, _median_ms(t1), _median_ms(tn), _err(many, one),
+             f"patcher: {type(model).__name__}")]
+
+
+def random_vae_state_dict(seed=30):
+    """A FLUX-style VAE (16 latent channels) with a narrow decoder (ComfyUI reads its width from decoder.conv_in);
+    decoder weights only: it is used to decode."""
+    import torch
+    from comfy.ldm.modules.diffusionmodules.model import Decoder
+    with torch.device("meta"):
+        decoder = Decoder(ch=32, out_ch=3, ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0,
+                          in_channels=3, resolution=256, z_channels=16)
+    generator = torch.Generator().manual_seed(seed)
+    return {"decoder." + k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in decoder.state_dict().items()}
+
+
+def random_clip_l_state_dict(seed=40):
+    """CLIP-L at its real size (123 M parameters; ComfyUI's config is fixed) with random weights."""
+    import torch
+    import comfy.sd1_clip
+    with torch.device("meta"):
+        shapes = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float32).state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    return {k[len("transformer."):] if k.startswith("transformer.") else k: torch.randn(v.shape, generator=generator)
+            * 0.02 for k, v in shapes.items() if v.dtype.is_floating_point}
+
+
+def _timed(fn, device):
+    sync_device(device)
+    start = time.perf_counter()
+    out = fn()
+    sync_device(device)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def devices(args, model, device, size, dtype, res, tokens):
+    """The drop-in XDiTVAELoader / XDiTCLIPLoader put their model on the chosen device (the last GPU; on the CPU,
+    'cpu' for CLIP), and it computes what the native loader's model computes on the default device."""
+    import tempfile
+    import safetensors.torch
+    import torch
+    import folder_paths
+    import nodes
+    from .dropin import XDiTCLIPLoader, XDiTVAELoader
+    root = tempfile.mkdtemp(prefix="xdit-evidence-")
+    for folder, name, state in (("vae", "random_vae.safetensors", random_vae_state_dict()),
+                                ("text_encoders", "random_clip_l.safetensors", random_clip_l_state_dict())):
+        os.makedirs(os.path.join(root, folder))
+        safetensors.torch.save_file(state, os.path.join(root, folder, name))
+        folder_paths.add_model_folder_path(folder, os.path.join(root, folder))
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    rows = []
+    latent = {"samples": torch.randn(1, 16, res // 8, res // 8, generator=torch.Generator().manual_seed(2))}
+    native_vae = nodes.VAELoader().load_vae("random_vae.safetensors")[0]
+    expected, native_ms = _timed(lambda: nodes.VAEDecode().decode(native_vae, latent)[0], device)
+    if gpus > 1:
+        choice = f"gpu:{gpus - 1}"
+        vae = XDiTVAELoader.execute(vae_name="random_vae.safetensors", device=choice).result[0]
+        got, ours_ms = _timed(lambda: nodes.VAEDecode().decode(vae, latent)[0], device)
+        rows.append((f"XDiTVAELoader device={choice}: VAE decode", res, native_ms, ours_ms, _err(got, expected),
+                     f"VAE on {vae.device}, native on {native_vae.device}"))
+    clip_choice = f"gpu:{gpus - 1}" if gpus > 1 else "cpu"
+
+    def encode(clip):
+        return nodes.CLIPTextEncode().encode(clip, "a photo of a cat on a red sofa")[0][0][0]
+
+    native_clip = nodes.CLIPLoader().load_clip("random_clip_l.safetensors", "stable_diffusion")[0]
+    expected, native_ms = _timed(lambda: encode(native_clip), device)
+    clip = XDiTCLIPLoader.execute(clip_name="random_clip_l.safetensors", type="stable_diffusion",
+                                  device=clip_choice).result[0]
+    got, ours_ms = _timed(lambda: encode(clip), device)
+    rows.append((f"XDiTCLIPLoader device={clip_choice}: text encode", res, native_ms, ours_ms, _err(got, expected),
+                 f"CLIP on {clip.patcher.load_device}, native on {native_clip.patcher.load_device}"))
+    return rows
+
+
+SCENARIOS = {"spotcheck": spotcheck, "kill": kill, "groups": groups, "formats": formats, "dynamic": dynamic,
+             "devices": devices}
 
 
 def main(argv=None):
@@ -142,6 +283,8 @@ def main(argv=None):
     import torch
     cpu = args.cpu or not torch.cuda.is_available()
     setup_comfy(cpu)
+    if args.scenario == "dynamic":
+        logging.info("dynamic VRAM: %s", "on" if enable_dynamic_vram() else "not available (classic ModelPatcher)")
     import comfy.model_management
     from .runtime import group as helpers
     device = comfy.model_management.get_torch_device()
@@ -151,7 +294,8 @@ def main(argv=None):
     res = args.res or (128 if cpu else 1024)
     args.steps = args.steps or (4 if cpu else (28 if args.scenario == "kill" else 10))
     tokens = 77 if cpu else 512
-    model = load_random_flux(size, dtype, device)
+    # formats and devices load their own models: no FLUX.1-dev-size model beside them
+    model = None if args.scenario in ("formats", "devices") else load_random_flux(size, dtype, device)
     try:
         rows = SCENARIOS[args.scenario](args, model, device, size, dtype, res, tokens)
     finally:

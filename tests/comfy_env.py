@@ -87,26 +87,15 @@ def tiny_flux_controlnet_state_dict(hidden=512, heads=4, depth=2, depth_single=1
 
 
 def tiny_vae_state_dict(seed=30):
-    """A FLUX-style VAE (16 latent channels) with a narrow decoder (ComfyUI reads its width from decoder.conv_in);
-    decoder weights only: the tests decode, never encode."""
-    import torch
-    from comfy.ldm.modules.diffusionmodules.model import Decoder
-    with torch.device("meta"):
-        decoder = Decoder(ch=32, out_ch=3, ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0,
-                          in_channels=3, resolution=256, z_channels=16)
-    generator = torch.Generator().manual_seed(seed)
-    return {"decoder." + k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in decoder.state_dict().items()}
+    """A FLUX-style VAE with a narrow decoder (the evidence scripts' builder)."""
+    from comfy_xdit_patch.evidence import random_vae_state_dict
+    return random_vae_state_dict(seed)
 
 
 def tiny_clip_l_state_dict(seed=40):
-    """CLIP-L at its real size (123 M parameters; ComfyUI's config is fixed) with random weights."""
-    import torch
-    import comfy.sd1_clip
-    with torch.device("meta"):
-        shapes = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float32).state_dict()
-    generator = torch.Generator().manual_seed(seed)
-    return {k[len("transformer."):] if k.startswith("transformer.") else k: torch.randn(v.shape, generator=generator)
-            * 0.02 for k, v in shapes.items() if v.dtype.is_floating_point}
+    """CLIP-L at its real size with random weights (the evidence scripts' builder)."""
+    from comfy_xdit_patch.evidence import random_clip_l_state_dict
+    return random_clip_l_state_dict(seed)
 
 
 def tiny_redux_state_dict(seed=50):
