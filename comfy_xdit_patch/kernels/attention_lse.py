@@ -19,7 +19,8 @@ def attention_with_lse(q, k, v):
             out, lse = _aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
     else:
         out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-    return out, lse.float()
+    # The memory-efficient kernel may pad the LSE's query dimension (to a multiple of 32); flash kernels never do.
+    return out, lse[..., :q.shape[-2]].float()
 
 
 def merge_partial_attention(out, lse, block_out, block_lse):
