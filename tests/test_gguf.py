@@ -7,15 +7,17 @@ ComfyUI-GGUF (city96/ComfyUI-GGUF) is a custom node, not part of ComfyUI: it is 
 import asyncio
 import logging
 import os
+import uuid
 
 import nodes
 import pytest
 import torch
 
 from comfy_env import empty_latent, flux_conditioning, tiny_flux_state_dict
-from test_community import assert_parallel_equal, ksample
+from test_community import assert_parallel_equal, ksample, with_loras
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.runtime import gguf_weights, weights
+from comfy_xdit_patch.runtime import group as helpers
 
 GGUF_PATH = os.path.abspath(os.environ.get("COMFY_XDIT_GGUF_PATH", "/opt/ComfyUI-GGUF"))
 if not os.path.isfile(os.path.join(GGUF_PATH, "nodes.py")):
@@ -155,17 +157,40 @@ def test_gguf_advanced_loader_dequant_dtype_reaches_the_helpers(gguf_file, gguf_
         loader.load_unet(gguf_file)   # the default settings again, for the other tests
 
 
-def test_lora_on_gguf_runs_on_one_gpu_with_a_log_line(gguf_unet, conds, caplog):
-    """ComfyUI-GGUF adds a LoRA while dequantizing each weight; the helpers do not receive the patches yet, so that
-    prompt runs on one GPU (the LoRA applied) with one log line naming it, and the helpers stay in step."""
+@pytest.mark.parametrize("parallelism", ["ring", "ulysses"])
+def test_lora_on_gguf_runs_on_two_ranks(gguf_unet, conds, parallelism, caplog):
+    """ComfyUI-GGUF adds a LoRA to a quantized weight while dequantizing it: the helpers get the patch lists and hang
+    them on their own GGMLTensors (still quantized); F16/F32 weights (img_in here) arrive patched. A strength change
+    between two prompts re-sends them."""
+    latent = empty_latent(18, 14)
+    lora = with_loras(gguf_unet, 0.8, 0.5)
+    assert "diffusion_model.img_in.weight" in lora.patches, "a LoRA on an F16 weight (patched in place)"
+    assert "diffusion_model.double_blocks.0.img_attn.qkv.weight" in lora.patches, "and on a quantized one"
+    assert not torch.equal(ksample(lora, latent=latent, **conds), ksample(gguf_unet, latent=latent, **conds)), \
+        "the LoRA must change the result"
+    assert_parallel_equal_on_helpers(caplog, lora, parallelism=parallelism, latent=latent, **conds)
+    group = helpers.current_group()
+    syncs = group.weight_syncs
+    assert_parallel_equal_on_helpers(caplog, with_loras(gguf_unet, 0.3, 1.2), parallelism=parallelism,
+                                     latent=latent, **conds)
+    assert helpers.current_group() is group and group.weight_syncs == syncs + 1, "the new strength was not re-sent"
+    assert_parallel_equal_on_helpers(caplog, gguf_unet, parallelism=parallelism, latent=latent, **conds)
+
+
+def test_gguf_patch_with_a_function_runs_on_one_gpu_with_a_log_line(gguf_unet, conds, caplog):
+    """A patch the helpers cannot rebuild exactly (one applying a function) is found before anything is sent: that
+    prompt runs on one GPU with one log line naming it, and the helpers stay in step."""
     lora = nodes.LoraLoaderModelOnly().load_lora_model_only(gguf_unet, "tiny_lora_a.safetensors", 0.8)[0]
+    patched = lora.clone()
+    key = "diffusion_model.double_blocks.0.img_attn.qkv.weight"
+    patched.patches[key] = [patch[:4] + (lambda weight: weight,) for patch in patched.patches[key]]
+    patched.patches_uuid = uuid.uuid4()
     latent = empty_latent(16, 16)
-    expected = ksample(lora, latent=latent, **conds)
-    assert not torch.equal(expected, ksample(gguf_unet, latent=latent, **conds)), "the LoRA must change the result"
+    expected = ksample(patched, latent=latent, **conds)
     with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
-        got = ksample(enable_multigpu(lora, gpus=2, parallelism="ring"), latent=latent, **conds)
+        got = ksample(enable_multigpu(patched, gpus=2, parallelism="ring"), latent=latent, **conds)
     assert torch.equal(got, expected)
     lines = one_gpu_lines(caplog)
-    assert len(lines) == 1 and "GGUF" in lines[0] and "LoRA" in lines[0], lines
+    assert len(lines) == 1 and "GGUF" in lines[0] and "function" in lines[0], lines
     caplog.clear()
     assert_parallel_equal_on_helpers(caplog, gguf_unet, parallelism="ring", latent=latent, **conds)

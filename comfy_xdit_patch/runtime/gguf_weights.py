@@ -7,8 +7,12 @@ quantized); the types and logical shapes travel once in the model spec, and each
 ComfyUI-GGUF's own GGMLOps, imported from the very directory rank 0 loaded it from, so it dequantizes exactly as
 rank 0 does.
 
-ComfyUI-GGUF applies LoRA and other weight patches while dequantizing, from patches it hangs on the GGMLTensor;
-those are not sent yet, so a patched GGUF model runs on one GPU (``check``).
+ComfyUI-GGUF applies LoRA and other weight patches to a quantized weight while dequantizing, from the patch list it
+hangs on the GGMLTensor (GGUFModelPatcher.patch_weight_to_device); F32/F16 weights it patches in place instead. So the
+helpers get the quantized weights' patch lists too (``patch_message``: their structure in the load message, their
+tensors in one broadcast) and hang them on their own GGMLTensors (``attach_patches``); the F32/F16 weights travel
+already patched, with no patch list, so nothing is applied twice. A patch the helpers cannot rebuild exactly (one with
+a function, an unknown adapter) makes ``check`` raise: that model runs on one GPU.
 """
 import importlib
 import importlib.util
@@ -55,14 +59,127 @@ def spec(model_patcher):
     }
 
 
+def _is_quantized(ops, tensor):
+    """ComfyUI-GGUF's own test: only these weights keep patch lists; F32/F16 ones are patched in place."""
+    return importlib.import_module(ops.__package__ + ".dequant").is_quantized(tensor)
+
+
+def _quantized_patches(model_patcher):
+    """(key in the diffusion model, rank 0's patch list) for every patched quantized GGMLTensor: what
+    GGUFModelPatcher hangs on it as ``weight.patches = [(patches, key)]``. Empty for any other model."""
+    import comfy.utils
+    ops = ops_module(model_patcher.model.diffusion_model)
+    if ops is None:
+        return
+    for key, patches in model_patcher.patches.items():
+        if not key.startswith(PREFIX):
+            continue
+        weight = comfy.utils.get_attr(model_patcher.model, key)
+        if is_ggml_tensor(weight) and _is_quantized(ops, weight):
+            yield key[len(PREFIX):], patches
+
+
+PREFIX = "diffusion_model."
+_ADAPTER = "__comfy_xdit_weight_adapter__"   # marks a weight adapter's description among the patch data
+
+
+def _describe(value, key):
+    """A patch's data as plain containers (tensors left in place for the transport), or NotImplementedError when the
+    helpers could not rebuild it exactly."""
+    from comfy import weight_adapter
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if type(value) in (torch.Tensor, torch.nn.Parameter):
+        return value
+    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):
+        return type(value)(_describe(v, key) for v in value)
+    if type(value) is dict and all(isinstance(k, str) for k in value):
+        return {k: _describe(v, key) for k, v in value.items()}
+    if type(value) in (set, frozenset) and all(isinstance(v, str) for v in value):
+        return value
+    # A weight adapter (LoRA, LoHa, LoKr, ...) is its class plus loaded_keys and weights: rebuilt from those alone.
+    if isinstance(value, weight_adapter.WeightAdapterBase) and set(vars(value)) <= {"loaded_keys", "weights"}:
+        cls = type(value)
+        return {_ADAPTER: (cls.__module__, cls.__qualname__),
+                "state": {name: _describe(v, key) for name, v in vars(value).items()}}
+    raise NotImplementedError(f"the GGUF model's weight patch on '{key}' holds a {type(value).__name__}, which the "
+                              "helper GPUs cannot rebuild")
+
+
+def _describe_patches(key, patches):
+    described = []
+    for patch in patches:
+        if not isinstance(patch, tuple) or len(patch) != 5:
+            raise NotImplementedError(f"the GGUF model's weight patch on '{key}' has an unknown form")
+        strength_patch, data, strength_model, offset, function = patch
+        if function is not None:
+            raise NotImplementedError(f"the GGUF model's weight patch on '{key}' applies a function, which the "
+                                      "helper GPUs cannot rebuild")
+        described.append((_describe(strength_patch, key), _describe(data, key), _describe(strength_model, key),
+                          _describe(offset, key), None))
+    return described
+
+
 def check(model_patcher):
-    """Raises NotImplementedError for a GGUF model with weight patches (a LoRA): ComfyUI-GGUF adds them to each weight
-    at dequantization time, from patch lists the helpers do not receive yet. Sending the raw weights alone would give
-    the helpers the model without its LoRA: wrong pixels, so that prompt runs on one GPU."""
-    if model_patcher.patches and ops_module(model_patcher.model.diffusion_model) is not None:
-        first = next(iter(model_patcher.patches))
-        raise NotImplementedError(f"the GGUF model has weight patches (a LoRA, e.g. on '{first}'), which ComfyUI-GGUF "
-                                  "applies while dequantizing; GGUF with a LoRA is not sent to helper GPUs yet")
+    """Raises NotImplementedError, before anything is sent, when a quantized weight's patches (ComfyUI-GGUF applies
+    them while dequantizing) cannot be rebuilt exactly on the helpers: sending the weights without them would give
+    wrong pixels, so that prompt runs on one GPU."""
+    for key, patches in _quantized_patches(model_patcher):
+        _describe_patches(PREFIX + key, patches)
+
+
+def patch_message(model_patcher):
+    """Rank 0: the quantized weights' patch lists as (structure with TensorSlots for the load message, tensors for
+    one broadcast after the weights); (None, []) for a model without any."""
+    from . import transport
+    described = {key: _describe_patches(PREFIX + key, patches) for key, patches in _quantized_patches(model_patcher)}
+    if not described:
+        return None, []
+    tensors = []
+    return transport.extract_tensors(described, tensors), tensors
+
+
+def _rebuild(value):
+    if isinstance(value, dict) and _ADAPTER in value:
+        module, qualname = value[_ADAPTER]
+        cls = importlib.import_module(module)
+        for name in qualname.split("."):
+            cls = getattr(cls, name)
+        adapter = cls.__new__(cls)   # its state is exactly loaded_keys and weights (see _describe)
+        adapter.__dict__.update({name: _rebuild(v) for name, v in value["state"].items()})
+        return adapter
+    if isinstance(value, dict):
+        return {k: _rebuild(v) for k, v in value.items()}
+    if type(value) in (tuple, list):
+        return type(value)(_rebuild(v) for v in value)
+    return value
+
+
+def attach_patches(diffusion_model, patches, tensors):
+    """Helpers: hang rank 0's patch lists on the quantized GGMLTensors as GGUFModelPatcher does, and clear them on
+    every other one (weights overwritten in place keep the previous load's list; F32/F16 weights arrive patched)."""
+    from . import transport
+    rebuilt = {key: _rebuild(value) for key, value in transport.insert_tensors(patches or {}, tensors).items()}
+    for key, tensor in list(diffusion_model.named_parameters()) + list(diffusion_model.named_buffers()):
+        if is_ggml_tensor(tensor):
+            tensor.patches = [(rebuilt.pop(key), PREFIX + key)] if key in rebuilt else []
+    if rebuilt:
+        raise RuntimeError(f"rank 0 sent weight patches for {list(rebuilt)[:5]}, which are no GGUF weights here")
+
+
+def effective_weight(model_patcher, key, weight, device):
+    """Rank 0: what a helper needs for the GGMLTensor ``weight`` at ``key``: a quantized one as is (its raw blocks;
+    its patches travel with ``patch_message``), an F32/F16 one patched as GGUFModelPatcher patches it in place (its
+    backup then holds the original; GGUFModelPatcher.patch_weight_to_device has no return_weight)."""
+    import comfy.float
+    import comfy.lora
+    import comfy.model_management
+    ops = ops_module(model_patcher.model.diffusion_model)
+    if key not in model_patcher.patches or key in model_patcher.backup or _is_quantized(ops, weight):
+        return weight
+    temp_weight = comfy.model_management.cast_to_device(weight, device, torch.float32, copy=True)
+    patched = comfy.lora.calculate_weight(model_patcher.patches[key], temp_weight, key)
+    return comfy.float.stochastic_rounding(patched, weight.dtype)
 
 
 def storage(tensor):

@@ -23,7 +23,7 @@ from ..parallel.mesh import SequenceParallelMesh
 from .launchers import make_launcher, rank0_host
 from .scheduler import Scheduler
 from . import channel as control
-from . import transport, versions, weights
+from . import gguf_weights, transport, versions, weights
 from .speed import measure_speed
 from .step_graphs import EAGER, StepGraphs
 
@@ -262,8 +262,13 @@ class HelperGroup:
         weights.check_transferable(model_patcher)
         t0 = time.perf_counter()
         keys = weights.weight_keys(model_patcher)
-        self._broadcast_message(("load", weights.model_spec(model_patcher), keys))
+        # A GGUF model's LoRA: the patch lists ComfyUI-GGUF applies while dequantizing (structure here, tensors after
+        # the weights in one broadcast).
+        patches, patch_tensors = gguf_weights.patch_message(model_patcher)
+        self._broadcast_message(("load", weights.model_spec(model_patcher), keys, patches,
+                                 transport.layout(patch_tensors)))
         weights.send_weights(model_patcher, keys, self.device)
+        transport.send_tensors(patch_tensors, self.device)
         self._expect_all("loaded", time.monotonic() + collective_timeout_s())
         self.model_fingerprint = fingerprint
         self.diffusion_model = model_patcher.model.diffusion_model

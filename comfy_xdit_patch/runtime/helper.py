@@ -86,7 +86,7 @@ def serve(link, mesh, device):
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
     from comfy_xdit_patch.parallel.placement import run_placed
     from comfy_xdit_patch.patches import flux
-    from comfy_xdit_patch.runtime import transport, weights
+    from comfy_xdit_patch.runtime import gguf_weights, transport, weights
     from comfy_xdit_patch.runtime.step_graphs import StepGraphs
 
     diffusion_model = loaded_spec = None
@@ -102,7 +102,7 @@ def serve(link, mesh, device):
         if op == "exit":
             return
         if op == "load":
-            _, spec, keys = message
+            _, spec, keys, patches, patch_layout = message
             graphs.reset(None)      # graphs point at the old weights
             if spec != loaded_spec:
                 diffusion_model = None  # free the previous model's memory before building the next one
@@ -111,6 +111,9 @@ def serve(link, mesh, device):
                 loaded_spec = spec
             # Same model class and config (e.g. only a LoRA strength changed): weights land in the same memory.
             weights.receive_weights(diffusion_model, keys, device, spec)
+            patch_tensors = transport.receive_tensors(patch_layout, device)
+            if spec.get("gguf"):
+                gguf_weights.attach_patches(diffusion_model, patches, patch_tensors)
             link.send("loaded")
         elif op == "forward":
             _, skeleton, tensor_layout, (generation, key), mode, placement = message

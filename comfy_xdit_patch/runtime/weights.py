@@ -67,11 +67,14 @@ def check_transferable(model_patcher):
 def effective_weight(model_patcher, key, device):
     import comfy.utils
     from comfy.quant_ops import QuantizedTensor
+    current = comfy.utils.get_attr(model_patcher.model, key)
+    if gguf_weights.is_ggml_tensor(current):
+        return gguf_weights.effective_weight(model_patcher, key, current, device)
     if key in model_patcher.patches and key not in model_patcher.backup:
         weight = model_patcher.patch_weight_to_device(key, device_to=device, return_weight=True)
     else:
         # Unpatched, or already patched in place for this very patcher (the backup holds the original).
-        weight = comfy.utils.get_attr(model_patcher.model, key)
+        weight = current
     if type(weight) not in (torch.Tensor, torch.nn.Parameter, QuantizedTensor) and \
             not gguf_weights.is_ggml_tensor(weight):
         raise NotImplementedError(f"weight '{key}' is a {type(weight).__name__}; quantized weight formats are not "
