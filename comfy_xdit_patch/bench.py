@@ -100,7 +100,8 @@ def load_random_flux(size, dtype, device, seed=0):
                                                     model_options={"dtype": dtype})
 
 
-def _conditioning(tokens, seed):
+def conditioning(tokens, seed):
+    """Random FLUX conditioning (T5 tokens, CLIP pooled output, guidance) in ComfyUI's format."""
     import torch
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, tokens, 4096, generator=generator), {
@@ -113,27 +114,32 @@ def sync_device(device):
         torch.cuda.synchronize(device)
 
 
-def sample(model, latent_hw, steps, text_tokens, device, seed=7):
-    """Runs ComfyUI's sampler; returns (final latent, per-step seconds, total seconds)."""
-    import torch
+def run_sampler(model, latent, positive, negative, steps, device, on_step=None, seed=7):
+    """ComfyUI's sampler (euler, cfg 1) with a synchronised mark after every step; ``on_step(step)`` runs there too.
+    Returns (final latent, per-step seconds, total seconds)."""
     import comfy.sample
-    latent = torch.zeros(1, 16, *latent_hw)
     noise = comfy.sample.prepare_noise(latent, seed)
-    positive, negative = _conditioning(text_tokens, 1), _conditioning(text_tokens, 2)
     marks = []
 
-    def on_step(step, x0, x, total):
+    def callback(step, x0, x, total):
         sync_device(device)
         marks.append(time.perf_counter())
+        if on_step:
+            on_step(step)
 
     sync_device(device)
     start = time.perf_counter()
     out = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", positive, negative, latent,
-                              callback=on_step, disable_pbar=True, seed=seed)
+                              callback=callback, disable_pbar=True, seed=seed)
     sync_device(device)
-    total = time.perf_counter() - start
-    step_times = [b - a for a, b in zip(marks, marks[1:])]
-    return out, step_times, total
+    return out, [b - a for a, b in zip(marks, marks[1:])], time.perf_counter() - start
+
+
+def sample(model, latent_hw, steps, text_tokens, device, seed=7):
+    """The benchmark's run: an empty latent of ``latent_hw`` and random conditioning of ``text_tokens``."""
+    import torch
+    return run_sampler(model, torch.zeros(1, 16, *latent_hw), conditioning(text_tokens, 1),
+                       conditioning(text_tokens, 2), steps, device, seed=seed)
 
 
 def _peak(device):

@@ -81,8 +81,7 @@ def choose_degrees(world_size, heads, parallelism, ulysses_degree=0, ring_degree
     # auto (and usp without degrees): Ulysses over as many ranks as the heads allow, ring for whatever remains.
     # On 2xH200 at 1024^2 Ulysses 2 measured 1.35x (five repeats 1.31-1.40x) against ring 2's 1.14x (1.05-1.28x), and
     # both 1.78x at 2048^2 (docs/benchmarks.md); one all-to-all group also needs no extra point-to-point communicators.
-    ulysses = max(d for d in _divisors(world_size) if heads % d == 0)
-    return ulysses, world_size // ulysses
+    return max(working), world_size // max(working)
 
 
 def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_degree=0, ring_degree=0,

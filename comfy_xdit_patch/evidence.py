@@ -16,35 +16,17 @@ import signal
 import statistics
 import time
 
-from .bench import (FLUX_DEV, TINY, bfl_name, enable_dynamic_vram, load_random_flux, random_flux_state_dict,
-                    setup_comfy, sync_device)
+from .bench import (FLUX_DEV, TINY, bfl_name, conditioning, enable_dynamic_vram, load_random_flux,
+                    random_flux_state_dict, run_sampler, setup_comfy, sync_device)
 
 
-def _conds(tokens, seed):
-    import torch
-    generator = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, tokens, 4096, generator=generator),
-             {"pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}]]
-
-
-def run(model, latent, positive, negative, steps, device, on_step=None, seed=7):
-    """ComfyUI's sampler; returns (latent, per-step seconds, total seconds)."""
-    import comfy.sample
-    noise = comfy.sample.prepare_noise(latent, seed)
-    marks = []
-
-    def callback(step, x0, x, total):
-        sync_device(device)
-        marks.append(time.perf_counter())
-        if on_step:
-            on_step(step)
-
-    sync_device(device)
-    start = time.perf_counter()
-    out = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", positive, negative, latent,
-                              callback=callback, disable_pbar=True, seed=seed)
-    sync_device(device)
-    return out, [b - a for a, b in zip(marks, marks[1:])], time.perf_counter() - start
+def _one_vs_many(args, model, latent, positive, negative, device):
+    """The same sampling on one device and through Enable Multi-GPU: (1-device ms/step, N-device ms/step, rel. err)."""
+    from .multigpu import enable_multigpu
+    one, t1, _ = run_sampler(model, latent, positive, negative, args.steps, device)
+    many, tn, _ = run_sampler(enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism), latent, positive,
+                              negative, args.steps, device)
+    return _median_ms(t1), _median_ms(tn), _err(many, one)
 
 
 def _err(a, b):
@@ -76,19 +58,16 @@ def spotcheck(args, model, device, size, dtype, res, tokens):
     import torch
     import nodes
     from comfy_extras.nodes_edit_model import ReferenceLatent
-    from .multigpu import enable_multigpu
     patched = _with_weight_patches(model)
     generator = torch.Generator().manual_seed(5)
     hint = torch.rand(1, res, res, 3, generator=generator)
     positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
-        _conds(tokens, 1), _conds(tokens, 2), _random_controlnet(size, dtype, device), hint, 0.8, 0.0, 1.0)
+        conditioning(tokens, 1), conditioning(tokens, 2), _random_controlnet(size, dtype, device), hint, 0.8, 0.0, 1.0)
     reference = {"samples": torch.randn(1, 16, res // 8, res // 8, generator=generator)}
     positive = ReferenceLatent.execute(positive, reference).result[0]
     latent = torch.zeros(1, 16, res // 8, res // 8)
-    one, t1, _ = run(patched, latent, positive, negative, args.steps, device)
-    many, tn, _ = run(enable_multigpu(patched, gpus=args.gpus, parallelism=args.parallelism), latent, positive,
-                      negative, args.steps, device)
-    return [("LoRA patches + ControlNet + Kontext", res, _median_ms(t1), _median_ms(tn), _err(many, one))]
+    return [("LoRA patches + ControlNet + Kontext", res,
+             *_one_vs_many(args, patched, latent, positive, negative, device))]
 
 
 def kill(args, model, device, size, dtype, res, tokens):
@@ -96,17 +75,17 @@ def kill(args, model, device, size, dtype, res, tokens):
     from .multigpu import enable_multigpu
     from .runtime import group as helpers
     latent = torch.zeros(1, 16, res // 8, res // 8)
-    positive, negative = _conds(tokens, 1), _conds(tokens, 2)
-    one, t1, total1 = run(model, latent, positive, negative, args.steps, device)
+    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
+    one, t1, total1 = run_sampler(model, latent, positive, negative, args.steps, device)
     parallel = enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism)
-    run(parallel, latent, positive, negative, 2, device)                       # helpers up and warm
+    run_sampler(parallel, latent, positive, negative, 2, device)                       # helpers up and warm
     at = max(1, args.steps // 3)
 
     def kill_helper(step):
         if step == at:
             os.kill(next(iter(helpers.current_group().processes.values())).pid, signal.SIGKILL)
 
-    got, tn, totaln = run(parallel, latent, positive, negative, args.steps, device, on_step=kill_helper)
+    got, tn, totaln = run_sampler(parallel, latent, positive, negative, args.steps, device, on_step=kill_helper)
     recovery = tn[at] - statistics.median(t1) if len(tn) > at else float("nan")
     return [(f"helper SIGKILLed after step {at + 1}/{args.steps}: rest on 1 device", res, total1 * 1e3,
              totaln * 1e3, _err(got, one), f"recovery (failed step minus a 1-device step): {recovery * 1e3:.0f} ms")]
@@ -116,11 +95,11 @@ def groups(args, model, device, size, dtype, res, tokens):
     import torch
     from .multigpu import enable_multigpu
     latent = torch.randn(4, 16, res // 8, res // 8, generator=torch.Generator().manual_seed(4))
-    positive, negative = _conds(tokens, 1), _conds(tokens, 2)
+    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
     rows = []
-    one, t1, _ = run(model, latent, positive, negative, args.steps, device)
+    one, t1, _ = run_sampler(model, latent, positive, negative, args.steps, device)
     for label, degree in (("batch 4, one group", 0), ("batch 4, groups of 1 (round_robin)", 1)):
-        got, tn, _ = run(enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism,
+        got, tn, _ = run_sampler(enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism,
                                          sequence_degree=degree), latent, positive, negative, args.steps, device)
         rows.append((label, res, _median_ms(t1), _median_ms(tn), _err(got, one)))
     return rows
@@ -157,24 +136,26 @@ def scaled_fp8_state_dict(state):
 def formats(args, model, device, size, dtype, res, tokens):
     """Quantized checkpoints on N devices against the same checkpoint on one."""
     import torch
+    import comfy.model_management
     import comfy.sd
-    from .multigpu import enable_multigpu
     latent = torch.zeros(1, 16, res // 8, res // 8)
-    positive, negative = _conds(tokens, 1), _conds(tokens, 2)
+    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
     rows = []
-    cases = (("scaled-fp8 checkpoint + 8 weight patches", lambda: _with_weight_patches(comfy.sd.load_diffusion_model_state_dict(
-                 scaled_fp8_state_dict(random_flux_state_dict(size, dtype, device))))),
-             ("UNETLoader fp8_e4m3fn_fast", lambda: comfy.sd.load_diffusion_model_state_dict(
-                 random_flux_state_dict(size, dtype, device),
-                 model_options={"dtype": torch.float8_e4m3fn, "fp8_optimizations": True})))
-    for label, load in cases:
+
+    def scaled_fp8():
+        state = scaled_fp8_state_dict(random_flux_state_dict(size, dtype, device))
+        return _with_weight_patches(comfy.sd.load_diffusion_model_state_dict(state))
+
+    def fp8_fast():
+        return comfy.sd.load_diffusion_model_state_dict(
+            random_flux_state_dict(size, dtype, device),
+            model_options={"dtype": torch.float8_e4m3fn, "fp8_optimizations": True})
+
+    for label, load in (("scaled-fp8 checkpoint + 8 weight patches", scaled_fp8),
+                        ("UNETLoader fp8_e4m3fn_fast", fp8_fast)):
         case = load()
-        one, t1, _ = run(case, latent, positive, negative, args.steps, device)
-        many, tn, _ = run(enable_multigpu(case, gpus=args.gpus, parallelism=args.parallelism), latent, positive,
-                          negative, args.steps, device)
-        rows.append((label, res, _median_ms(t1), _median_ms(tn), _err(many, one), type(case).__name__))
+        rows.append((label, res, *_one_vs_many(args, case, latent, positive, negative, device), type(case).__name__))
         del case
-        import comfy.model_management
         comfy.model_management.unload_all_models()
     return rows
 
@@ -183,14 +164,10 @@ def dynamic(args, model, device, size, dtype, res, tokens):
     """Weight patches under ComfyUI's dynamic VRAM (``main`` loads the model after switching it on): the helpers must
     receive the patched weights although ModelPatcherDynamic never patches them in place."""
     import torch
-    from .multigpu import enable_multigpu
     patched = _with_weight_patches(model)
     latent = torch.zeros(1, 16, res // 8, res // 8)
-    positive, negative = _conds(tokens, 1), _conds(tokens, 2)
-    one, t1, _ = run(patched, latent, positive, negative, args.steps, device)
-    many, tn, _ = run(enable_multigpu(patched, gpus=args.gpus, parallelism=args.parallelism), latent, positive,
-                      negative, args.steps, device)
-    return [("8 weight patches, dynamic VRAM", res, _median_ms(t1), _median_ms(tn), _err(many, one),
+    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
+    return [("8 weight patches, dynamic VRAM", res, *_one_vs_many(args, patched, latent, positive, negative, device),
              f"patcher: {type(model).__name__}")]
 
 

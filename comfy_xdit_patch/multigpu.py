@@ -116,7 +116,7 @@ class MultiGPURun:
 
         def forward(inputs):
             return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, group.mesh, group.device,
-                              group.scheduler.group_ms)
+                              group.scheduler.group_ms if group.times_groups else None)
 
         started = time.perf_counter()
         try:

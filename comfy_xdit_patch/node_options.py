@@ -13,7 +13,7 @@ def multigpu_inputs(optional=False):
                      tooltip="How many GPUs to use; 0 = every visible GPU. With ComfyUI started with --cpu: that many "
                              "CPU processes (0 = 2)."),
         io.Combo.Input("parallelism", options=list(PARALLELISMS), default="auto", optional=optional,
-                       tooltip="auto: a ring of 2 x Ulysses over the rest as far as the heads allow. ulysses: "
+                       tooltip="auto: Ulysses over as many GPUs as the heads allow, ring for the rest. ulysses: "
                                "all-to-all of heads. ring: K/V passed around a ring. usp: both."),
         io.Int.Input("ulysses_degree", default=0, min=0, max=64, optional=True,
                      tooltip="For usp: GPUs per Ulysses group (0 = automatic)."),
@@ -32,8 +32,7 @@ def multigpu_inputs(optional=False):
     ]
 
 
-_MULTIGPU_NAMES = ("enabled", "gpus", "parallelism", "ulysses_degree", "ring_degree", "sequence_degree",
-                   "scheduling", "launcher")
+_MULTIGPU_NAMES = tuple(option.id for option in multigpu_inputs())
 
 
 def split_multigpu(kwargs):

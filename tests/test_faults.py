@@ -8,7 +8,6 @@ import time
 
 import psutil
 import pytest
-import torch
 
 import comfy.model_management
 import comfy.sample

@@ -1,7 +1,6 @@
 """The Ray launcher: helpers as Ray actors on a local two-node Ray cluster (CPU resources, gloo), equal to 1 rank;
 a version mismatch is refused; nothing of Ray is left after teardown."""
 import os
-import shutil
 import subprocess
 import sys
 import time

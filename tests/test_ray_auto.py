@@ -1,6 +1,5 @@
 """The Ray launcher with no cluster address: it starts a Ray instance on this machine for the helpers, and stops it
 with them."""
-import os
 
 from comfy_env import empty_latent, flux_conditioning, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu

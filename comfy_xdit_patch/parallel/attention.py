@@ -4,7 +4,6 @@ Each rank holds q, k and v of its own tokens (B, H, L_local, D), RoPE already ap
 attention output (B, L_local, H * D), equal to attention over the whole sequence. Token order across ranks does not
 matter to attention, so no permutation is ever undone.
 """
-import torch
 
 from ..kernels import attention_with_lse, merge_partial_attention
 from .comm import RingExchange, scatter_heads_gather_sequence, scatter_sequence_gather_heads
@@ -29,23 +28,30 @@ def ring_attention(q, k, v, ring_lens, ring_ranks, member):
     return out.to(q.dtype)
 
 
-def sequence_parallel_attention(q, k, v, mesh, seq_lens, local_attention):
-    """``seq_lens`` holds the local token count of every rank of the sequence-parallel group (by ``sp_rank``).
-    ``local_attention(q, k, v)`` is the single-device kernel for the Ulysses-only case, so that it stays exactly the
-    kernel ComfyUI would use."""
+class AttentionLayout:
+    """What every attention call of one model call needs to know about the token split, derived once from the
+    local token counts of the sequence-parallel group (``seq_lens``, by ``sp_rank``)."""
+
+    def __init__(self, mesh, seq_lens):
+        first = mesh.sp_ranks[0]
+        self.u_member = mesh.ulysses_ranks.index(mesh.rank)
+        self.u_lens = [seq_lens[r - first] for r in mesh.ulysses_ranks]
+        # After the Ulysses exchange a ring member holds the tokens of its whole Ulysses group.
+        self.ring_lens = [sum(seq_lens[r - first] for r in mesh.ulysses_group_of(member)) for member in mesh.ring_ranks]
+        self.ring_member = mesh.ring_ranks.index(mesh.rank)
+
+
+def sequence_parallel_attention(q, k, v, mesh, layout, local_attention):
+    """``layout`` is the call's AttentionLayout. ``local_attention(q, k, v)`` is the single-device kernel for the
+    Ulysses-only case, so that it stays exactly the kernel ComfyUI would use."""
     batch, heads, length, dim = q.shape
-    first = mesh.sp_ranks[0]
-    u_member = mesh.ulysses_ranks.index(mesh.rank)
-    u_lens = [seq_lens[r - first] for r in mesh.ulysses_ranks]
     if mesh.ulysses_degree > 1:
-        qkv = scatter_heads_gather_sequence(q, k, v, u_lens, mesh.ulysses_group)
+        qkv = scatter_heads_gather_sequence(q, k, v, layout.u_lens, mesh.ulysses_group)
         q, k, v = qkv[0], qkv[1], qkv[2]
     if mesh.ring_degree > 1:
-        # After the Ulysses exchange a ring member holds the tokens of its whole Ulysses group.
-        ring_lens = [sum(seq_lens[r - first] for r in mesh.ulysses_group_of(member)) for member in mesh.ring_ranks]
-        out = ring_attention(q, k, v, ring_lens, mesh.ring_ranks, mesh.ring_ranks.index(mesh.rank)).transpose(1, 2)
+        out = ring_attention(q, k, v, layout.ring_lens, mesh.ring_ranks, layout.ring_member).transpose(1, 2)
     else:
         out = local_attention(q, k, v)
     if mesh.ulysses_degree > 1:
-        return scatter_sequence_gather_heads(out, u_lens, u_member, mesh.ulysses_group)
+        return scatter_sequence_gather_heads(out, layout.u_lens, layout.u_member, mesh.ulysses_group)
     return out.transpose(1, 2).reshape(batch, length, heads * dim)

@@ -5,6 +5,7 @@ hook of the call sees the same object). A call without it runs exactly as on one
 """
 import torch
 
+from .attention import AttentionLayout
 from .placement import weighted_split
 from .sharding import split_sizes
 
@@ -20,8 +21,8 @@ class SequenceParallelCall:
     def __init__(self, mesh, token_weights=None):
         self.mesh = mesh
         self.token_weights = token_weights   # per sp_rank, for GPUs of different speed; None = even split
-        self.txt_sizes = self.main_sizes = self.ref_sizes = None
-        self._masks = {}    # id(mask) -> (mask, the mask in the token order of the gathered sequence)
+        self.txt_sizes = self.main_sizes = self.ref_sizes = self._layout = None
+        self._mask = None   # (mask, the mask in the token order of the gathered sequence): every block passes the same
 
     def _split(self, length):
         if self.token_weights:
@@ -32,6 +33,14 @@ class SequenceParallelCall:
         self.txt_sizes = self._split(txt_len)
         self.main_sizes = self._split(img_len - ref_len)
         self.ref_sizes = self._split(ref_len)
+        self._layout = None
+
+    @property
+    def attention_layout(self):
+        """Every block's attention uses the same split: its layout is derived once per call, not once per block."""
+        if self._layout is None:
+            self._layout = AttentionLayout(self.mesh, self.seq_lens)
+        return self._layout
 
     @property
     def img_sizes(self):
@@ -74,15 +83,13 @@ class SequenceParallelCall:
     def gathered_mask(self, mask):
         """A full attention mask (..., L, L) over the whole sequence, in the order of the sequence that the Ulysses
         exchange gathers (every rank's tokens, rank after rank). Made once per call: every block uses the same."""
-        cached = self._masks.get(id(mask))
-        if cached is None or cached[0] is not mask:
-            total = sum(self.txt_sizes) + sum(self.img_sizes)
+        if self._mask is None or self._mask[0] is not mask:
+            total = sum(self.seq_lens)
             if mask.shape[-1] != total or mask.shape[-2] != total:
                 raise RuntimeError(f"the attention mask covers {mask.shape[-1]} tokens, the sequence has {total}")
             order = torch.cat([self.joint_positions(rank, mask.device) for rank in range(self.mesh.sp_degree)])
-            cached = (mask, mask.index_select(-2, order).index_select(-1, order))
-            self._masks[id(mask)] = cached
-        return cached[1]
+            self._mask = (mask, mask.index_select(-2, order).index_select(-1, order))
+        return self._mask[1]
 
 
 def active_call(transformer_options):

@@ -22,7 +22,6 @@ class SequenceParallelMesh:
     ring_ranks: list = field(default_factory=list)
     sp_ranks: list = field(default_factory=list)
     ulysses_group: object = None
-    ring_group: object = None
     sp_group: object = None
 
     @property
@@ -71,7 +70,6 @@ class SequenceParallelMesh:
             ring_ranks=list(range(first + rank % ulysses_degree, first + sp_degree, ulysses_degree)),
             sp_ranks=list(range(first, first + sp_degree)),
             ulysses_group=PROCESS_GROUP.ULYSSES_PG,
-            ring_group=PROCESS_GROUP.RING_PG,
             sp_group=sp_group,
         )
         mesh.ulysses_ranks = mesh.ulysses_group_of(rank)

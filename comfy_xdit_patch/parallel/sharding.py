@@ -16,14 +16,6 @@ def split_sizes(length, parts):
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def split_offsets(sizes):
-    offsets, start = [], 0
-    for size in sizes:
-        offsets.append(start)
-        start += size
-    return offsets
-
-
 def take_shard(tensor, sizes, index, dim=1):
     start = sum(sizes[:index])
     return tensor.narrow(dim, start, sizes[index])

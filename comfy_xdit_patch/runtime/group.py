@@ -293,6 +293,12 @@ class HelperGroup:
         self.graphs.reset(self.generation)
         self.graph_keys.clear()
 
+    @property
+    def times_groups(self):
+        """Whether each group times its rows: only the adaptive strategy learns from those times, and timing costs
+        a device synchronisation every step."""
+        return self.plan.scheduling == "adaptive"
+
     def end_sampling_run(self):
         """Between sampling runs (helpers idle): collect their figures and let the scheduler learn from them."""
         self.helper_stats()
@@ -304,12 +310,15 @@ class HelperGroup:
         tensors = []
         skeleton = transport.extract_tensors(call_args, tensors)
         tensor_layout = transport.layout(tensors)
-        structure = pickle.dumps((skeleton, tensor_layout), protocol=pickle.HIGHEST_PROTOCOL)
-        key = self.graph_keys.setdefault(structure, len(self.graph_keys))
         placement = self.scheduler.placement(call_args["x"].shape[0])
-        mode = self.graphs.choose(key) if allow_graph and placement is None else EAGER
+        key, mode = None, EAGER
+        if allow_graph and placement is None:   # a graph is keyed by the call's structure: shapes and options
+            structure = pickle.dumps((skeleton, tensor_layout), protocol=pickle.HIGHEST_PROTOCOL)
+            key = self.graph_keys.setdefault(structure, len(self.graph_keys))
+            mode = self.graphs.choose(key)
         # Pickling errors surface here, before any helper sees anything.
-        self._broadcast_message(("forward", skeleton, tensor_layout, (self.generation, key), mode, placement))
+        self._broadcast_message(("forward", skeleton, tensor_layout, (self.generation, key), mode, placement,
+                                 self.times_groups))
         try:
             transport.send_tensors(tensors, self.device)
         except Exception as e:  # helpers already wait for this broadcast: the group is out of step

@@ -116,7 +116,7 @@ def serve(link, mesh, device):
                 gguf_weights.attach_patches(diffusion_model, patches, patch_tensors)
             link.send("loaded")
         elif op == "forward":
-            _, skeleton, tensor_layout, (generation, key), mode, placement = message
+            _, skeleton, tensor_layout, (generation, key), mode, placement, timed = message
             forwards += 1
             if forwards == stall_at:
                 time.sleep(3600)
@@ -130,7 +130,7 @@ def serve(link, mesh, device):
                                                               SequenceParallelCall(mesh, token_weights))
                     return diffusion_model(**call_args, transformer_options=options)
                 return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, mesh, device,
-                                  group_ms)
+                                  group_ms if timed else None)
 
             started = time.perf_counter()
             graphs.run(key, mode, forward, tensors)

@@ -48,8 +48,8 @@ def model_spec(model_patcher):
 
 
 def check_transferable(model_patcher):
-    """Raises NotImplementedError naming the first weight the helpers cannot receive (a GGUF tensor, a dtype the wire
-    does not carry), before anything is sent: a transfer that stopped halfway would leave the helpers out of step."""
+    """Raises NotImplementedError naming the first weight the helpers cannot receive (an unknown tensor type, a dtype
+    the wire does not carry, a GGUF patch they cannot rebuild), before anything is sent: a transfer that stopped halfway would leave the helpers out of step."""
     from comfy.quant_ops import QuantizedTensor
     gguf_weights.check(model_patcher)
     for key, value in _state(model_patcher.model.diffusion_model).items():
@@ -77,8 +77,8 @@ def effective_weight(model_patcher, key, device):
         weight = current
     if type(weight) not in (torch.Tensor, torch.nn.Parameter, QuantizedTensor) and \
             not gguf_weights.is_ggml_tensor(weight):
-        raise NotImplementedError(f"weight '{key}' is a {type(weight).__name__}; quantized weight formats are not "
-                                  "sent to helper GPUs yet")
+        raise NotImplementedError(f"weight '{key}' is a {type(weight).__name__}; this weight format is not sent to "
+                                  "helper GPUs yet")
     return weight
 
 
