@@ -208,6 +208,29 @@ def _profile(model, latent_hw, text_tokens, device, label):
     print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
 
 
+def _gpu_busy(model, latent_hw, text_tokens, device, steps=4):
+    """Rank 0's GPU: the time per step any kernel ran (their union) against the step's span, from CUDA activity
+    only (no CPU-op tracing, so the host runs nearly as fast as unprofiled). Busy well under the span means the GPU
+    waited for the host: launches, or the dispatch to the helpers."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    sample(model, latent_hw, 2, text_tokens, device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        sample(model, latent_hw, steps, text_tokens, device)
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA
+                   and e.time_range.end > e.time_range.start)
+    busy, reach = 0.0, None
+    for start, end in spans:
+        if reach is None or start > reach:
+            busy += end - start
+            reach = end
+        elif end > reach:
+            busy += end - reach
+            reach = end
+    span = spans[-1][1] - spans[0][0] if spans else 0.0
+    return busy / 1e3 / steps, span / 1e3 / steps
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", type=int, default=0, help="devices for the parallel run (0 = all; CPU: 2)")
@@ -230,6 +253,8 @@ def main(argv=None):
                         "--comfy-args='--disable-dynamic-vram' (note the '=')")
     parser.add_argument("--profile", action="store_true", help="print rank 0's top CUDA kernels for 3 steps at the "
                         "first resolution, 1 device and N devices (torch.profiler)")
+    parser.add_argument("--gpu-busy", action="store_true", help="print how long rank 0's GPU ran kernels per step "
+                        "against the step's span, 1 device and N devices, at the first resolution")
     parser.add_argument("--e2e-steps", type=int, default=0, help="also time a whole warm prompt of this many steps "
                         "at the first resolution (e.g. 28), 1 device vs N, excluding model load and helper start")
     args = parser.parse_args(argv)
@@ -271,7 +296,7 @@ def main(argv=None):
         if args.graph_baseline and not cpu:
             baselines[res]["graph_step"] = median(sample(_graphed_one_device(model, device), hw, steps, text_tokens,
                                                          device)[1])
-    e2e = {}
+    e2e, busy = {}, {}
     if args.e2e_steps:
         e2e["1 device"] = sample(model, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
 
@@ -307,8 +332,12 @@ def main(argv=None):
                 e2e[label] = sample(patched, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
             if args.profile:
                 _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
+            if args.gpu_busy and not cpu:
+                busy[label] = _gpu_busy(patched, (resolutions[0] // 8,) * 2, text_tokens, device)
     if args.profile:
         _profile(model, (resolutions[0] // 8,) * 2, text_tokens, device, "1 device")
+    if args.gpu_busy and not cpu:
+        busy["1 device"] = _gpu_busy(model, (resolutions[0] // 8,) * 2, text_tokens, device)
     helpers.shutdown_group()
 
     gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
@@ -329,6 +358,9 @@ def main(argv=None):
               f"{' / '.join(gib(p) for p in [r['peak0']] + r['helper_peaks'])} | "
               f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
     print()
+    for name, (busy_ms, span_ms) in busy.items():
+        print(f"rank 0's GPU at {resolutions[0]}, {name}: kernels ran {busy_ms:.1f} ms of each {span_ms:.1f} ms step "
+              f"({100 * busy_ms / span_ms:.0f}% busy)")
     for name, seconds in e2e.items():
         if name != "1 device":
             print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {e2e['1 device']:.2f} s, "

@@ -2,6 +2,7 @@
 
     python -m comfy_xdit_patch.evidence spotcheck   # LoRA patches + FLUX ControlNet + Kontext reference, error vs 1
     python -m comfy_xdit_patch.evidence kill        # a helper SIGKILLed mid-sampling: the image still arrives
+    python -m comfy_xdit_patch.evidence stall       # a helper stuck in a collective: timeout, then the image arrives
     python -m comfy_xdit_patch.evidence groups      # batch 4: one sequence-parallel group vs two groups
     python -m comfy_xdit_patch.evidence formats     # scaled-fp8 checkpoint (+ weight patches), fp8_e4m3fn_fast
     python -m comfy_xdit_patch.evidence dynamic     # weight patches on a model loaded under ComfyUI's dynamic VRAM
@@ -89,6 +90,26 @@ def kill(args, model, device, size, dtype, res, tokens):
     recovery = tn[at] - statistics.median(t1) if len(tn) > at else float("nan")
     return [(f"helper SIGKILLed after step {at + 1}/{args.steps}: rest on 1 device", res, total1 * 1e3,
              totaln * 1e3, _err(got, one), f"recovery (failed step minus a 1-device step): {recovery * 1e3:.0f} ms")]
+
+
+def stall(args, model, device, size, dtype, res, tokens):
+    """A helper that stops answering inside a collective (test hook: it sleeps before its 3rd call's tensors) while
+    staying alive: rank 0 gives up after COMFY_XDIT_COLLECTIVE_TIMEOUT (10 s here) and finishes on one device."""
+    import torch
+    from .multigpu import enable_multigpu
+    latent = torch.zeros(1, 16, res // 8, res // 8)
+    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
+    one, t1, total1 = run_sampler(model, latent, positive, negative, args.steps, device)
+    os.environ.update(COMFY_XDIT_TEST_STALL_AT_FORWARD="3", COMFY_XDIT_COLLECTIVE_TIMEOUT="10")
+    try:
+        got, tn, totaln = run_sampler(enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism), latent,
+                                      positive, negative, args.steps, device)
+    finally:
+        for name in ("COMFY_XDIT_TEST_STALL_AT_FORWARD", "COMFY_XDIT_COLLECTIVE_TIMEOUT"):
+            os.environ.pop(name)
+    stalled = max(tn)
+    return [(f"helper stalled at its 3rd call of {args.steps}: rest on 1 device", res, total1 * 1e3, totaln * 1e3,
+             _err(got, one), f"slowest step (the stalled one): {stalled:.1f} s")]
 
 
 def groups(args, model, device, size, dtype, res, tokens):
@@ -243,7 +264,7 @@ def devices(args, model, device, size, dtype, res, tokens):
     return rows
 
 
-SCENARIOS = {"spotcheck": spotcheck, "kill": kill, "groups": groups, "formats": formats, "dynamic": dynamic,
+SCENARIOS = {"spotcheck": spotcheck, "kill": kill, "stall": stall, "groups": groups, "formats": formats, "dynamic": dynamic,
              "devices": devices}
 
 

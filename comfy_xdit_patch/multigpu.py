@@ -111,7 +111,7 @@ class MultiGPURun:
 
         def shard(args, token_weights):
             options = dict(transformer_options)
-            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights)
+            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer)
             return executor(**dict(args, transformer_options=options))
 
         def forward(inputs):

@@ -9,7 +9,7 @@ import pytest
 from comfy_env import COMFYUI_PATH, REPO
 
 
-@pytest.mark.parametrize("scenario", ["spotcheck", "kill", "groups", "formats", "dynamic", "devices"])
+@pytest.mark.parametrize("scenario", ["spotcheck", "kill", "stall", "groups", "formats", "dynamic", "devices"])
 def test_evidence_scenario_runs_and_is_exact(scenario):
     out = subprocess.run([sys.executable, "-m", "comfy_xdit_patch.evidence", scenario, "--cpu", "--steps", "3"],
                          cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -18,9 +18,10 @@ class SequenceParallelCall:
     starts with generated-image tokens (FLUX's per-token modulation ranges rely on that), and only the generated part
     has to be gathered at the end."""
 
-    def __init__(self, mesh, token_weights=None):
+    def __init__(self, mesh, token_weights=None, pacer=None):
         self.mesh = mesh
         self.token_weights = token_weights   # per sp_rank, for GPUs of different speed; None = even split
+        self.pacer = pacer                   # rank 0: bounds how far its thread runs ahead (runtime/pacing.py)
         self.txt_sizes = self.main_sizes = self.ref_sizes = self._layout = None
         self._mask = None   # (mask, the mask in the token order of the gathered sequence): every block passes the same
 
@@ -90,6 +91,11 @@ class SequenceParallelCall:
             order = torch.cat([self.joint_positions(rank, mask.device) for rank in range(self.mesh.sp_degree)])
             self._mask = (mask, mask.index_select(-2, order).index_select(-1, order))
         return self._mask[1]
+
+
+    def collective_issued(self):
+        if self.pacer is not None:
+            self.pacer.mark()
 
 
 def active_call(transformer_options):

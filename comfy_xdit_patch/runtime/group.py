@@ -24,6 +24,7 @@ from .launchers import make_launcher, rank0_host
 from .scheduler import Scheduler
 from . import channel as control
 from . import gguf_weights, transport, versions, weights
+from .pacing import LaunchPacer
 from .speed import measure_speed
 from .step_graphs import EAGER, StepGraphs
 
@@ -84,6 +85,11 @@ class HelperGroup:
         self.step_ms = collections.deque(maxlen=200)   # rank 0's parallel steps, completed (monitoring)
         self.helper_report = {}       # the helpers' own figures, collected after each sampling run
         self._stopping = threading.Event()
+        self._abort_lock = threading.Lock()
+        self._aborted = False
+        cuda = self.device.type == "cuda"
+        self.pacer = LaunchPacer(lambda: self.failure, collective_timeout_s(), _recorded_event if cuda else None,
+                                 torch.cuda.is_current_stream_capturing if cuda else lambda: False)
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
     def start(self):
@@ -123,8 +129,11 @@ class HelperGroup:
                 channel.send({"comfy_args": vars(comfy.cli_args.args), "plan": self.plan, "rank": rank,
                               "store_host": host, "store_port": store_port})
             self._expect_all("imported", deadline)
+            # On NCCL, rank 0's pacer gives up on a stalled collective first; the process group's own watchdog
+            # would end ComfyUI's whole process when its timeout passes.
+            timeout = collective_timeout_s() if self.plan.backend == "gloo" else 2 * collective_timeout_s() + 30
             dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
-                                    timeout=timedelta(seconds=collective_timeout_s()))
+                                    timeout=timedelta(seconds=timeout))
             _owned_default_group = True
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree)
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
@@ -194,35 +203,47 @@ class HelperGroup:
         return self.mesh is not None and self.failure is None and all(p.poll() is None for p in self.processes.values())
 
     def _monitor(self):
-        """Notices a dead helper within 0.2 s, even while rank 0 waits inside a collective, and aborts the process
-        group so that the waiting collective (NCCL kernels included) returns with an error instead of hanging."""
+        """Notices a dead helper within 0.2 s, even while rank 0 waits inside a collective. ComfyUI's thread sees the
+        failure within one block (the pacer keeps it from queueing further) and aborts the collectives itself; only
+        if it does not within a few seconds does this thread abort them."""
         while not self._stopping.wait(0.2):
             for rank, process in self.processes.items():
                 code = process.poll()
                 if code is not None and not self._stopping.is_set():
                     self.failure = f"helper rank {rank} exited with code {code}"
                     log.error("Enable Multi-GPU: %s", self.failure)
-                    try:
-                        dist.distributed_c10d._abort_process_group()
-                    except Exception:  # gloo fails the waiting collective by itself
-                        log.debug("process-group abort unavailable", exc_info=True)
+                    if not self._stopping.wait(5.0):
+                        self.abort_collectives()
                     return
+
+    def abort_collectives(self):
+        """Frees rank 0's stream from collectives whose peer is gone: NCCL kernels waiting for it return. Only after
+        a failure (the group cannot be used afterwards). gloo needs none: its collectives fail by themselves."""
+        with self._abort_lock:
+            if self._aborted or self.device.type != "cuda" or not dist.is_initialized():
+                return
+            self._aborted = True
+            t0 = time.perf_counter()
+            try:
+                dist.distributed_c10d._abort_process_group()
+            except Exception:
+                log.warning("Enable Multi-GPU: aborting the collectives failed", exc_info=True)
+            log.info("Enable Multi-GPU: aborted the process group's collectives in %.2f s", time.perf_counter() - t0)
 
     def wait_step(self):
         """Rank 0, after its share of a parallel call: wait until the step completed on the device, and raise if a
-        helper failed meanwhile, so that a step broken by a dead helper is never handed to the sampler."""
-        if self.device.type == "cuda":
-            done = torch.cuda.Event()
-            done.record()
-            while not done.query():
-                if self.failure:
-                    break
-                time.sleep(0.0002)
-        if self.failure:
-            raise HelperFailure(self.failure)
+        helper failed or a collective stalled meanwhile, so that a broken step is never handed to the sampler."""
+        self.pacer.drain()
 
     def shutdown(self, graceful=True):
         self._stopping.set()
+        self.pacer.reset()
+        if not graceful:
+            # Helpers first, so that none is left waiting in a collective, then rank 0's own collectives.
+            for process in self.processes.values():
+                if process.poll() is None:
+                    process.kill()
+            self.abort_collectives()
         for channel in self.channels.values():
             try:
                 channel.send(("exit",))
@@ -324,6 +345,12 @@ class HelperGroup:
         except Exception as e:  # helpers already wait for this broadcast: the group is out of step
             raise HelperFailure(f"sending the step's tensors failed: {e}") from e
         return skeleton, tensors, key, mode, placement
+
+
+def _recorded_event():
+    event = torch.cuda.Event()
+    event.record()
+    return event
 
 
 _lock = threading.Lock()
