@@ -231,6 +231,14 @@ def _gpu_busy(model, latent_hw, text_tokens, device, steps=4):
     return busy / 1e3 / steps, span / 1e3 / steps
 
 
+def _gpu_busy_or_none(*args):
+    try:
+        return _gpu_busy(*args)
+    except Exception:  # a profiler problem must not cost the run its table
+        logging.exception("could not measure how busy the GPU was")
+        return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", type=int, default=0, help="devices for the parallel run (0 = all; CPU: 2)")
@@ -333,11 +341,11 @@ def main(argv=None):
             if args.profile:
                 _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
             if args.gpu_busy and not cpu:
-                busy[label] = _gpu_busy(patched, (resolutions[0] // 8,) * 2, text_tokens, device)
+                busy[label] = _gpu_busy_or_none(patched, (resolutions[0] // 8,) * 2, text_tokens, device)
     if args.profile:
         _profile(model, (resolutions[0] // 8,) * 2, text_tokens, device, "1 device")
     if args.gpu_busy and not cpu:
-        busy["1 device"] = _gpu_busy(model, (resolutions[0] // 8,) * 2, text_tokens, device)
+        busy["1 device"] = _gpu_busy_or_none(model, (resolutions[0] // 8,) * 2, text_tokens, device)
     helpers.shutdown_group()
 
     gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
@@ -358,7 +366,7 @@ def main(argv=None):
               f"{' / '.join(gib(p) for p in [r['peak0']] + r['helper_peaks'])} | "
               f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
     print()
-    for name, (busy_ms, span_ms) in busy.items():
+    for name, (busy_ms, span_ms) in ((n, b) for n, b in busy.items() if b):
         print(f"rank 0's GPU at {resolutions[0]}, {name}: kernels ran {busy_ms:.1f} ms of each {span_ms:.1f} ms step "
               f"({100 * busy_ms / span_ms:.0f}% busy)")
     for name, seconds in e2e.items():
