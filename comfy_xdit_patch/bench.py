@@ -346,7 +346,6 @@ def main(argv=None):
         _profile(model, (resolutions[0] // 8,) * 2, text_tokens, device, "1 device")
     if args.gpu_busy and not cpu:
         busy["1 device"] = _gpu_busy_or_none(model, (resolutions[0] // 8,) * 2, text_tokens, device)
-    helpers.shutdown_group()
 
     gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
     print()
@@ -374,6 +373,8 @@ def main(argv=None):
             print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {e2e['1 device']:.2f} s, "
                   f"{name} {seconds:.2f} s, speed-up {e2e['1 device'] / seconds:.2f}x (warm: no model load, no "
                   "helper start)")
+    sys.stdout.flush()   # the figures are out before the helpers are ended
+    helpers.shutdown_group()
     return rows
 
 

@@ -106,6 +106,9 @@ class HelperGroup:
         if host == "127.0.0.1":
             for name, value in _LOOPBACK_ENV.items():
                 os.environ.setdefault(name, value)
+        # Replays of a captured step stalled on 2×H200 (NCCL 2.28.9) while NCCL registered the captured collectives'
+        # buffers, and completed without it (docs/benchmarks.md). Helpers inherit it with the other NCCL_* settings.
+        os.environ.setdefault("NCCL_GRAPH_REGISTER", "0")
         # TCPStore binds every interface unless it is handed a listening socket: give it one on the chosen host.
         store_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         store_socket.bind((host, 0))
@@ -258,6 +261,10 @@ class HelperGroup:
                 process.wait()
         for channel in self.channels.values():
             channel.close()
+        # A communicator is not destroyed while CUDA graphs that captured its collectives exist.
+        if graceful and self.device.type == "cuda" and self.graphs.entries:
+            torch.cuda.synchronize(self.device)
+        self.graphs.clear()
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None

@@ -103,7 +103,7 @@ def serve(link, mesh, device):
             return
         if op == "load":
             _, spec, keys, patches, patch_layout = message
-            graphs.reset(None)      # graphs point at the old weights
+            graphs.clear()          # graphs point at the old weights
             if spec != loaded_spec:
                 diffusion_model = None  # free the previous model's memory before building the next one
                 diffusion_model = weights.build_diffusion_model(spec, device)

@@ -36,10 +36,14 @@ class StepGraphs:
 
     def reset(self, generation):
         if generation != self.generation:
+            self.clear()
             self.generation = generation
-            self.entries.clear()
-            self.uncapturable.clear()
-            self.seen.clear()
+
+    def clear(self):
+        self.generation = None
+        self.entries.clear()
+        self.uncapturable.clear()
+        self.seen.clear()
 
     def choose(self, key):
         """Rank 0: the mode of this call (a key seen once before is captured: its first call was the warm-up)."""
