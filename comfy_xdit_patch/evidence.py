@@ -175,10 +175,23 @@ def formats(args, model, device, size, dtype, res, tokens):
     for label, load in (("scaled-fp8 checkpoint + 8 weight patches", scaled_fp8),
                         ("UNETLoader fp8_e4m3fn_fast", fp8_fast)):
         case = load()
-        rows.append((label, res, *_one_vs_many(args, case, latent, positive, negative, device), type(case).__name__))
+        rows.append((label, res, *_one_vs_many(args, case, latent, positive, negative, device),
+                     f"{type(case).__name__}; {_noise_floor(args, case, latent, positive, negative, device)}"))
         del case
         comfy.model_management.unload_all_models()
     return rows
+
+
+def _noise_floor(args, model, latent, positive, negative, device):
+    """How far ComfyUI's own 1-device result moves for this model when only the matrix shapes change (the same
+    image sampled in a batch of two: cuBLAS then picks other kernels, as it does for a token shard), and between two
+    identical 1-device runs. fp8 activations turn last-bit differences into whole fp8 steps, so a quantized model's
+    floor sits far above bf16's; a parallel error at that floor is rounding, not a wrong result."""
+    import torch
+    one, _, _ = run_sampler(model, latent, positive, negative, args.steps, device)
+    again, _, _ = run_sampler(model, latent, positive, negative, args.steps, device)
+    pair, _, _ = run_sampler(model, torch.cat([latent, latent]), positive, negative, args.steps, device)
+    return f"1-dev repeat err {_err(again, one):.2e}, 1-dev batch-2 vs batch-1 err {_err(pair[:1], one):.2e}"
 
 
 def dynamic(args, model, device, size, dtype, res, tokens):

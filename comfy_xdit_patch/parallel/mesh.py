@@ -62,6 +62,10 @@ class SequenceParallelMesh:
             group = dist.new_group(list(range(replica_first, replica_first + sp_degree)))
             if replica_first == first:
                 sp_group = group
+        # A group of every rank is the default group itself: one NCCL communicator instead of two or three. After
+        # a helper dies, rank 0 aborts its communicators; on 2×H200 (NCCL 2.28.9) aborting one with a stuck kernel
+        # returned in 0.5 s, while aborting several stuck ones never returned (docs/benchmarks.md).
+        whole = dist.group.WORLD
         mesh = cls(
             rank=rank,
             world_size=world_size,
@@ -69,8 +73,8 @@ class SequenceParallelMesh:
             ring_degree=ring_degree,
             ring_ranks=list(range(first + rank % ulysses_degree, first + sp_degree, ulysses_degree)),
             sp_ranks=list(range(first, first + sp_degree)),
-            ulysses_group=PROCESS_GROUP.ULYSSES_PG,
-            sp_group=sp_group,
+            ulysses_group=whole if ulysses_degree == world_size else PROCESS_GROUP.ULYSSES_PG,
+            sp_group=whole if sp_degree == world_size else sp_group,
         )
         mesh.ulysses_ranks = mesh.ulysses_group_of(rank)
         return mesh

@@ -182,6 +182,8 @@ def receive_weights(diffusion_model, keys, device, spec=None):
         if layer in quantized_layers:
             layer_state[name] = torch.empty(shape, dtype=dtype, device=device)
             dist.broadcast(_as_bytes(layer_state[name]), src=0)
+            if name == "comfy_quant":   # the layer's format record, JSON bytes that ComfyUI's loader reads on the host
+                layer_state[name] = layer_state[name].cpu()
             if index + 1 == len(keys) or keys[index + 1].rpartition(".")[0] != layer:
                 _load_quantized_layer(comfy.utils.get_attr(diffusion_model, layer), layer_state)
                 layer_state = {}
