@@ -254,8 +254,8 @@ def main(argv=None):
                         "and N devices alike) and report the median of the runs' medians, with the min-max speed-up")
     parser.add_argument("--graph-baseline", action="store_true", help="also time 1 GPU with its step replayed as a "
                         "CUDA graph (the fair baseline for the graphed N-GPU step)")
-    parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="off",
-                        help="CUDA-graph replay of the parallel step (COMFY_XDIT_CUDA_GRAPHS; off by default, as in "
+    parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
+                        help="CUDA-graph replay of the parallel step (COMFY_XDIT_CUDA_GRAPHS; on by default, as in "
                         "the node)")
     parser.add_argument("--comfy-args", default="", help="ComfyUI command-line flags for this run, e.g. "
                         "--comfy-args='--disable-dynamic-vram' (note the '=')")
