@@ -12,6 +12,7 @@ Strategies (``ParallelPlan.scheduling``):
 - ``adaptive``: as weighted, with speeds re-measured from the step times of every sampling run.
 Every group gets its rows in ascending order; group 0 (rank 0's) always gets at least one row.
 """
+import math
 import time
 
 import torch
@@ -86,19 +87,19 @@ def run_placed(forward, call_args, placement, mesh, device, group_times=None):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             group_times.append((time.perf_counter() - started) * 1e3)
-    return gather_rows(local, rows, mesh, device, call_args["x"].dtype)
+    # A diffusion model's output has the shape of its input x: every rank knows every group's output size.
+    return gather_rows(local, rows, mesh, device, call_args["x"].dtype, tuple(call_args["x"].shape[1:]))
 
 
-def gather_rows(local, rows, mesh, device, dtype):
+def gather_rows(local, rows, mesh, device, dtype, row_shape):
     """All ranks: every group's output rows back together, in the original batch order (used on rank 0).
-    ``local`` is this rank's group output (None for a group without rows)."""
+    ``local`` is this rank's group output (None for a group without rows). The sizes come from the placement, not
+    from a collective: no host synchronisation, so rank 0 stays paced and can notice a failed helper."""
     if mesh.replicas == 1:
         return local
     world = mesh.world_size
-    numel = torch.tensor([0 if local is None else local.numel()], dtype=torch.int64, device=device)
-    sizes = torch.empty(world, dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(sizes, numel)
-    longest = int(sizes.max())
+    row_numel = math.prod(row_shape)
+    longest = max(len(group_rows) for group_rows in rows) * row_numel
     flat = torch.zeros(longest, dtype=dtype, device=device)
     if local is not None:
         flat[:local.numel()] = local.reshape(-1).to(dtype)
@@ -106,12 +107,11 @@ def gather_rows(local, rows, mesh, device, dtype):
     dist.all_gather_into_tensor(gathered, flat)
     if local is None:
         return None
-    row_shape = local.shape[1:]
     batch = sum(len(r) for r in rows)
     out = local.new_empty((batch,) + tuple(row_shape))
     for group, group_rows in enumerate(rows):
         if group_rows:
             leader = group * mesh.sp_degree
-            part = gathered[leader * longest: leader * longest + int(sizes[leader])]
+            part = gathered[leader * longest: leader * longest + len(group_rows) * row_numel]
             out[torch.as_tensor(group_rows, device=out.device)] = part.view((len(group_rows),) + tuple(row_shape))
     return out
