@@ -16,6 +16,7 @@ class ParallelPlan:
     ring_degree: int
     scheduling: str = field(default="round_robin", compare=False)   # rank 0's choice alone: no helper restart
     launcher: str = "local"     # "ray": helpers are Ray actors, possibly on other machines
+    shard_weights: bool = False  # each rank holds 1/N of every block's weights (parallel/weight_shards.py)
 
     @property
     def world_size(self):
@@ -40,6 +41,8 @@ class ParallelPlan:
         else:
             where = "CPU ranks" if self.device_type == "cpu" else "GPUs " + ",".join(map(str, self.device_indices))
         layout = f"ulysses {self.ulysses_degree} x ring {self.ring_degree}"
+        if self.shard_weights:
+            layout += ", weights sharded"
         if self.replicas > 1:
             return f"{self.world_size} {where} ({self.replicas} groups of {layout}, {self.scheduling})"
         return f"{self.world_size} {where} ({layout})"
@@ -85,7 +88,7 @@ def choose_degrees(world_size, heads, parallelism, ulysses_degree=0, ring_degree
 
 
 def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_degree=0, ring_degree=0,
-                 sequence_degree=0, scheduling="round_robin", launcher="local"):
+                 sequence_degree=0, scheduling="round_robin", launcher="local", shard_weights=False):
     """``main_device`` is the torch.device ComfyUI runs on (rank 0); ``visible_cuda`` the CUDA device count.
     ``sequence_degree`` (0 = all ranks) is the size of one sequence-parallel group; with fewer than all ranks the
     rest form more groups, and batch items / CFG branches are placed on the groups by ``scheduling``."""
@@ -121,18 +124,31 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         raise ValueError(f"sequence_degree {sequence_degree} must divide the {world} ranks into equal groups; "
                          f"use one of {_divisors(world)}.")
     ulysses, ring = choose_degrees(degree, heads, parallelism, ulysses_degree, ring_degree)
-    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher)
+    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights))
+
+
+# With sharded weights a helper holds its 1/N of the blocks, the ~1% outside them and two gathered blocks (a FLUX
+# double block is ~3% of the model).
+SHARDED_EXTRA_FRACTION = 0.08
 
 
 def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):
-    """Every helper GPU holds a full copy of the diffusion model: refuse before starting when one cannot.
-    ``free_bytes(index)`` returns a CUDA device's free memory."""
+    """Every helper GPU holds a full copy of the diffusion model (or its share of it, with ``shard_weights``):
+    refuse before starting when one cannot. ``free_bytes(index)`` returns a CUDA device's free memory."""
     if plan.device_type != "cuda" or plan.launcher != "local":   # Ray's GPUs are not visible from here
         return
     for index in plan.device_indices[1:]:
         free = free_bytes(index)
+        if plan.shard_weights:
+            need = model_bytes * (1 / plan.world_size + SHARDED_EXTRA_FRACTION)
+            if free < need * margin:
+                raise ValueError(
+                    f"GPU {index} has {free / 2**30:.1f} GiB free but holds 1/{plan.world_size} of the diffusion "
+                    f"model plus two gathered blocks ({need / 2**30:.1f} GiB plus activations). Free memory on GPU "
+                    f"{index}, or use more GPUs so that each share is smaller.")
+            continue
         if free < model_bytes * margin:
             raise ValueError(
                 f"GPU {index} has {free / 2**30:.1f} GiB free but each helper GPU holds the whole diffusion model "
                 f"({model_bytes / 2**30:.1f} GiB plus activations). Free memory on GPU {index}, lower gpus to "
-                "leave it out, or load the model in a smaller weight dtype (e.g. fp8).")
+                "leave it out, turn on shard_weights, or load the model in a smaller weight dtype (e.g. fp8).")

@@ -65,6 +65,8 @@ class MultiGPURun:
         try:
             group = helpers.ensure_group(self.plan)
             group.sync_model(model_patcher)
+            if group.block_shards is not None:
+                _offload_blocks(model_patcher, group.block_shards)
             group.new_sampling_run()
             self.graphs_allowed = _graph_safe(model_patcher, group)
         except NotImplementedError as e:
@@ -111,7 +113,8 @@ class MultiGPURun:
 
         def shard(args, token_weights):
             options = dict(transformer_options)
-            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer)
+            call = options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer)
+            call.weight_shards = group.block_shards
             return executor(**dict(args, transformer_options=options))
 
         def forward(inputs):
@@ -143,6 +146,18 @@ class MultiGPURun:
         return one_gpu()
 
 
+def _offload_blocks(model_patcher, shards):
+    """With sharded weights rank 0 computes with gathered blocks too, so ComfyUI's own GPU copy of them is not
+    needed while sampling: ComfyUI's partial unload moves it to the offload device (host RAM), keeping ComfyUI's
+    bookkeeping right. ComfyUI loads the model again for the next prompt; this runs again then."""
+    device = model_patcher.load_device
+    if device.type != "cuda" or model_patcher.offload_device == device or model_patcher.is_dynamic():
+        return
+    freed = model_patcher.partially_unload(model_patcher.offload_device, memory_to_free=shards.full_bytes())
+    log.info("Enable Multi-GPU: shard_weights: moved %.1f GiB of ComfyUI's copy of the model off %s; it keeps "
+             "1/%d of the blocks (%.1f GiB)", freed / 2**30, device, shards.world_size, shards.shard_bytes() / 2**30)
+
+
 def _graph_safe(model_patcher, group):
     """CUDA graphs bake in the weights' addresses: only for a classic ModelPatcher whose weights are all resident on
     rank 0's GPU. Dynamic VRAM and lowvram loading move weights during a step, so those run eagerly."""
@@ -157,7 +172,7 @@ def _visible_cuda():
 
 
 def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0, sequence_degree=0,
-                    scheduling="round_robin", launcher="local"):
+                    scheduling="round_robin", launcher="local", shard_weights=False):
     """A clone of ``model`` that samples sequence-parallel. Raises ValueError naming the fix for a bad config.
     A model other than FLUX comes back unchanged, with one log line."""
     diffusion_model = model.get_model_object("diffusion_model")
@@ -166,13 +181,13 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
                     type(diffusion_model).__name__)
         return model
     plan = resolve_plan(gpus, parallelism, flux.num_heads(diffusion_model), model.load_device, _visible_cuda(),
-                        ulysses_degree, ring_degree, sequence_degree, scheduling, launcher)
+                        ulysses_degree, ring_degree, sequence_degree, scheduling, launcher, shard_weights)
     if plan.world_size == 1:
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model
     check_helper_memory(plan, model.model_size(), lambda index: torch.cuda.mem_get_info(index)[0])
     clone = model.clone()
-    flux.install_on_patcher(clone)
+    flux.install_on_patcher(clone, plan.shard_weights)
     run = MultiGPURun(plan)
     clone.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, KEY, run.diffusion_model_wrapper)
     clone.add_callback_with_key(ext.CallbacksMP.ON_PRE_RUN, KEY, run.on_pre_run)

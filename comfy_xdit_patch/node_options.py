@@ -25,6 +25,10 @@ def multigpu_inputs(optional=False):
         io.Combo.Input("scheduling", options=list(SCHEDULINGS), default="round_robin", optional=True,
                        tooltip="How rows go to groups: round_robin; least_loaded; weighted_round_robin (by measured "
                                "GPU speed, token shards too); adaptive (speeds re-measured every run)."),
+        io.Boolean.Input("shard_weights", default=False, optional=True,
+                         tooltip="Each GPU holds 1/N of the transformer blocks' weights and gathers a block's full "
+                                 "weights just before it runs (for helper GPUs too small for the whole model; costs "
+                                 "transfer every step). bf16/fp16/fp32 weights only."),
         io.Combo.Input("launcher", options=list(LAUNCHERS), default="local", optional=True,
                        tooltip="local: helper processes on this machine. ray: helpers as Ray actors across a Ray "
                                "cluster (COMFY_XDIT_RAY_ADDRESS; empty starts Ray here; rank 0's address in "
@@ -41,8 +45,8 @@ def split_multigpu(kwargs):
 
 
 def apply_multigpu(model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0,
-                   sequence_degree=0, scheduling="round_robin", launcher="local"):
+                   sequence_degree=0, scheduling="round_robin", shard_weights=False, launcher="local"):
     if not enabled:
         return model
     return enable_multigpu(model, gpus, parallelism, ulysses_degree or 0, ring_degree or 0, sequence_degree or 0,
-                           scheduling or "round_robin", launcher or "local")
+                           scheduling or "round_robin", launcher or "local", bool(shard_weights))

@@ -25,9 +25,10 @@ class EnableMultiGPU(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0,
-                sequence_degree=0, scheduling="round_robin", launcher="local"):
+                sequence_degree=0, scheduling="round_robin", launcher="local", shard_weights=False):
         return io.NodeOutput(apply_multigpu(model, enabled, gpus, parallelism, ulysses_degree, ring_degree,
-                                            sequence_degree, scheduling, launcher))
+                                            sequence_degree, scheduling, shard_weights=shard_weights,
+                                            launcher=launcher))
 
 
 class XDiTExtension(ComfyExtension):

@@ -22,6 +22,7 @@ class SequenceParallelCall:
         self.mesh = mesh
         self.token_weights = token_weights   # per sp_rank, for GPUs of different speed; None = even split
         self.pacer = pacer                   # rank 0: bounds how far its thread runs ahead (runtime/pacing.py)
+        self.weight_shards = None            # ShardedBlocks when the blocks' weights are sharded
         self.txt_sizes = self.main_sizes = self.ref_sizes = self._layout = None
         self._mask = None   # (mask, the mask in the token order of the gathered sequence): every block passes the same
 

@@ -116,6 +116,27 @@ def parallel_attention(func, q, k, v, heads, *args, **kwargs):
     return out
 
 
+@ours
+def sharded_block(args, extra):
+    """A ``patches_replace["dit"]`` entry for every block when weights are sharded: the block's full weights are
+    gathered just before it runs (parallel/weight_shards.py). Outside a parallel call the block runs as it is."""
+    options = args["transformer_options"]
+    call = active_call(options)
+    if call is None or call.weight_shards is None:
+        return extra["original_block"](args)
+    key = (options["block_type"] + "_block", options["block_index"])
+    call.weight_shards.enter(key)
+    try:
+        return extra["original_block"](args)
+    finally:
+        call.weight_shards.exit(key)
+
+
+def block_replacements(diffusion_model):
+    from ..parallel.weight_shards import blocks
+    return {key: sharded_block for key, _ in blocks(diffusion_model)}
+
+
 def shard_control(control, call):
     """ControlNet residuals are added by absolute position over the generated image's tokens (never the reference
     tokens); each rank keeps the part over its own generated-image tokens, which lead its image shard."""
@@ -174,7 +195,7 @@ def foreign_hooks(transformer_options):
     for name, patch_list in transformer_options.get("patches", {}).items():
         found += [f"patches.{name}" for p in patch_list if not is_ours(p)]
     for name, replaces in transformer_options.get("patches_replace", {}).items():
-        found += [f"patches_replace.{name}.{key}" for key in replaces]
+        found += [f"patches_replace.{name}.{key}" for key, patch in replaces.items() if not is_ours(patch)]
     override = transformer_options.get("optimized_attention_override")
     if override is not None and not is_ours(override):
         found.append("optimized_attention_override")
@@ -214,11 +235,14 @@ def helper_transformer_options(transformer_options):
             if k not in _HOOK_ENTRIES and k != TRANSFORMER_OPTIONS_KEY and _is_data(v)}
 
 
-def hooked_transformer_options(data_options, call):
-    """transformer_options for a helper's forward: rank 0's data plus our hooks and the call state."""
+def hooked_transformer_options(data_options, call, replacements=None):
+    """transformer_options for a helper's forward: rank 0's data plus our hooks and the call state.
+    ``replacements``: our block replacements (``block_replacements``) when the weights are sharded."""
     options = dict(data_options)
     options["patches"] = {"post_input": [shard_tokens]}
     options["optimized_attention_override"] = parallel_attention
+    if replacements:
+        options["patches_replace"] = {"dit": replacements}
     options[TRANSFORMER_OPTIONS_KEY] = call
     return options
 
@@ -229,9 +253,12 @@ def install_on_model(diffusion_model):
                                                      shard_inputs=not applies_post_input(diffusion_model))
 
 
-def install_on_patcher(model_patcher):
+def install_on_patcher(model_patcher, shard_weights=False):
     """Rank 0: register the hooks on a ModelPatcher clone through ComfyUI's patch APIs."""
     model_patcher.set_model_post_input_patch(shard_tokens)
+    if shard_weights:
+        for (kind, index), patch in block_replacements(model_patcher.get_model_object("diffusion_model")).items():
+            model_patcher.set_model_patch_replace(patch, "dit", kind, index)
     options = model_patcher.model_options["transformer_options"]
     # A foreign attention override stays in place: unsupported_reason() then runs those calls on one GPU.
     if options.get("optimized_attention_override") is None:

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..parallel.mesh import SequenceParallelMesh
+from ..parallel.weight_shards import ShardedBlocks, is_block_weight
 from .launchers import make_launcher, rank0_host
 from .scheduler import Scheduler
 from . import channel as control
@@ -73,6 +74,7 @@ class HelperGroup:
         self.mesh = None
         self.model_fingerprint = None
         self.diffusion_model = None   # rank 0's diffusion model the helpers currently mirror
+        self.block_shards = None      # rank 0's share of the blocks' weights, with plan.shard_weights
         self.started_s = None
         self.weight_syncs = 0
         self.graphs = StepGraphs()
@@ -270,6 +272,7 @@ class HelperGroup:
             self.launcher = None
         _release_default_group()
         self.processes, self.channels, self.mesh = {}, {}, None
+        self.block_shards = None
         self.diffusion_model = self.model_fingerprint = None
 
     # ----- work ------------------------------------------------------------------------------------------------
@@ -288,15 +291,25 @@ class HelperGroup:
             self.diffusion_model = model_patcher.model.diffusion_model
             return False
         weights.check_transferable(model_patcher)
+        shards = None
+        if self.plan.shard_weights:   # raises NotImplementedError for weights it cannot shard, before any transfer
+            shards = ShardedBlocks(model_patcher.model.diffusion_model, 0, self.plan.world_size, self.device)
         t0 = time.perf_counter()
         keys = weights.weight_keys(model_patcher)
+        if shards is not None:
+            keys = [key for key in keys if not is_block_weight(key)]
         # A GGUF model's LoRA: the patch lists ComfyUI-GGUF applies while dequantizing (structure here, tensors after
         # the weights in one broadcast).
         patches, patch_tensors = gguf_weights.patch_message(model_patcher)
-        self._broadcast_message(("load", weights.model_spec(model_patcher), keys, patches,
-                                 transport.layout(patch_tensors)))
+        spec = weights.model_spec(model_patcher)
+        if shards is not None:
+            spec["block_dtype"] = shards.dtype   # the helpers' blocks are meta placeholders: no dtype of their own
+        self._broadcast_message(("load", spec, keys, patches, transport.layout(patch_tensors)))
         weights.send_weights(model_patcher, keys, self.device)
         transport.send_tensors(patch_tensors, self.device)
+        if shards is not None:
+            weights.scatter_block_shards(model_patcher, shards, self.device)
+        self.block_shards = shards
         self._expect_all("loaded", time.monotonic() + collective_timeout_s())
         self.model_fingerprint = fingerprint
         self.diffusion_model = model_patcher.model.diffusion_model

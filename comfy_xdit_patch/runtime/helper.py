@@ -66,7 +66,7 @@ def main():
         from comfy_xdit_patch.runtime.speed import measure_speed
         link.send(("ready", measure_speed(device, rank)))
         with torch.inference_mode():
-            serve(link, mesh, device)
+            serve(link, mesh, device, plan.shard_weights)
     except control.ChannelClosed:
         pass
     except BaseException:
@@ -80,16 +80,17 @@ def main():
     os._exit(0)
 
 
-def serve(link, mesh, device):
+def serve(link, mesh, device, shard_weights=False):
     import collections
     import torch
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
     from comfy_xdit_patch.parallel.placement import run_placed
     from comfy_xdit_patch.patches import flux
     from comfy_xdit_patch.runtime import gguf_weights, transport, weights
+    from comfy_xdit_patch.parallel.weight_shards import ShardedBlocks, is_block_weight
     from comfy_xdit_patch.runtime.step_graphs import StepGraphs
 
-    diffusion_model = loaded_spec = None
+    diffusion_model = loaded_spec = shards = replacements = None
     graphs = StepGraphs()
     forwards = 0
     step_ms = collections.deque(maxlen=200)
@@ -110,10 +111,15 @@ def serve(link, mesh, device):
                 flux.install_on_model(diffusion_model)
                 loaded_spec = spec
             # Same model class and config (e.g. only a LoRA strength changed): weights land in the same memory.
-            weights.receive_weights(diffusion_model, keys, device, spec)
+            weights.receive_weights(diffusion_model, keys, device, spec,
+                                    sharded=is_block_weight if shard_weights else None)
             patch_tensors = transport.receive_tensors(patch_layout, device)
             if spec.get("gguf"):
                 gguf_weights.attach_patches(diffusion_model, patches, patch_tensors)
+            if shard_weights:   # the blocks' parameters stay meta placeholders; only this rank's pieces are held
+                shards = ShardedBlocks(diffusion_model, mesh.rank, mesh.world_size, device, dtype=spec["block_dtype"])
+                weights.receive_block_shards(shards)
+                replacements = flux.block_replacements(diffusion_model)
             link.send("loaded")
         elif op == "forward":
             _, skeleton, tensor_layout, (generation, key), mode, placement, timed = message
@@ -126,8 +132,10 @@ def serve(link, mesh, device):
             def forward(inputs):
                 def shard(call_args, token_weights):
                     call_args = dict(call_args)
-                    options = flux.hooked_transformer_options(call_args.pop("transformer_options"),
-                                                              SequenceParallelCall(mesh, token_weights))
+                    call = SequenceParallelCall(mesh, token_weights)
+                    call.weight_shards = shards
+                    options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call,
+                                                              replacements)
                     return diffusion_model(**call_args, transformer_options=options)
                 return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, mesh, device,
                                   group_ms if timed else None)
@@ -138,11 +146,20 @@ def serve(link, mesh, device):
                 torch.cuda.synchronize(device)   # nothing else to do until the next call: time the step truly
             step_ms.append((time.perf_counter() - started) * 1e3)
         elif op == "stats":
-            link.send(dict(_device_stats(device), step_ms=list(step_ms), group_ms=list(group_ms)))
+            link.send(dict(_device_stats(device), step_ms=list(step_ms), group_ms=list(group_ms),
+                           weight_bytes=_weight_bytes(diffusion_model, shards)))
             step_ms.clear()
             group_ms.clear()
         else:
             raise RuntimeError(f"unknown message {op!r}")
+
+
+def _weight_bytes(diffusion_model, shards):
+    """Bytes of weights this helper holds: its model's real (non-placeholder) tensors and its block shards."""
+    if diffusion_model is None:
+        return 0
+    held = [t for t in list(diffusion_model.parameters()) + list(diffusion_model.buffers()) if not t.is_meta]
+    return sum(t.numel() * t.element_size() for t in held) + (shards.shard_bytes() if shards else 0)
 
 
 def _device_stats(device):

@@ -140,6 +140,24 @@ def send_weights(model_patcher, keys, device):
         dist.broadcast(_as_bytes(weight.to(device).contiguous()), src=0)
 
 
+def scatter_block_shards(model_patcher, shards, device):
+    """Rank 0: every block's effective weights (patches applied), one block at a time, as the flat vector of
+    ``shards``' layout; each rank keeps its piece."""
+    from ..parallel.weight_shards import block_prefix
+    for key in shards.order:
+        prefix = PREFIX + block_prefix(key)
+        layout = shards.layouts[key]
+        tensors = {name: effective_weight(model_patcher, prefix + name, device).detach()
+                   for name, _, _, _ in layout.entries}
+        shards.scatter_from_rank0(key, layout.flatten(tensors, shards.world_size, device))
+
+
+def receive_block_shards(shards):
+    """Helpers: this rank's piece of every block."""
+    for key in shards.order:
+        shards.scatter_from_rank0(key)
+
+
 def _as_bytes(tensor):
     """Weights travel as raw bytes: gloo has no fp8 types, and bytes need no dtype on the wire."""
     return tensor.reshape(-1).view(torch.uint8)
@@ -165,7 +183,7 @@ def build_diffusion_model(spec, device):
     return model.eval().requires_grad_(False)
 
 
-def receive_weights(diffusion_model, keys, device, spec=None):
+def receive_weights(diffusion_model, keys, device, spec=None, sharded=None):
     """Helpers: receive every weight straight into a freshly allocated parameter. A quantized layer's tensors are
     gathered and loaded through the layer itself once the last of them has arrived; a GGUF tensor's raw blocks become
     the GGMLTensor the model spec describes."""
@@ -207,7 +225,7 @@ def receive_weights(diffusion_model, keys, device, spec=None):
         dist.broadcast(_as_bytes(tensor), src=0)
         comfy.utils.set_attr_param(diffusion_model, key, tensor)
     left = [name for name, t in list(diffusion_model.named_parameters()) + list(diffusion_model.named_buffers())
-            if t.is_meta]
+            if t.is_meta and not (sharded and sharded(name))]
     if left:
         raise RuntimeError(f"rank 0 sent no value for {left[:5]}")
 

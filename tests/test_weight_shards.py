@@ -1,0 +1,89 @@
+"""shard_weights: every rank holds 1/N of each block's weights and gathers a block just before it runs. Sharded runs
+equal replicated runs and one rank (fp32, tiny FLUX, real KSampler, helper processes over gloo)."""
+import nodes
+import pytest
+import torch
+
+from comfy_env import empty_latent, flux_conditioning, relative_error, tiny_flux_state_dict
+from comfy_xdit_patch.config import ParallelPlan, check_helper_memory
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.parallel.weight_shards import BlockLayout, is_block_weight
+from comfy_xdit_patch.runtime import group as helpers
+
+
+def ksample(model, latent_hw=(18, 14), steps=2, cfg=1.0):
+    positive, negative = flux_conditioning(77, seed=1), flux_conditioning(77, seed=2)
+    out = nodes.KSampler().sample(model, 42, steps, cfg, "euler", "simple", positive, negative,
+                                  empty_latent(*latent_hw))
+    return out[0]["samples"]
+
+
+def block_bytes(model):
+    state = model.model.diffusion_model.state_dict()
+    blocks = sum(t.numel() * t.element_size() for k, t in state.items() if is_block_weight(k))
+    return blocks, sum(t.numel() * t.element_size() for t in state.values()) - blocks
+
+
+@pytest.mark.parametrize("parallelism,gpus", [("ulysses", 2), ("ring", 2), ("usp", 4)])
+def test_sharded_weights_equal_replicated_and_one_rank(tiny_flux, parallelism, gpus):
+    expected = ksample(tiny_flux)
+    replicated = ksample(enable_multigpu(tiny_flux, gpus=gpus, parallelism=parallelism))
+    sharded_model = enable_multigpu(tiny_flux, gpus=gpus, parallelism=parallelism, shard_weights=True)
+    sharded = ksample(sharded_model)
+    group = helpers.current_group()
+    assert group is not None and group.plan.shard_weights and group.block_shards is not None
+    assert relative_error(sharded, expected) <= 1e-5
+    assert relative_error(sharded, replicated) <= 1e-5
+
+    # Each helper holds 1/N of the blocks plus the unsharded rest; rank 0's own share is 1/N of the blocks too.
+    blocks, rest = block_bytes(tiny_flux)
+    stats = group.helper_stats()
+    for rank, helper in stats.items():
+        share = helper["weight_bytes"] - rest
+        assert blocks / gpus <= share <= blocks / gpus * 1.01 + 64, (rank, share, blocks / gpus)
+    assert blocks / gpus <= group.block_shards.shard_bytes() <= blocks / gpus * 1.01 + 64
+
+
+def test_sharded_weights_with_loras_and_a_strength_change(unet):
+    """LoraLoaderModelOnly before the node: the shards hold the patched weights, and a new strength re-sends them."""
+    loader = nodes.LoraLoaderModelOnly()
+    results = []
+    for strength in (0.8, -0.7):
+        patched = loader.load_lora_model_only(unet, "tiny_lora_a.safetensors", strength)[0]
+        expected = ksample(patched)
+        got = ksample(enable_multigpu(patched, gpus=2, parallelism="ulysses", shard_weights=True))
+        assert relative_error(got, expected) <= 1e-5
+        results.append(got)
+    assert relative_error(results[0], results[1]) > 1e-3, "the strength change did not reach the shards"
+
+
+def test_quantized_weights_cannot_be_sharded_and_run_on_one_gpu_naming_it(tiny_flux, caplog):
+    import logging
+    import comfy.sd
+    fp8 = comfy.sd.load_diffusion_model_state_dict(tiny_flux_state_dict(), model_options={"dtype": torch.float8_e4m3fn})
+    expected = ksample(fp8)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(enable_multigpu(fp8, gpus=2, parallelism="ulysses", shard_weights=True))
+    assert relative_error(got, expected) == 0.0
+    assert any("shard_weights supports bf16, fp16 and fp32" in r.getMessage() for r in caplog.records)
+
+
+def test_block_layout_pads_to_a_multiple_of_the_ranks():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))   # 20 + 12 = 32 numbers... + bias
+    layout = BlockLayout(module, 3)
+    assert layout.numel == sum(p.numel() for p in module.parameters())
+    assert layout.shard_numel * 3 >= layout.numel > layout.shard_numel * 2
+    flat = layout.flatten(dict(module.named_parameters()), 3, "cpu")
+    assert torch.equal(flat[:layout.numel], torch.cat([p.detach().reshape(-1) for p in module.parameters()]))
+
+
+def test_helper_memory_check_counts_the_share_with_shard_weights():
+    gib = 2 ** 30
+    replicated = ParallelPlan("cuda", (0, 1), 2, 1)
+    sharded = ParallelPlan("cuda", (0, 1), 2, 1, shard_weights=True)
+    free = lambda index: 16 * gib
+    with pytest.raises(ValueError, match="shard_weights"):
+        check_helper_memory(replicated, 24 * gib, free)
+    check_helper_memory(sharded, 24 * gib, free)     # 12 GiB share + two blocks fits in 16 GiB
+    with pytest.raises(ValueError, match="more GPUs"):
+        check_helper_memory(sharded, 24 * gib, lambda index: 8 * gib)
