@@ -257,6 +257,9 @@ def main(argv=None):
     parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
                         help="CUDA-graph replay of the parallel step (COMFY_XDIT_CUDA_GRAPHS; on by default, as in "
                         "the node)")
+    parser.add_argument("--shard-weights", choices=("on", "off", "both"), default="off",
+                        help="each GPU holds 1/N of the blocks' weights (the node's shard_weights); 'both' times "
+                             "replicated and sharded")
     parser.add_argument("--comfy-args", default="", help="ComfyUI command-line flags for this run, e.g. "
                         "--comfy-args='--disable-dynamic-vram' (note the '=')")
     parser.add_argument("--profile", action="store_true", help="print rank 0's top CUDA kernels for 3 steps at the "
@@ -309,39 +312,42 @@ def main(argv=None):
         e2e["1 device"] = sample(model, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
 
     graph_settings = {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
-    for parallelism in args.parallelism.split(","):
-        patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism)
-        for graphs in graph_settings:
-            os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
-            label = parallelism + (" +graphs" if graphs == "1" and not cpu else "")
-            for res in resolutions:
-                hw = (res // 8, res // 8)
-                _peak(device)
-                repeatsn = [sample(patched, hw, steps, text_tokens, device) for _ in range(args.repeat)]
-                outn, stepsn, totaln = repeatsn[0]
-                group = helpers.current_group()
-                helper_peaks = group.helper_stats() if group is not None else {}
-                base = baselines[res]
-                eachn = [median(r[1]) for r in repeatsn]
-                stepn = statistics.median(eachn)
-                ratios = [b / n for b, n in zip(base["each"], eachn)]
-                rows.append(dict(
-                    parallelism=label, layout=group.plan.describe() if group else "1 device (fallback)",
-                    res=res, tokens=(res // 16) ** 2 + text_tokens, step1=base["step"], stepn=stepn,
-                    speedup=base["step"] / stepn, spread=(min(ratios), max(ratios)),
-                    kernel_speedup=base["kernel_step"] / stepn if "kernel_step" in base else None,
-                    graph_speedup=base["graph_step"] / stepn if "graph_step" in base else None,
-                    total1=base["total"], totaln=totaln,
-                    err=((outn.float() - base["out"].float()).norm() / base["out"].float().norm()).item(),
-                    peak1=base["peak"], peak0=_peak(device),
-                    helper_peaks=[s.get("peak_allocated") for s in helper_peaks.values()],
-                    start_s=group.started_s if group else None))
-            if args.e2e_steps:
-                e2e[label] = sample(patched, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
-            if args.profile:
-                _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
-            if args.gpu_busy and not cpu:
-                busy[label] = _gpu_busy_or_none(patched, (resolutions[0] // 8,) * 2, text_tokens, device)
+    shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
+    configurations = [(p, s, g) for p in args.parallelism.split(",") for s in shard_settings for g in graph_settings]
+    for parallelism, shard_weights, graphs in configurations:
+        patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
+        os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
+        label = parallelism + (" +sharded" if shard_weights else "") + \
+            (" +graphs" if graphs == "1" and not cpu else "")
+        for res in resolutions:
+            hw = (res // 8, res // 8)
+            _peak(device)
+            repeatsn = [sample(patched, hw, steps, text_tokens, device) for _ in range(args.repeat)]
+            outn, stepsn, totaln = repeatsn[0]
+            group = helpers.current_group()
+            helper_peaks = group.helper_stats() if group is not None else {}
+            base = baselines[res]
+            eachn = [median(r[1]) for r in repeatsn]
+            stepn = statistics.median(eachn)
+            ratios = [b / n for b, n in zip(base["each"], eachn)]
+            rows.append(dict(
+                parallelism=label, layout=group.plan.describe() if group else "1 device (fallback)",
+                res=res, tokens=(res // 16) ** 2 + text_tokens, step1=base["step"], stepn=stepn,
+                speedup=base["step"] / stepn, spread=(min(ratios), max(ratios)),
+                kernel_speedup=base["kernel_step"] / stepn if "kernel_step" in base else None,
+                graph_speedup=base["graph_step"] / stepn if "graph_step" in base else None,
+                total1=base["total"], totaln=totaln,
+                err=((outn.float() - base["out"].float()).norm() / base["out"].float().norm()).item(),
+                peak1=base["peak"], peak0=_peak(device),
+                helper_peaks=[s.get("peak_allocated") for s in helper_peaks.values()],
+                helper_weights=[s.get("weight_bytes") for s in helper_peaks.values()],
+                start_s=group.started_s if group else None))
+        if args.e2e_steps:
+            e2e[label] = sample(patched, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
+        if args.profile:
+            _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
+        if args.gpu_busy and not cpu:
+            busy[label] = _gpu_busy_or_none(patched, (resolutions[0] // 8,) * 2, text_tokens, device)
     if args.profile:
         _profile(model, (resolutions[0] // 8,) * 2, text_tokens, device, "1 device")
     if args.gpu_busy and not cpu:
@@ -353,8 +359,8 @@ def main(argv=None):
           f"{' ' + args.comfy_args if args.comfy_args else ''}, {steps} euler steps, median of steps after "
           f"{args.warmup} warm-up, text {text_tokens} tokens, {dtype}")
     print("| parallelism | layout | res | tokens | 1-dev ms/step | N-dev ms/step | speed-up | vs same kernel | "
-          "vs 1-dev graphed | 1-dev first prompt s | N-dev first prompt s (helper start + weight sync incl.) | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | helper start s |")
-    print("|" + "---|" * 15)
+          "vs 1-dev graphed | 1-dev first prompt s | N-dev first prompt s (helper start + weight sync incl.) | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | weights GiB per helper | helper start s |")
+    print("|" + "---|" * 16)
     for r in rows:
         print(f"| {r['parallelism']} | {r['layout']} | {r['res']} | {r['tokens']} | {r['step1'] * 1e3:.1f} | "
               f"{r['stepn'] * 1e3:.1f} | {r['speedup']:.2f}x"
@@ -363,6 +369,7 @@ def main(argv=None):
               f"{'-' if r['graph_speedup'] is None else format(r['graph_speedup'], '.2f') + 'x'} | "
               f"{r['total1']:.2f} | {r['totaln']:.2f} | {r['err']:.2e} | {gib(r['peak1'])} | "
               f"{' / '.join(gib(p) for p in [r['peak0']] + r['helper_peaks'])} | "
+              f"{' / '.join(gib(w) for w in r['helper_weights'])} | "
               f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
     print()
     for name, (busy_ms, span_ms) in ((n, b) for n, b in busy.items() if b):

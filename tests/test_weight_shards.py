@@ -87,3 +87,13 @@ def test_helper_memory_check_counts_the_share_with_shard_weights():
     check_helper_memory(sharded, 24 * gib, free)     # 12 GiB share + two blocks fits in 16 GiB
     with pytest.raises(ValueError, match="more GPUs"):
         check_helper_memory(sharded, 24 * gib, lambda index: 8 * gib)
+
+
+def test_sharded_chroma_equals_one_rank():
+    """Chroma runs FLUX's blocks through its own forward, with the same block-replacement points."""
+    from comfy_env import load_tiny_chroma
+    chroma = load_tiny_chroma()
+    expected = ksample(chroma, cfg=2.0)
+    got = ksample(enable_multigpu(chroma, gpus=2, parallelism="ring", shard_weights=True), cfg=2.0)
+    assert helpers.current_group().block_shards is not None
+    assert relative_error(got, expected) <= 1e-5
