@@ -23,6 +23,7 @@ class SequenceParallelMesh:
     sp_ranks: list = field(default_factory=list)
     ulysses_group: object = None
     sp_group: object = None
+    ulysses_chunks: int = 1     # head chunks of a pipelined Ulysses exchange (parallel/attention.py)
 
     @property
     def sp_degree(self):

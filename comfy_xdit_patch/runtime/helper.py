@@ -63,6 +63,7 @@ def main():
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size,
                                 timeout=timedelta(seconds=float(os.environ.get("COMFY_XDIT_COLLECTIVE_TIMEOUT", "300"))))
         mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree)
+        mesh.ulysses_chunks = plan.ulysses_chunks
         from comfy_xdit_patch.runtime.speed import measure_speed
         link.send(("ready", measure_speed(device, rank)))
         with torch.inference_mode():
