@@ -260,6 +260,8 @@ def main(argv=None):
     parser.add_argument("--shard-weights", choices=("on", "off", "both"), default="off",
                         help="each GPU holds 1/N of the blocks' weights (the node's shard_weights); 'both' times "
                              "replicated and sharded")
+    parser.add_argument("--ulysses-chunks", default=None, help="comma list of COMFY_XDIT_ULYSSES_CHUNKS settings to "
+                        "time in one run, e.g. 1,2 (head chunks pipelining the Ulysses exchange)")
     parser.add_argument("--comfy-args", default="", help="ComfyUI command-line flags for this run, e.g. "
                         "--comfy-args='--disable-dynamic-vram' (note the '=')")
     parser.add_argument("--profile", action="store_true", help="print rank 0's top CUDA kernels for 3 steps at the "
@@ -313,12 +315,15 @@ def main(argv=None):
 
     graph_settings = {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
-    configurations = [(p, s, g) for p in args.parallelism.split(",") for s in shard_settings for g in graph_settings]
-    for parallelism, shard_weights, graphs in configurations:
+    chunk_settings = (args.ulysses_chunks or os.environ.get("COMFY_XDIT_ULYSSES_CHUNKS", "1")).split(",")
+    configurations = [(p, c, s, g) for p in args.parallelism.split(",") for c in chunk_settings
+                      for s in shard_settings for g in graph_settings]
+    for parallelism, chunks, shard_weights, graphs in configurations:
+        os.environ["COMFY_XDIT_ULYSSES_CHUNKS"] = chunks     # read when the plan is made
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
         os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
-        label = parallelism + (" +sharded" if shard_weights else "") + \
-            (" +graphs" if graphs == "1" and not cpu else "")
+        label = parallelism + (f" /{chunks} chunks" if chunks != "1" else "") + \
+            (" +sharded" if shard_weights else "") + (" +graphs" if graphs == "1" and not cpu else "")
         for res in resolutions:
             hw = (res // 8, res // 8)
             _peak(device)
