@@ -51,6 +51,38 @@ def write_tiny_flux_gguf(path):
     writer.close()
 
 
+def k_quant_blocks(rows, cols, tensor_type, seed):
+    """Raw K-quant blocks (gguf-py cannot quantize to these): random quants and scales, with the fp16 super-block
+    scales set small so that the weights stay in a tiny model's range. Each 256 weights: Q4_K is d, dmin (fp16),
+    12 scale bytes, 128 quant bytes (144 bytes); Q6_K is 128 + 64 quant bytes, 16 int8 scales, then d (210 bytes)."""
+    import numpy as np
+    block_bytes = {Q.Q4_K: 144, Q.Q6_K: 210}[tensor_type]
+    blocks = np.random.default_rng(seed).integers(0, 256, size=(rows, cols // 256, block_bytes), dtype=np.uint8)
+    scale = np.array([2e-5], dtype=np.float16).view(np.uint8)
+    if tensor_type == Q.Q4_K:
+        blocks[..., 0:2] = scale                                                    # d
+        blocks[..., 2:4] = np.array([1e-5], dtype=np.float16).view(np.uint8)       # dmin
+    else:
+        blocks[..., 208:210] = scale                                                # d
+    return blocks.reshape(rows, -1)
+
+
+def write_tiny_flux_k_quant_gguf(path):
+    """Q6_K double blocks and Q4_K single blocks (their 2-D weights' rows are multiples of 256 in the tiny model)."""
+    writer = gguf.GGUFWriter(path, arch="flux")
+    for index, (key, value) in enumerate(tiny_flux_state_dict().items()):
+        if value.ndim == 2 and key.startswith(("double_blocks.", "single_blocks.")) and value.shape[1] % 256 == 0:
+            tensor_type = Q.Q6_K if key.startswith("double_blocks.") else Q.Q4_K
+            writer.add_tensor(key, k_quant_blocks(*value.shape, tensor_type, seed=index), raw_dtype=tensor_type)
+        else:
+            tensor_type = Q.F32 if value.ndim == 1 else Q.F16
+            writer.add_tensor(key, gguf.quants.quantize(value.numpy(), tensor_type), raw_dtype=tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 @pytest.fixture(scope="module")
 def gguf_nodes():
     """ComfyUI-GGUF loaded as ComfyUI loads a custom node (module named after its path)."""
@@ -194,3 +226,13 @@ def test_gguf_patch_with_a_function_runs_on_one_gpu_with_a_log_line(gguf_unet, c
     assert len(lines) == 1 and "GGUF" in lines[0] and "function" in lines[0], lines
     caplog.clear()
     assert_parallel_equal_on_helpers(caplog, gguf_unet, parallelism="ring", latent=latent, **conds)
+
+
+def test_k_quant_checkpoint_on_two_ranks(model_files, gguf_nodes, conds, caplog):
+    """Q4_K and Q6_K blocks (the K-quants most FLUX GGUF files use) travel as raw blocks like Q8_0 and Q4_0."""
+    write_tiny_flux_k_quant_gguf(str(model_files / "diffusion_models" / "tiny_flux_k.gguf"))
+    model = gguf_nodes["UnetLoaderGGUF"]().load_unet("tiny_flux_k.gguf")[0]
+    diffusion_model = model.model.diffusion_model
+    assert diffusion_model.double_blocks[0].img_attn.qkv.weight.tensor_type == Q.Q6_K
+    assert diffusion_model.single_blocks[0].linear1.weight.tensor_type == Q.Q4_K
+    assert_parallel_equal_on_helpers(caplog, model, parallelism="ulysses", latent=empty_latent(18, 14), **conds)
