@@ -316,8 +316,9 @@ def main(argv=None):
     graph_settings = {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
     chunk_settings = (args.ulysses_chunks or os.environ.get("COMFY_XDIT_ULYSSES_CHUNKS", "1")).split(",")
-    configurations = [(p, c, s, g) for p in args.parallelism.split(",") for c in chunk_settings
-                      for s in shard_settings for g in graph_settings]
+    # Head chunks only change a Ulysses exchange: ring runs once.
+    configurations = [(p, c, s, g) for p in args.parallelism.split(",")
+                      for c in (chunk_settings if p != "ring" else ["1"]) for s in shard_settings for g in graph_settings]
     for parallelism, chunks, shard_weights, graphs in configurations:
         os.environ["COMFY_XDIT_ULYSSES_CHUNKS"] = chunks     # read when the plan is made
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
