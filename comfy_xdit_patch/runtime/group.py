@@ -245,10 +245,13 @@ class HelperGroup:
         self._stopping.set()
         self.pacer.reset()
         if not graceful:
-            # Helpers first, so that none is left waiting in a collective, then rank 0's own collectives.
+            # Helpers first, so that none is left waiting in a collective, then rank 0's own collectives. CUDA graphs
+            # that captured collectives hold the communicator until they are destroyed (a graph still running is
+            # freed when it completes, which the abort lets it do), so they go before the abort.
             for process in self.processes.values():
                 if process.poll() is None:
                     process.kill()
+            self.graphs.clear()
             self.abort_collectives()
         for channel in self.channels.values():
             try:
