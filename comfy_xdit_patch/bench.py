@@ -262,6 +262,8 @@ def main(argv=None):
                              "replicated and sharded")
     parser.add_argument("--ulysses-chunks", default=None, help="comma list of COMFY_XDIT_ULYSSES_CHUNKS settings to "
                         "time in one run, e.g. 1,2 (head chunks pipelining the Ulysses exchange)")
+    parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
+                        "(this torch.compile backend, e.g. inductor) to the model on both sides: 1 device and N devices")
     parser.add_argument("--comfy-args", default="", help="ComfyUI command-line flags for this run, e.g. "
                         "--comfy-args='--disable-dynamic-vram' (note the '=')")
     parser.add_argument("--profile", action="store_true", help="print rank 0's top CUDA kernels for 3 steps at the "
@@ -293,6 +295,10 @@ def main(argv=None):
     model = load_random_flux(size, dtype, device)
     logging.info("random %s FLUX (%s) ready in %.1f s; ComfyUI patcher: %s", "FLUX.1-dev-size" if size is FLUX_DEV
                  else "tiny", dtype, time.perf_counter() - t0, type(model).__name__)
+    if args.torch_compile:
+        from comfy_api.torch_helpers import set_torch_compile_wrapper
+        model = model.clone()
+        set_torch_compile_wrapper(model, backend=args.torch_compile)
 
     rows = []
     baselines = {}
@@ -362,7 +368,8 @@ def main(argv=None):
     gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
     print()
     print(f"# {'CPU' if cpu else torch.cuda.get_device_name(device)}, ComfyUI {type(model).__name__}"
-          f"{' ' + args.comfy_args if args.comfy_args else ''}, {steps} euler steps, median of steps after "
+          f"{' ' + args.comfy_args if args.comfy_args else ''}"
+          f"{', TorchCompileModel ' + args.torch_compile if args.torch_compile else ''}, {steps} euler steps, median of steps after "
           f"{args.warmup} warm-up, text {text_tokens} tokens, {dtype}")
     print("| parallelism | layout | res | tokens | 1-dev ms/step | N-dev ms/step | speed-up | vs same kernel | "
           "vs 1-dev graphed | 1-dev first prompt s | N-dev first prompt s (helper start + weight sync incl.) | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | weights GiB per helper | helper start s |")

@@ -38,6 +38,7 @@ class MultiGPURun:
         self.reasons_logged = set()
         self.blocked = None   # why this sampling run cannot be parallel at all, decided in on_pre_run
         self.graphs_allowed = False
+        self.compile_kwargs = None   # TorchCompileModel's settings on rank 0: the helpers compile the same way
 
     def _one_gpu(self, reason):
         if reason not in self.reasons_logged:
@@ -69,6 +70,7 @@ class MultiGPURun:
                 _offload_blocks(model_patcher, group.block_shards)
             group.new_sampling_run()
             self.graphs_allowed = _graph_safe(model_patcher, group)
+            self.compile_kwargs = _torch_compile_settings(model_patcher)
         except NotImplementedError as e:
             self.blocked = str(e)       # every call of this run goes to one GPU, with this one reason logged
             self._one_gpu(self.blocked)
@@ -104,7 +106,8 @@ class MultiGPURun:
         comfy.model_management.throw_exception_if_processing_interrupted()
         call_args = dict(arguments, transformer_options=flux.helper_transformer_options(transformer_options))
         try:
-            skeleton, tensors, key, mode, placement = group.dispatch_forward(call_args, self.graphs_allowed)
+            skeleton, tensors, key, mode, placement = group.dispatch_forward(call_args, self.graphs_allowed,
+                                                                             self.compile_kwargs)
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
             return one_gpu()
@@ -156,6 +159,17 @@ def _offload_blocks(model_patcher, shards):
     freed = model_patcher.partially_unload(model_patcher.offload_device, memory_to_free=shards.full_bytes())
     log.info("Enable Multi-GPU: shard_weights: moved %.1f GiB of ComfyUI's copy of the model off %s; it keeps "
              "1/%d of the blocks (%.1f GiB)", freed / 2**30, device, shards.world_size, shards.shard_bytes() / 2**30)
+
+
+def _torch_compile_settings(model_patcher):
+    """The torch.compile settings of ComfyUI's TorchCompileModel node when it compiles this model's whole diffusion
+    model (its wrapper swaps in the compiled module on rank 0), else None. They are plain data, sent with every call,
+    so that the helpers run the same compiled model and no rank is left eager."""
+    import comfy_api.torch_helpers.torch_compile as torch_compile
+    if not model_patcher.get_wrappers(ext.WrappersMP.APPLY_MODEL, torch_compile.COMPILE_KEY):
+        return None
+    settings = model_patcher.model_options.get(torch_compile.TORCH_COMPILE_KWARGS)
+    return dict(settings) if settings else None
 
 
 def _graph_safe(model_patcher, group):

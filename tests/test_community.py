@@ -222,11 +222,19 @@ def test_easycache_after_the_node_falls_back_with_a_log_line(unet, conds, caplog
 
 def test_torch_compile_model_before_the_node(unet, conds):
     """TorchCompileModel's wrapper compiles rank 0's diffusion model (here with dynamo's 'eager' backend, which
-    traces without code generation, to stay fast on the CPU); the collectives inside become graph breaks."""
+    traces without code generation, to stay fast on the CPU); the collectives inside become graph breaks. The
+    helpers compile theirs with the same settings."""
     from comfy_api.torch_helpers import set_torch_compile_wrapper
     compiled = unet.clone()
     set_torch_compile_wrapper(compiled, backend="eager")
-    assert_parallel_equal(compiled, positive=conds["positive"], negative=conds["negative"], latent=empty_latent(16, 16))
+    group = assert_parallel_equal(compiled, positive=conds["positive"], negative=conds["negative"],
+                                  latent=empty_latent(16, 16))
+    # The helpers compiled their model with the node's settings too, so no rank is left eager.
+    for stats in group.helper_stats().values():
+        assert stats["compiled"] and stats["compiled"]["backend"] == "eager", stats
+    # Without the node the helpers run eagerly again.
+    assert_parallel_equal(unet, positive=conds["positive"], negative=conds["negative"], latent=empty_latent(16, 16))
+    assert all(stats["compiled"] is None for stats in helpers.current_group().helper_stats().values())
 
 
 def test_redux_style_model_appends_image_tokens_to_the_text(unet, conds):

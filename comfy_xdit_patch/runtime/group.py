@@ -349,9 +349,10 @@ class HelperGroup:
         self.helper_stats()
         self.scheduler.learn(self.helper_report)
 
-    def dispatch_forward(self, call_args, allow_graph):
+    def dispatch_forward(self, call_args, allow_graph, compile_kwargs=None):
         """Send one model call (a dict of its arguments) to every helper; they start computing at once.
-        Returns ``(skeleton, tensors, key, mode)`` for rank 0's own share of the call."""
+        ``compile_kwargs``: torch.compile settings the helpers apply to their model (None: eager).
+        Returns ``(skeleton, tensors, key, mode, placement)`` for rank 0's own share of the call."""
         tensors = []
         skeleton = transport.extract_tensors(call_args, tensors)
         tensor_layout = transport.layout(tensors)
@@ -363,7 +364,7 @@ class HelperGroup:
             mode = self.graphs.choose(key)
         # Pickling errors surface here, before any helper sees anything.
         self._broadcast_message(("forward", skeleton, tensor_layout, (self.generation, key), mode, placement,
-                                 self.times_groups))
+                                 self.times_groups, compile_kwargs))
         try:
             transport.send_tensors(tensors, self.device)
         except Exception as e:  # helpers already wait for this broadcast: the group is out of step

@@ -92,6 +92,8 @@ def serve(link, mesh, device, shard_weights=False):
     from comfy_xdit_patch.runtime.step_graphs import StepGraphs
 
     diffusion_model = loaded_spec = shards = replacements = None
+    compiled = None     # (settings, torch.compile of diffusion_model) while rank 0 runs TorchCompileModel
+    last_compile = None  # the settings the last call ran with (None: eager), for the stats
     graphs = StepGraphs()
     forwards = 0
     step_ms = collections.deque(maxlen=200)
@@ -111,6 +113,7 @@ def serve(link, mesh, device, shard_weights=False):
                 diffusion_model = weights.build_diffusion_model(spec, device)
                 flux.install_on_model(diffusion_model)
                 loaded_spec = spec
+                compiled = None
             # Same model class and config (e.g. only a LoRA strength changed): weights land in the same memory.
             weights.receive_weights(diffusion_model, keys, device, spec,
                                     sharded=is_block_weight if shard_weights else None)
@@ -123,7 +126,15 @@ def serve(link, mesh, device, shard_weights=False):
                 replacements = flux.block_replacements(diffusion_model)
             link.send("loaded")
         elif op == "forward":
-            _, skeleton, tensor_layout, (generation, key), mode, placement, timed = message
+            _, skeleton, tensor_layout, (generation, key), mode, placement, timed, compile_kwargs = message
+            last_compile = compile_kwargs
+            if compile_kwargs is None:
+                model = diffusion_model
+            else:
+                if compiled is None or compiled[0] != compile_kwargs:
+                    compiled = (compile_kwargs, torch.compile(diffusion_model, **compile_kwargs))
+                    log.info("compiling the diffusion model like rank 0 (%s)", compile_kwargs)
+                model = compiled[1]
             forwards += 1
             if forwards == stall_at:
                 time.sleep(3600)
@@ -137,7 +148,7 @@ def serve(link, mesh, device, shard_weights=False):
                     call.weight_shards = shards
                     options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call,
                                                               replacements)
-                    return diffusion_model(**call_args, transformer_options=options)
+                    return model(**call_args, transformer_options=options)
                 return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, mesh, device,
                                   group_ms if timed else None)
 
@@ -148,7 +159,8 @@ def serve(link, mesh, device, shard_weights=False):
             step_ms.append((time.perf_counter() - started) * 1e3)
         elif op == "stats":
             link.send(dict(_device_stats(device), step_ms=list(step_ms), group_ms=list(group_ms),
-                           weight_bytes=_weight_bytes(diffusion_model, shards)))
+                           weight_bytes=_weight_bytes(diffusion_model, shards),
+                           compiled=last_compile))
             step_ms.clear()
             group_ms.clear()
         else:
