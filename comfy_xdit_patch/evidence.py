@@ -88,8 +88,13 @@ def kill(args, model, device, size, dtype, res, tokens):
 
     got, tn, totaln = run_sampler(parallel, latent, positive, negative, args.steps, device, on_step=kill_helper)
     recovery = tn[at] - statistics.median(t1) if len(tn) > at else float("nan")
+    # The next prompt starts fresh helpers and runs in parallel again.
+    again, t_again, _ = run_sampler(parallel, latent, positive, negative, args.steps, device)
+    fresh = helpers.current_group()
     return [(f"helper SIGKILLed after step {at + 1}/{args.steps}: rest on 1 device", res, total1 * 1e3,
-             totaln * 1e3, _err(got, one), f"recovery (failed step minus a 1-device step): {recovery * 1e3:.0f} ms")]
+             totaln * 1e3, _err(got, one), f"recovery (failed step minus a 1-device step): {recovery * 1e3:.0f} ms"),
+            ("next prompt, fresh helpers", res, _median_ms(t1), _median_ms(t_again), _err(again, one),
+             f"helpers running: {fresh is not None and fresh.alive()}")]
 
 
 def stall(args, model, device, size, dtype, res, tokens):

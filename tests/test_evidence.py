@@ -17,6 +17,7 @@ def test_evidence_scenario_runs_and_is_exact(scenario):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| case")]
     assert rows, out.stdout
+    assert "helpers running: False" not in out.stdout, out.stdout
     for row in rows:
         error = float(row.strip("|").split("|")[4])
         assert error <= 1e-5, row
