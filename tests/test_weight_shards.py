@@ -97,3 +97,22 @@ def test_sharded_chroma_equals_one_rank():
     got = ksample(enable_multigpu(chroma, gpus=2, parallelism="ring", shard_weights=True), cfg=2.0)
     assert helpers.current_group().block_shards is not None
     assert relative_error(got, expected) <= 1e-5
+
+
+def test_another_nodes_block_replacement_is_kept_and_runs_on_one_gpu(tiny_flux, caplog):
+    """A node that replaces a block (as PuLID-style nodes do) keeps its replacement under shard_weights; the helpers
+    cannot run it, so those calls go to one GPU, with the same result as without the node."""
+    import logging
+
+    def scaled_img(args, extra):
+        out = extra["original_block"](args)
+        return dict(out, img=out["img"] * 1.5)
+
+    patched = tiny_flux.clone()
+    patched.set_model_patch_replace(scaled_img, "dit", "double_block", 1)
+    expected = ksample(patched)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(enable_multigpu(patched, gpus=2, parallelism="ulysses", shard_weights=True))
+    assert relative_error(got, expected) == 0.0
+    assert relative_error(expected, ksample(tiny_flux)) > 1e-4, "the replacement changed nothing"
+    assert any("patches_replace.dit" in r.getMessage() for r in caplog.records)

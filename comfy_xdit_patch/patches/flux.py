@@ -257,8 +257,11 @@ def install_on_patcher(model_patcher, shard_weights=False):
     """Rank 0: register the hooks on a ModelPatcher clone through ComfyUI's patch APIs."""
     model_patcher.set_model_post_input_patch(shard_tokens)
     if shard_weights:
-        for (kind, index), patch in block_replacements(model_patcher.get_model_object("diffusion_model")).items():
-            model_patcher.set_model_patch_replace(patch, "dit", kind, index)
+        # Another node's block replacement stays: its calls run on one GPU (foreign_hooks), where it must still act.
+        existing = model_patcher.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+        for key, patch in block_replacements(model_patcher.get_model_object("diffusion_model")).items():
+            if key not in existing:
+                model_patcher.set_model_patch_replace(patch, "dit", *key)
     options = model_patcher.model_options["transformer_options"]
     # A foreign attention override stays in place: unsupported_reason() then runs those calls on one GPU.
     if options.get("optimized_attention_override") is None:
