@@ -46,6 +46,17 @@ def enable_dynamic_vram():
     if comfy.model_management.get_torch_device().type != "cuda":
         return False
     import comfy_aimdo.control
+    # main.py loads comfy-aimdo's library (init) before it asks for the devices; without that init_devices finds no
+    # library and says no (the second session's GPU run got a classic ModelPatcher that way).
+    try:
+        loaded = comfy_aimdo.control.init(simple_vram_headroom=None, nvml_pressure=True)
+    except TypeError:   # older comfy-aimdo protocols
+        try:
+            loaded = comfy_aimdo.control.init(simple_vram_headroom=None)
+        except TypeError:
+            loaded = comfy_aimdo.control.init()
+    if not loaded:
+        return False
     devices = [d.index for d in comfy.model_management.get_all_torch_devices()]
     try:
         ready = comfy_aimdo.control.init_devices((index, 0) for index in devices)
