@@ -49,7 +49,9 @@ def enable_dynamic_vram():
     # main.py loads comfy-aimdo's library (init) before it asks for the devices; without that init_devices finds no
     # library and says no (the second session's GPU run got a classic ModelPatcher that way).
     try:
-        loaded = comfy_aimdo.control.init(simple_vram_headroom=None, nvml_pressure=True)
+        import comfy.cli_args
+        loaded = comfy_aimdo.control.init(simple_vram_headroom=None, nvml_pressure=not getattr(
+            comfy.cli_args.args, "disable_nvml_pressure", False))
     except TypeError:   # older comfy-aimdo protocols
         try:
             loaded = comfy_aimdo.control.init(simple_vram_headroom=None)
