@@ -8,6 +8,7 @@ The returned clone carries, under one key so that all of it can be found and rem
 Anything the helpers cannot reproduce sends that call to one GPU with one log line, and a failure during a parallel
 call ends the helpers and reruns the call on one GPU: the user always gets the image.
 """
+import itertools
 import logging
 import pickle
 import time
@@ -68,8 +69,8 @@ class MultiGPURun:
             group.sync_model(model_patcher)
             if group.block_shards is not None:
                 _offload_blocks(model_patcher, group.block_shards)
-            group.new_sampling_run()
             self.graphs_allowed = _graph_safe(model_patcher, group)
+            group.new_sampling_run(_weights_state(model_patcher, group) if self.graphs_allowed else None)
             self.compile_kwargs = _torch_compile_settings(model_patcher)
         except NotImplementedError as e:
             self.blocked = str(e)       # every call of this run goes to one GPU, with this one reason logged
@@ -170,6 +171,14 @@ def _torch_compile_settings(model_patcher):
         return None
     settings = model_patcher.model_options.get(torch_compile.TORCH_COMPILE_KWARGS)
     return dict(settings) if settings else None
+
+
+def _weights_state(model_patcher, group):
+    """What rank 0's step graphs depend on besides their inputs: the model the helpers hold, how often its weights
+    were sent, and where rank 0's weights are (ComfyUI may unload and reload them between prompts)."""
+    diffusion_model = model_patcher.model.diffusion_model
+    addresses = tuple(t.data_ptr() for t in itertools.chain(diffusion_model.parameters(), diffusion_model.buffers()))
+    return group.model_fingerprint, group.weight_syncs, hash(addresses)
 
 
 def _graph_safe(model_patcher, group):

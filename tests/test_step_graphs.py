@@ -26,3 +26,22 @@ def test_a_new_sampling_run_forgets_every_graph_and_failed_keys_stay_eager():
 
 def test_eager_mode_runs_the_forward_on_the_given_inputs():
     assert StepGraphs().run("k", EAGER, lambda inputs: sum(inputs), [1, 2]) == 3
+
+
+def test_graphs_survive_a_sampling_run_only_while_the_weights_stay_where_they_were():
+    from comfy_xdit_patch.config import ParallelPlan
+    from comfy_xdit_patch.runtime.group import HelperGroup
+    group = HelperGroup(ParallelPlan("cpu", (None, None), 2, 1))
+    group.new_sampling_run(("model", 1, 1234))
+    first = group.generation
+    group.graphs.entries["k"] = object()
+    group.new_sampling_run(("model", 1, 1234))          # same model, same syncs, same addresses: kept
+    assert group.generation == first and "k" in group.graphs.entries
+    group.new_sampling_run(("model", 1, 5678))          # ComfyUI moved the weights: forgotten
+    assert group.generation == first + 1 and not group.graphs.entries
+    group.graphs.entries["k"] = object()
+    group.new_sampling_run(("model", 2, 5678))          # weights re-sent (a LoRA strength changed)
+    assert group.generation == first + 2 and not group.graphs.entries
+    group.new_sampling_run(None)                        # graphs not allowed: never kept
+    group.new_sampling_run(None)
+    assert group.generation == first + 4

@@ -80,6 +80,7 @@ class HelperGroup:
         self.graphs = StepGraphs()
         self.graph_keys = {}
         self.generation = 0
+        self._graph_weights_state = None
         self.failure = None           # set by the health monitor when a helper dies
         self.versions = _rank0_versions()
         self.scheduler = None         # places batch rows on groups (runtime/scheduler.py), made at start
@@ -332,11 +333,15 @@ class HelperGroup:
         self.helper_report = dict(stats, collected=time.time())
         return stats
 
-    def new_sampling_run(self):
-        """Graphs never outlive a sampling run: the next one may bring other weights or another model."""
-        self.generation += 1
-        self.graphs.reset(self.generation)
-        self.graph_keys.clear()
+    def new_sampling_run(self, weights_state=None):
+        """Graphs bake in where every weight lives. They are kept for the next sampling run only when
+        ``weights_state`` (the model, its weight syncs and the addresses of rank 0's weights) is unchanged, which
+        spares a warm prompt its eager and capture steps; None never keeps them."""
+        if weights_state is None or weights_state != self._graph_weights_state:
+            self.generation += 1
+            self.graphs.reset(self.generation)
+            self.graph_keys.clear()
+        self._graph_weights_state = weights_state
 
     @property
     def times_groups(self):
