@@ -45,3 +45,20 @@ def test_graphs_survive_a_sampling_run_only_while_the_weights_stay_where_they_we
     group.new_sampling_run(None)                        # graphs not allowed: never kept
     group.new_sampling_run(None)
     assert group.generation == first + 4
+
+
+def test_a_warm_prompt_finds_the_previous_prompts_graph_keys():
+    """ComfyUI gives the conditionings new uuids every sampling run; the graph key leaves their values out, and
+    nothing else."""
+    import pickle
+    import uuid
+    from comfy_xdit_patch.runtime.group import graph_structure
+
+    def key(uuids, cond_or_uncond=(0,)):
+        skeleton = {"x": "slot0", "transformer_options": {"uuids": uuids, "cond_or_uncond": list(cond_or_uncond)}}
+        return pickle.dumps(graph_structure(skeleton))
+
+    assert key([uuid.uuid4()]) == key([uuid.uuid4()])
+    assert key([uuid.uuid4()]) != key([uuid.uuid4(), uuid.uuid4()])
+    assert key([uuid.uuid4()], (0,)) != key([uuid.uuid4()], (1,))
+    assert graph_structure({"x": 1}) == {"x": 1}

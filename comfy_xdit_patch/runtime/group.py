@@ -364,7 +364,7 @@ class HelperGroup:
         placement = self.scheduler.placement(call_args["x"].shape[0])
         key, mode = None, EAGER
         if allow_graph and placement is None:   # a graph is keyed by the call's structure: shapes and options
-            structure = pickle.dumps((skeleton, tensor_layout), protocol=pickle.HIGHEST_PROTOCOL)
+            structure = pickle.dumps((graph_structure(skeleton), tensor_layout), protocol=pickle.HIGHEST_PROTOCOL)
             key = self.graph_keys.setdefault(structure, len(self.graph_keys))
             mode = self.graphs.choose(key)
         # Pickling errors surface here, before any helper sees anything.
@@ -375,6 +375,16 @@ class HelperGroup:
         except Exception as e:  # helpers already wait for this broadcast: the group is out of step
             raise HelperFailure(f"sending the step's tensors failed: {e}") from e
         return skeleton, tensors, key, mode, placement
+
+
+def graph_structure(skeleton):
+    """What a step graph depends on in a call's skeleton. The conditionings' uuids are new in every sampling run
+    (ComfyUI's sampler_helpers.convert_cond) and only hooks read them, never the graphed forward: keyed by their
+    count, a warm prompt finds the graphs of the previous one."""
+    options = skeleton.get("transformer_options")
+    if isinstance(options, dict) and "uuids" in options:
+        return dict(skeleton, transformer_options=dict(options, uuids=len(options["uuids"])))
+    return skeleton
 
 
 def _recorded_event():
