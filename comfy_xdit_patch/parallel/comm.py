@@ -2,6 +2,9 @@
 import torch
 import torch.distributed as dist
 
+# torch 2.14 renamed all_gather_into_tensor (kept as a deprecated alias); the GPU image has torch 2.11.
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 class PendingExchange:
     """An all-to-all under way (``async_op``): ``result()`` makes the current stream wait for it and returns the

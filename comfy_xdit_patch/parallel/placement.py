@@ -16,7 +16,8 @@ import math
 import time
 
 import torch
-import torch.distributed as dist
+
+from .comm import all_gather_single
 
 
 def assign_rows(batch, speeds, strategy):
@@ -104,7 +105,7 @@ def gather_rows(local, rows, mesh, device, dtype, row_shape):
     if local is not None:
         flat[:local.numel()] = local.reshape(-1).to(dtype)
     gathered = flat.new_empty(world * longest)
-    dist.all_gather_into_tensor(gathered, flat)
+    all_gather_single(gathered, flat)
     if local is None:
         return None
     batch = sum(len(r) for r in rows)

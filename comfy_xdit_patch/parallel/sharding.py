@@ -5,10 +5,8 @@ splits keep every size exact (no padded tokens that would need masking), and eve
 from the same length, so no split sizes ever travel.
 """
 import torch
-import torch.distributed as dist
 
-# torch 2.14 renamed all_gather_into_tensor (kept as a deprecated alias); the GPU image has torch 2.11.
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+from .comm import all_gather_single
 
 
 def split_sizes(length, parts):
@@ -42,7 +40,7 @@ def gather_shards(local, sizes, rank, group, dim=1):
         pad = local.new_zeros((longest - local.shape[0],) + tuple(local.shape[1:]))
         local = torch.cat((local, pad))
     gathered = local.new_empty((world * longest,) + tuple(local.shape[1:]))
-    _all_gather_single(gathered, local.contiguous(), group=group)
+    all_gather_single(gathered, local.contiguous(), group=group)
     if longest * world != sum(sizes):
         gathered = torch.cat([gathered[i * longest: i * longest + size] for i, size in enumerate(sizes)])
     return gathered.movedim(0, dim)

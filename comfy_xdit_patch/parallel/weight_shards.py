@@ -8,10 +8,12 @@ queued, so the transfer overlaps its compute. After the block, the parameters it
 are meta placeholders). Everything outside the blocks (embedders, modulation, final layer: ~1% of FLUX) stays whole
 on every rank.
 """
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 
-from .sharding import _all_gather_single
+from .comm import all_gather_single
 
 BLOCK_LISTS = (("double_blocks", "double_block"), ("single_blocks", "single_block"))
 
@@ -32,16 +34,28 @@ def is_block_weight(state_key):
     return state_key.startswith(tuple(f"{attribute}." for attribute, _ in BLOCK_LISTS))
 
 
+class Entry(NamedTuple):
+    """One parameter of a block: its name, shape and place in the flat vector, and the module that holds it."""
+    name: str
+    shape: tuple
+    offset: int
+    numel: int
+    holder: torch.nn.Module
+    attribute: str
+
+
 class BlockLayout:
-    """Where each parameter of one block sits in the block's flat vector."""
+    """Where each parameter of one block sits in the block's flat vector, and which submodule holds it."""
 
     def __init__(self, module, world_size, dtype=None):
         """``dtype``: the weights' dtype where the module only holds placeholders (a helper's meta model)."""
-        self.entries = []   # (name, shape, offset, numel)
+        self.entries = []
         offset = 0
         dtypes = set()
         for name, parameter in module.named_parameters():
-            self.entries.append((name, tuple(parameter.shape), offset, parameter.numel()))
+            owner, _, attribute = name.rpartition(".")
+            holder = module.get_submodule(owner) if owner else module
+            self.entries.append(Entry(name, tuple(parameter.shape), offset, parameter.numel(), holder, attribute))
             offset += parameter.numel()
             dtypes.add(dtype or parameter.dtype)
         if len(dtypes) != 1:
@@ -52,28 +66,33 @@ class BlockLayout:
                                       "replicated weights for quantized models)")
         self.numel = offset
         self.shard_numel = -(-offset // world_size)
+        # ComfyUI's low-VRAM layers apply LoRA patches while casting their weights; gathered weights are already the
+        # patched ones, so those functions are set aside while the block runs.
+        self.patching_layers = [sub for sub in module.modules() if hasattr(sub, "weight_function")]
 
     def flatten(self, tensors, world_size, device):
         """The block's full flat vector (padded) from ``tensors`` (name -> tensor)."""
         flat = torch.zeros(self.shard_numel * world_size, dtype=self.dtype, device=device)
-        for name, shape, offset, numel in self.entries:
-            flat[offset:offset + numel].copy_(tensors[name].reshape(-1))
+        for entry in self.entries:
+            flat[entry.offset:entry.offset + entry.numel].copy_(tensors[entry.name].reshape(-1))
         return flat
 
 
 class ShardedBlocks:
     """This rank's pieces of every block, and the gather that rebuilds one block at a time."""
 
-    def __init__(self, diffusion_model, rank, world_size, device, group=None, dtype=None):
-        self.rank, self.world_size, self.device, self.group = rank, world_size, device, group
-        self.modules = dict(blocks(diffusion_model))
-        self.order = list(self.modules)
-        self.layouts = {key: BlockLayout(module, world_size, dtype) for key, module in self.modules.items()}
+    def __init__(self, diffusion_model, world_size, device, dtype=None):
+        self.world_size, self.device = world_size, device
+        self.order = [key for key, _ in blocks(diffusion_model)]
+        self.layouts = {key: BlockLayout(module, world_size, dtype) for key, module in blocks(diffusion_model)}
+        # Blocks alternate between two buffers; each block's successor is prefetched while it runs.
+        self.slot = {key: position % 2 for position, key in enumerate(self.order)}
+        self.successor = dict(zip(self.order, self.order[1:]))
         self.dtype = self.layouts[self.order[0]].dtype if self.order else dtype
         self.shards = {}
         self._buffers = [None, None]
-        self._pending = {}     # key -> (buffer, async work or None)
-        self._saved = {}       # key -> the parameters the block had before it was gathered
+        self._pending = {}     # key -> (buffer, async gather)
+        self._saved = {}       # key -> (the parameters, the LoRA functions) the block had before it was gathered
 
     # ----- holding --------------------------------------------------------------------------------------------
     def scatter_from_rank0(self, key, flat=None):
@@ -81,7 +100,7 @@ class ShardedBlocks:
         layout = self.layouts[key]
         shard = torch.empty(layout.shard_numel, dtype=layout.dtype, device=self.device)
         pieces = list(flat.chunk(self.world_size)) if flat is not None else None
-        dist.scatter(shard, pieces, src=0, group=self.group)
+        dist.scatter(shard, pieces, src=0)
         self.shards[key] = shard
 
     def full_bytes(self):
@@ -92,60 +111,39 @@ class ShardedBlocks:
         return sum(s.numel() * s.element_size() for s in self.shards.values())
 
     # ----- running --------------------------------------------------------------------------------------------
-    def _buffer(self, key):
-        slot = self.order.index(key) % 2
-        layout = self.layouts[key]
-        size = layout.shard_numel * self.world_size
-        buffer = self._buffers[slot]
-        if buffer is None or buffer.numel() < size or buffer.dtype != layout.dtype:
-            buffer = self._buffers[slot] = torch.empty(max(size, 0 if buffer is None else buffer.numel()),
-                                                       dtype=layout.dtype, device=self.device)
-        return buffer[:size]
-
     def _start(self, key):
         if key in self._pending:
             return
-        buffer = self._buffer(key)
-        work = _all_gather_single(buffer, self.shards[key], group=self.group, async_op=True)
-        self._pending[key] = (buffer, work)
+        layout = self.layouts[key]
+        size = layout.shard_numel * self.world_size
+        slot = self.slot[key]
+        held = self._buffers[slot]
+        if held is None or held.numel() < size or held.dtype != layout.dtype:
+            held = self._buffers[slot] = torch.empty(size, dtype=layout.dtype, device=self.device)
+        buffer = held[:size]
+        self._pending[key] = (buffer, all_gather_single(buffer, self.shards[key], async_op=True))
 
     def enter(self, key):
         """Before block ``key`` runs: its full parameters in place, and the next block's gather under way."""
         self._start(key)
-        buffer, work = self._pending.pop(key)
-        if work is not None:
-            work.wait()
-        position = self.order.index(key)
-        if position + 1 < len(self.order):
-            self._start(self.order[position + 1])
-        module = self.modules[key]
-        saved = {}
-        for name, shape, offset, numel in self.layouts[key].entries:
-            owner, _, attribute = name.rpartition(".")
-            holder = module.get_submodule(owner) if owner else module
-            saved[name] = holder._parameters[attribute]
-            holder._parameters[attribute] = buffer[offset:offset + numel].view(shape)
-        # ComfyUI's low-VRAM layers apply LoRA patches while casting their weights; the gathered ones are already
-        # the patched weights.
-        for sub in module.modules():
-            if hasattr(sub, "weight_function"):
-                saved[(sub, "functions")] = (sub.weight_function, sub.bias_function)
-                sub.weight_function, sub.bias_function = [], []
-        self._saved[key] = saved
+        buffer, gather = self._pending.pop(key)
+        gather.wait()
+        if key in self.successor:
+            self._start(self.successor[key])
+        layout = self.layouts[key]
+        parameters = []
+        for entry in layout.entries:
+            parameters.append(entry.holder._parameters[entry.attribute])
+            entry.holder._parameters[entry.attribute] = buffer[entry.offset:entry.offset + entry.numel].view(entry.shape)
+        functions = [(sub.weight_function, sub.bias_function) for sub in layout.patching_layers]
+        for sub in layout.patching_layers:
+            sub.weight_function, sub.bias_function = [], []
+        self._saved[key] = parameters, functions
 
     def exit(self, key):
-        module = self.modules[key]
-        for name, value in self._saved.pop(key).items():
-            if isinstance(name, tuple):
-                name[0].weight_function, name[0].bias_function = value
-                continue
-            owner, _, attribute = name.rpartition(".")
-            holder = module.get_submodule(owner) if owner else module
-            holder._parameters[attribute] = value
-
-    def finish(self):
-        """After a model call: no gather left in flight (the next call starts from the first block)."""
-        for buffer, work in self._pending.values():
-            if work is not None:
-                work.wait()
-        self._pending.clear()
+        layout = self.layouts[key]
+        parameters, functions = self._saved.pop(key)
+        for entry, parameter in zip(layout.entries, parameters):
+            entry.holder._parameters[entry.attribute] = parameter
+        for sub, (weight_function, bias_function) in zip(layout.patching_layers, functions):
+            sub.weight_function, sub.bias_function = weight_function, bias_function

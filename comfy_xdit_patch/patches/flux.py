@@ -12,6 +12,7 @@ parallel attention and the output gather, as ComfyUI hooks.
 Nothing of FLUX's forward is copied; every hook reads the call's state from ``transformer_options`` and does nothing
 when a call is not sequence-parallel.
 """
+import functools
 import inspect
 import uuid
 
@@ -54,10 +55,21 @@ def applies_post_input(diffusion_model):
     return type(diffusion_model) is comfy.ldm.flux.model.Flux
 
 
-def named_arguments(function, args, kwargs):
+@functools.lru_cache(maxsize=8)
+def _signature(function):
+    return inspect.signature(function)
+
+
+def named_arguments(method, args, kwargs):
     """One model call's arguments by name, extra keyword arguments included: FLUX and Chroma take them in
-    different orders, and the helpers call the model with keywords."""
-    bound = inspect.signature(function).bind(*args, **kwargs)
+    different orders, and the helpers call the model with keywords. ``method`` is bound to the model; its
+    signature is read once per class (cached on the plain function, so the cache holds no model)."""
+    function = getattr(method, "__func__", None)
+    if function is None:
+        bound = _signature(method).bind(*args, **kwargs)
+    else:
+        bound = _signature(function).bind(method.__self__, *args, **kwargs)
+        bound.arguments.pop(next(iter(bound.signature.parameters)))   # self
     arguments = {}
     for name, value in bound.arguments.items():
         if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:

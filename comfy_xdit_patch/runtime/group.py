@@ -298,7 +298,7 @@ class HelperGroup:
         weights.check_transferable(model_patcher)
         shards = None
         if self.plan.shard_weights:   # raises NotImplementedError for weights it cannot shard, before any transfer
-            shards = ShardedBlocks(model_patcher.model.diffusion_model, 0, self.plan.world_size, self.device)
+            shards = ShardedBlocks(model_patcher.model.diffusion_model, self.plan.world_size, self.device)
         t0 = time.perf_counter()
         keys = weights.weight_keys(model_patcher)
         if shards is not None:

@@ -121,7 +121,7 @@ def serve(link, mesh, device, shard_weights=False):
             if spec.get("gguf"):
                 gguf_weights.attach_patches(diffusion_model, patches, patch_tensors)
             if shard_weights:   # the blocks' parameters stay meta placeholders; only this rank's pieces are held
-                shards = ShardedBlocks(diffusion_model, mesh.rank, mesh.world_size, device, dtype=spec["block_dtype"])
+                shards = ShardedBlocks(diffusion_model, mesh.world_size, device, dtype=spec["block_dtype"])
                 weights.receive_block_shards(shards)
                 replacements = flux.block_replacements(diffusion_model)
             link.send("loaded")

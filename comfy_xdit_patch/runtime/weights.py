@@ -147,8 +147,8 @@ def scatter_block_shards(model_patcher, shards, device):
     for key in shards.order:
         prefix = PREFIX + block_prefix(key)
         layout = shards.layouts[key]
-        tensors = {name: effective_weight(model_patcher, prefix + name, device).detach()
-                   for name, _, _, _ in layout.entries}
+        tensors = {entry.name: effective_weight(model_patcher, prefix + entry.name, device).detach()
+                   for entry in layout.entries}
         shards.scatter_from_rank0(key, layout.flatten(tensors, shards.world_size, device))
 
 
