@@ -25,10 +25,9 @@ class EnableMultiGPU(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0,
-                sequence_degree=0, scheduling="round_robin", launcher="local", shard_weights=False):
+                sequence_degree=0, scheduling="round_robin", shard_weights=False, launcher="local"):
         return io.NodeOutput(apply_multigpu(model, enabled, gpus, parallelism, ulysses_degree, ring_degree,
-                                            sequence_degree, scheduling, shard_weights=shard_weights,
-                                            launcher=launcher))
+                                            sequence_degree, scheduling, shard_weights, launcher))
 
 
 class XDiTExtension(ComfyExtension):

@@ -62,10 +62,10 @@ def sequence_parallel_attention(q, k, v, mesh, layout, local_attention):
     """``layout`` is the call's AttentionLayout. ``local_attention(q, k, v)`` is the single-device kernel for the
     Ulysses-only case, so that it stays exactly the kernel ComfyUI would use."""
     batch, heads, length, dim = q.shape
-    chunks = mesh.ulysses_chunks
-    if mesh.ulysses_degree > 1 and mesh.ring_degree == 1 and chunks > 1 and heads % (chunks * mesh.ulysses_degree) == 0:
+    # The plan checked that the chunks divide each rank's heads (config.resolve_plan).
+    if mesh.ulysses_chunks > 1 and mesh.ulysses_degree > 1 and mesh.ring_degree == 1:
         return pipelined_ulysses_attention(q, k, v, layout.u_lens, layout.u_member, mesh.ulysses_group,
-                                           local_attention, chunks)
+                                           local_attention, mesh.ulysses_chunks)
     if mesh.ulysses_degree > 1:
         qkv = scatter_heads_gather_sequence(q, k, v, layout.u_lens, mesh.ulysses_group)
         q, k, v = qkv[0], qkv[1], qkv[2]

@@ -71,7 +71,6 @@ class SequenceParallelCall:
             offset += length
         return local
 
-
     def joint_positions(self, rank, device):
         """Where ``rank``'s tokens of the joint attention (its text, then its image tokens) stand in the whole
         sequence (all text, then all image tokens): the rows and columns of a full attention mask they use."""
@@ -92,7 +91,6 @@ class SequenceParallelCall:
             order = torch.cat([self.joint_positions(rank, mask.device) for rank in range(self.mesh.sp_degree)])
             self._mask = (mask, mask.index_select(-2, order).index_select(-1, order))
         return self._mask[1]
-
 
     def collective_issued(self):
         if self.pacer is not None:

@@ -60,8 +60,9 @@ def main():
         from comfy_xdit_patch.parallel.mesh import SequenceParallelMesh
         store = dist.TCPStore(setup["store_host"], setup["store_port"], plan.world_size, False,
                               timedelta(seconds=120))
+        from comfy_xdit_patch.runtime.group import collective_timeout_s
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size,
-                                timeout=timedelta(seconds=float(os.environ.get("COMFY_XDIT_COLLECTIVE_TIMEOUT", "300"))))
+                                timeout=timedelta(seconds=collective_timeout_s()))
         mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree)
         mesh.ulysses_chunks = plan.ulysses_chunks
         from comfy_xdit_patch.runtime.speed import measure_speed

@@ -49,16 +49,13 @@ def model_spec(model_patcher):
 
 def check_transferable(model_patcher):
     """Raises NotImplementedError naming the first weight the helpers cannot receive (an unknown tensor type, a dtype
-    the wire does not carry, a GGUF patch they cannot rebuild), before anything is sent: a transfer that stopped halfway would leave the helpers out of step."""
-    from comfy.quant_ops import QuantizedTensor
+    the wire does not carry, a GGUF patch they cannot rebuild), before anything is sent: a transfer that stopped
+    halfway would leave the helpers out of step."""
     gguf_weights.check(model_patcher)
     for key, value in _state(model_patcher.model.diffusion_model).items():
         if not isinstance(value, torch.Tensor):
             continue
-        if type(value) not in (torch.Tensor, torch.nn.Parameter, QuantizedTensor) and \
-                not gguf_weights.is_ggml_tensor(value):
-            raise NotImplementedError(f"weight '{key}' is a {type(value).__name__}; this weight format is not sent to "
-                                      "helper GPUs yet")
+        _check_format(key, value)
         if value.dtype not in _DTYPES:
             raise NotImplementedError(f"weight '{key}' is stored as {value.dtype}, which is not sent to helper GPUs "
                                       "yet")
@@ -66,7 +63,6 @@ def check_transferable(model_patcher):
 
 def effective_weight(model_patcher, key, device):
     import comfy.utils
-    from comfy.quant_ops import QuantizedTensor
     current = comfy.utils.get_attr(model_patcher.model, key)
     if gguf_weights.is_ggml_tensor(current):
         return gguf_weights.effective_weight(model_patcher, key, current, device)
@@ -75,11 +71,17 @@ def effective_weight(model_patcher, key, device):
     else:
         # Unpatched, or already patched in place for this very patcher (the backup holds the original).
         weight = current
+    _check_format(key, weight)
+    return weight
+
+
+def _check_format(key, weight):
+    """Plain tensors, ComfyUI's QuantizedTensors and ComfyUI-GGUF's tensors travel; any other tensor type does not."""
+    from comfy.quant_ops import QuantizedTensor
     if type(weight) not in (torch.Tensor, torch.nn.Parameter, QuantizedTensor) and \
             not gguf_weights.is_ggml_tensor(weight):
         raise NotImplementedError(f"weight '{key}' is a {type(weight).__name__}; this weight format is not sent to "
                                   "helper GPUs yet")
-    return weight
 
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2,
