@@ -30,6 +30,15 @@ def _one_vs_many(args, model, latent, positive, negative, device):
     return _median_ms(t1), _median_ms(tn), _err(many, one)
 
 
+def _prompt(res, tokens, batch=1):
+    """An empty latent of ``res``² (or random rows, for a batch) and the two random conditionings every scenario
+    samples with."""
+    import torch
+    shape = (batch, 16, res // 8, res // 8)
+    latent = torch.zeros(shape) if batch == 1 else torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    return latent, conditioning(tokens, 1), conditioning(tokens, 2)
+
+
 def _err(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -72,11 +81,9 @@ def spotcheck(args, model, device, size, dtype, res, tokens):
 
 
 def kill(args, model, device, size, dtype, res, tokens):
-    import torch
     from .multigpu import enable_multigpu
     from .runtime import group as helpers
-    latent = torch.zeros(1, 16, res // 8, res // 8)
-    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
+    latent, positive, negative = _prompt(res, tokens)
     one, t1, total1 = run_sampler(model, latent, positive, negative, args.steps, device)
     parallel = enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism)
     run_sampler(parallel, latent, positive, negative, 2, device)                       # helpers up and warm
@@ -100,10 +107,8 @@ def kill(args, model, device, size, dtype, res, tokens):
 def stall(args, model, device, size, dtype, res, tokens):
     """A helper that stops answering inside a collective (test hook: it sleeps before its 3rd call's tensors) while
     staying alive: rank 0 gives up after COMFY_XDIT_COLLECTIVE_TIMEOUT (10 s here) and finishes on one device."""
-    import torch
     from .multigpu import enable_multigpu
-    latent = torch.zeros(1, 16, res // 8, res // 8)
-    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
+    latent, positive, negative = _prompt(res, tokens)
     one, t1, total1 = run_sampler(model, latent, positive, negative, args.steps, device)
     os.environ.update(COMFY_XDIT_TEST_STALL_AT_FORWARD="3", COMFY_XDIT_COLLECTIVE_TIMEOUT="10")
     try:
@@ -118,10 +123,8 @@ def stall(args, model, device, size, dtype, res, tokens):
 
 
 def groups(args, model, device, size, dtype, res, tokens):
-    import torch
     from .multigpu import enable_multigpu
-    latent = torch.randn(4, 16, res // 8, res // 8, generator=torch.Generator().manual_seed(4))
-    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
+    latent, positive, negative = _prompt(res, tokens, batch=4)
     rows = []
     one, t1, _ = run_sampler(model, latent, positive, negative, args.steps, device)
     for label, degree in (("batch 4, one group", 0), ("batch 4, groups of 1 (round_robin)", 1)):
@@ -143,19 +146,23 @@ def _with_weight_patches(model, seed=5, count=8):
     return patched
 
 
-def scaled_fp8_state_dict(state):
+def scaled_fp8_state_dict(state, input_scale=None, rest_dtype=None):
     """``state`` as a ComfyUI "scaled fp8" checkpoint: block Linear weights in float8_e4m3fn with a per-layer fp32
-    'scale_weight', a 'scaled_fp8' marker; everything else unchanged."""
+    'scale_weight' (and a fixed 'scale_input' when ``input_scale`` is given; without one ComfyUI scales activations
+    by their own amax), a 'scaled_fp8' marker; everything else unchanged, or cast to ``rest_dtype``."""
     import torch
     fp8 = torch.float8_e4m3fn
     out = {"scaled_fp8": torch.empty(0, dtype=fp8)}
     for key, value in state.items():
         if key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and value.ndim == 2:
+            layer = key[:-len(".weight")]
             scale = (value.float().abs().amax() / torch.finfo(fp8).max).clamp(min=1e-12)
             out[key] = (value.float() / scale).to(fp8)
-            out[key[:-len(".weight")] + ".scale_weight"] = scale.reshape(())
+            out[layer + ".scale_weight"] = scale.reshape(())
+            if input_scale is not None:
+                out[layer + ".scale_input"] = torch.tensor(input_scale, dtype=torch.float32)
         else:
-            out[key] = value
+            out[key] = value if rest_dtype is None else value.to(rest_dtype)
     return out
 
 
@@ -164,8 +171,7 @@ def formats(args, model, device, size, dtype, res, tokens):
     import torch
     import comfy.model_management
     import comfy.sd
-    latent = torch.zeros(1, 16, res // 8, res // 8)
-    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
+    latent, positive, negative = _prompt(res, tokens)
     rows = []
 
     def scaled_fp8():
@@ -192,10 +198,8 @@ def formats(args, model, device, size, dtype, res, tokens):
 def dynamic(args, model, device, size, dtype, res, tokens):
     """Weight patches under ComfyUI's dynamic VRAM (``main`` loads the model after switching it on): the helpers must
     receive the patched weights although ModelPatcherDynamic never patches them in place."""
-    import torch
     patched = _with_weight_patches(model)
-    latent = torch.zeros(1, 16, res // 8, res // 8)
-    positive, negative = conditioning(tokens, 1), conditioning(tokens, 2)
+    latent, positive, negative = _prompt(res, tokens)
     return [("8 weight patches, dynamic VRAM", res, *_one_vs_many(args, patched, latent, positive, negative, device),
              f"patcher: {type(model).__name__}")]
 

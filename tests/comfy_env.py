@@ -33,25 +33,16 @@ def tiny_flux_state_dict(hidden=512, heads=4, depth=2, depth_single=2, guidance=
 
 
 def tiny_scaled_fp8_flux_state_dict(base=None, input_scale=0.05):
-    """The tiny FLUX as a "scaled fp8" checkpoint in ComfyUI's format: a 'scaled_fp8' marker tensor (its dtype names
-    the fp8 format), every Linear weight of the double and single blocks stored as float8_e4m3fn divided by a
-    per-layer fp32 '<layer>.scale_weight', and a '<layer>.scale_input' beside it. The embedders and the final layer
-    stay bf16, so one file mixes both kinds. ComfyUI turns it into per-layer quantization metadata on load
-    (comfy.utils.convert_old_quants) and builds the model with its mixed-precision operations."""
+    """The tiny FLUX as a "scaled fp8" checkpoint in ComfyUI's format (the builder the GPU evidence uses): a
+    'scaled_fp8' marker tensor (its dtype names the fp8 format), every Linear weight of the double and single blocks
+    stored as float8_e4m3fn divided by a per-layer fp32 '<layer>.scale_weight', and a '<layer>.scale_input' beside
+    it. The embedders and the final layer stay bf16, so one file mixes both kinds. ComfyUI turns it into per-layer
+    quantization metadata on load (comfy.utils.convert_old_quants) and builds the model with its mixed-precision
+    operations."""
     import torch
-    base = tiny_flux_state_dict() if base is None else base
-    fp8 = torch.float8_e4m3fn
-    state = {"scaled_fp8": torch.empty(0, dtype=fp8)}
-    for key, value in base.items():
-        layer = key[:-len(".weight")]
-        if key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and value.ndim == 2:
-            scale = (value.abs().amax() / torch.finfo(fp8).max).float()
-            state[key] = (value / scale).to(fp8)
-            state[layer + ".scale_weight"] = scale
-            state[layer + ".scale_input"] = torch.tensor(input_scale, dtype=torch.float32)
-        else:
-            state[key] = value.to(torch.bfloat16)
-    return state
+    from comfy_xdit_patch.evidence import scaled_fp8_state_dict
+    return scaled_fp8_state_dict(tiny_flux_state_dict() if base is None else base, input_scale=input_scale,
+                                 rest_dtype=torch.bfloat16)
 
 
 def tiny_lora_state_dict(base_state, layers, rank=4, seed=10, scale=0.05):
