@@ -12,7 +12,7 @@ hangs on the GGMLTensor (GGUFModelPatcher.patch_weight_to_device); F32/F16 weigh
 helpers get the quantized weights' patch lists too (``patch_message``: their structure in the load message, their
 tensors in one broadcast) and hang them on their own GGMLTensors (``attach_patches``); the F32/F16 weights travel
 already patched, with no patch list, so nothing is applied twice. A patch the helpers cannot rebuild exactly (one with
-a function, an unknown adapter) makes ``check`` raise: that model runs on one GPU.
+a function, an unknown adapter) makes ``patch_message`` raise before anything is sent: that model runs on one GPU.
 """
 import importlib
 import importlib.util
@@ -120,17 +120,12 @@ def _describe_patches(key, patches):
     return described
 
 
-def check(model_patcher):
-    """Raises NotImplementedError, before anything is sent, when a quantized weight's patches (ComfyUI-GGUF applies
-    them while dequantizing) cannot be rebuilt exactly on the helpers: sending the weights without them would give
-    wrong pixels, so that prompt runs on one GPU."""
-    for key, patches in _quantized_patches(model_patcher):
-        _describe_patches(PREFIX + key, patches)
-
-
 def patch_message(model_patcher):
     """Rank 0: the quantized weights' patch lists as (structure with TensorSlots for the load message, tensors for
-    one broadcast after the weights); (None, []) for a model without any."""
+    one broadcast after the weights); (None, []) for a model without any. Raises NotImplementedError when a patch
+    (ComfyUI-GGUF applies them while dequantizing) cannot be rebuilt exactly on the helpers: sending the weights
+    without it would give wrong pixels, so the caller builds this before anything is sent and that prompt runs on
+    one GPU."""
     from . import transport
     described = {key: _describe_patches(PREFIX + key, patches) for key, patches in _quantized_patches(model_patcher)}
     if not described:

@@ -304,7 +304,7 @@ class HelperGroup:
         if shards is not None:
             keys = [key for key in keys if not is_block_weight(key)]
         # A GGUF model's LoRA: the patch lists ComfyUI-GGUF applies while dequantizing (structure here, tensors after
-        # the weights in one broadcast).
+        # the weights in one broadcast). Raises, before anything is sent, for a patch the helpers cannot rebuild.
         patches, patch_tensors = gguf_weights.patch_message(model_patcher)
         spec = weights.model_spec(model_patcher)
         if shards is not None:

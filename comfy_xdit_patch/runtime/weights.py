@@ -49,9 +49,8 @@ def model_spec(model_patcher):
 
 def check_transferable(model_patcher):
     """Raises NotImplementedError naming the first weight the helpers cannot receive (an unknown tensor type, a dtype
-    the wire does not carry, a GGUF patch they cannot rebuild), before anything is sent: a transfer that stopped
-    halfway would leave the helpers out of step."""
-    gguf_weights.check(model_patcher)
+    the wire does not carry), before anything is sent: a transfer that stopped halfway would leave the helpers out of
+    step. (A GGUF patch they cannot rebuild is found by gguf_weights.patch_message, also before any transfer.)"""
     for key, value in _state(model_patcher.model.diffusion_model).items():
         if not isinstance(value, torch.Tensor):
             continue
