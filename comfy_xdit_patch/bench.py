@@ -232,13 +232,10 @@ def _gpu_busy(model, latent_hw, text_tokens, device, steps=4):
         sample(model, latent_hw, steps, text_tokens, device)
     spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA
                    and e.time_range.end > e.time_range.start)
-    busy, reach = 0.0, None
+    busy, reach = 0.0, float("-inf")   # the union of the kernels' intervals, in start order
     for start, end in spans:
-        if reach is None or start > reach:
-            busy += end - start
-            reach = end
-        elif end > reach:
-            busy += end - reach
+        if end > reach:
+            busy += end - max(start, reach)
             reach = end
     span = spans[-1][1] - spans[0][0] if spans else 0.0
     return busy / 1e3 / steps, span / 1e3 / steps
