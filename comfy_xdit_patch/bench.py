@@ -12,6 +12,7 @@ relative L2 error of the final latent against 1 device, and peak memory per devi
 parallel speed-up.
 """
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -35,6 +36,21 @@ def _find_comfy():
                 return path
             path = os.path.dirname(path)
     return starts[0]
+
+
+@contextlib.contextmanager
+def weight_shapes():
+    """Build a model on meta to read its state dict's shapes. Under dynamic VRAM ComfyUI's layers create no weight
+    until one is loaded (comfy/ops.py), so their state dict would be nearly empty; the build runs with that off."""
+    import torch
+    import comfy.memory_management
+    lazy = comfy.memory_management.aimdo_enabled
+    comfy.memory_management.aimdo_enabled = False
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        comfy.memory_management.aimdo_enabled = lazy
 
 
 def enable_dynamic_vram():
@@ -90,7 +106,7 @@ def random_flux_state_dict(size, dtype, device, seed=0, guidance=True, context_d
     import torch
     import comfy.ops
     from comfy.ldm.flux.model import Flux
-    with torch.device("meta"):
+    with weight_shapes():
         shapes = Flux(operations=comfy.ops.disable_weight_init, dtype=dtype, device="meta", in_channels=in_channels,
                       out_channels=16, vec_in_dim=768, context_in_dim=context_dim, hidden_size=size["hidden"],
                       mlp_ratio=4.0, num_heads=size["heads"], depth=size["depth"],
