@@ -53,27 +53,31 @@ def weight_shapes():
         comfy.memory_management.aimdo_enabled = lazy
 
 
-def enable_dynamic_vram():
-    """ComfyUI's dynamic VRAM (comfy-aimdo; ModelPatcherDynamic for every model loaded after this), switched on the
-    way ComfyUI's main.py does on NVIDIA. Returns whether it is on; never on the CPU."""
-    import comfy.memory_management
-    import comfy.model_management
-    import comfy.model_patcher
-    if comfy.model_management.get_torch_device().type != "cuda":
-        return False
+def _load_aimdo_library():
+    """comfy-aimdo's library, loaded as ComfyUI's main.py does: before any ComfyUI module is imported, because
+    comfy_aimdo.host_buffer and its siblings copy ``control.lib`` when they are imported (session 4's GPU run, with
+    the library loaded afterwards, failed in HostBuffer with ``lib`` None)."""
+    import comfy.cli_args
     import comfy_aimdo.control
-    # main.py loads comfy-aimdo's library (init) before it asks for the devices; without that init_devices finds no
-    # library and says no (the second session's GPU run got a classic ModelPatcher that way).
     try:
-        import comfy.cli_args
-        loaded = comfy_aimdo.control.init(simple_vram_headroom=None, nvml_pressure=not getattr(
+        return comfy_aimdo.control.init(simple_vram_headroom=None, nvml_pressure=not getattr(
             comfy.cli_args.args, "disable_nvml_pressure", False))
     except TypeError:   # older comfy-aimdo protocols
         try:
-            loaded = comfy_aimdo.control.init(simple_vram_headroom=None)
+            return comfy_aimdo.control.init(simple_vram_headroom=None)
         except TypeError:
-            loaded = comfy_aimdo.control.init()
-    if not loaded:
+            return comfy_aimdo.control.init()
+
+
+def enable_dynamic_vram():
+    """ComfyUI's dynamic VRAM (comfy-aimdo; ModelPatcherDynamic for every model loaded after this), switched on the
+    way ComfyUI's main.py does on NVIDIA, after ``setup_comfy(..., dynamic_vram=True)`` loaded the library. Returns
+    whether it is on; never on the CPU."""
+    import comfy.memory_management
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy_aimdo.control
+    if comfy.model_management.get_torch_device().type != "cuda" or comfy_aimdo.control.lib is None:
         return False
     devices = [d.index for d in comfy.model_management.get_all_torch_devices()]
     try:
@@ -86,7 +90,9 @@ def enable_dynamic_vram():
     return bool(ready)
 
 
-def setup_comfy(cpu, comfy_args=""):
+def setup_comfy(cpu, comfy_args="", dynamic_vram=False):
+    """Import ComfyUI from COMFYUI_PATH with its command-line flags; ``dynamic_vram``: load comfy-aimdo's library
+    first, so that ``enable_dynamic_vram`` can switch it on (GPU only)."""
     comfy_path = _find_comfy()
     if not os.path.isfile(os.path.join(comfy_path, "comfy", "model_patcher.py")):
         sys.exit(f"ComfyUI not found at '{comfy_path}': set COMFYUI_PATH to a ComfyUI 0.33 checkout.")
@@ -97,6 +103,8 @@ def setup_comfy(cpu, comfy_args=""):
         default = vars(comfy.cli_args.parser.parse_args([]))
         vars(comfy.cli_args.args).update({k: v for k, v in given.items() if v != default[k]})
     comfy.cli_args.args.cpu = cpu
+    if dynamic_vram and not cpu and not _load_aimdo_library():
+        logging.warning("comfy-aimdo's library did not load: dynamic VRAM stays off")
     import comfy.model_management  # noqa: F401
 
 

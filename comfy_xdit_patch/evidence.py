@@ -306,7 +306,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
     cpu = args.cpu or not torch.cuda.is_available()
-    setup_comfy(cpu)
+    setup_comfy(cpu, dynamic_vram=args.scenario == "dynamic")
     if args.scenario == "dynamic":
         logging.info("dynamic VRAM: %s", "on" if enable_dynamic_vram() else "not available (classic ModelPatcher)")
     import comfy.model_management

@@ -62,3 +62,24 @@ def test_a_warm_prompt_finds_the_previous_prompts_graph_keys():
     assert key([uuid.uuid4()]) != key([uuid.uuid4(), uuid.uuid4()])
     assert key([uuid.uuid4()], (0,)) != key([uuid.uuid4()], (1,))
     assert graph_structure({"x": 1}) == {"x": 1}
+
+
+def test_failed_groups_graphs_are_destroyed_beside_the_abort_not_before_it():
+    """Session 4 on 2×H200: a graph replaying against a killed ring peer did not let its destructor return until the
+    communicator was aborted, and the abort waits for the graphs to be gone. The destruction runs on its own thread,
+    so the abort (here: the event the stuck graph waits for) can be issued meanwhile."""
+    import threading
+    aborted = threading.Event()
+    reset = []
+
+    class StuckGraph:
+        def reset(self):
+            assert aborted.wait(10)
+            reset.append(self)
+
+    graphs = StepGraphs()
+    graphs.entries.update(a=(StuckGraph(), [], None), b=(StuckGraph(), [], None))
+    destroyed = graphs.destroy_in_background()
+    assert not destroyed.wait(0.2)      # the caller is not held by the stuck destructor
+    aborted.set()                       # what NCCL's abort does to the stuck replay
+    assert destroyed.wait(5) and len(reset) == 2

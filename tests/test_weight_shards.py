@@ -77,46 +77,6 @@ def test_block_layout_pads_to_a_multiple_of_the_ranks():
     assert torch.equal(flat[:layout.numel], torch.cat([p.detach().reshape(-1) for p in module.parameters()]))
 
 
-def test_next_blocks_gather_is_issued_after_the_attention_exchange(monkeypatch):
-    """All collectives share one communicator and run in issue order: a prefetch issued when a block starts would
-    hold that block's attention exchange back for the whole transfer. It is issued once the exchange is queued
-    (SequenceParallelCall.collective_issued), or at the block's end if it had none."""
-    from comfy_xdit_patch.parallel import weight_shards
-    from comfy_xdit_patch.parallel.call import SequenceParallelCall
-    issued = []
-
-    class Done:
-        def wait(self):
-            pass
-
-    def gather(buffer, shard, async_op):
-        issued.append(shard)
-        buffer.copy_(shard)
-        return Done()
-
-    monkeypatch.setattr(weight_shards, "all_gather_single", gather)
-    model = torch.nn.Module()
-    model.double_blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
-    model.single_blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
-    shards = weight_shards.ShardedBlocks(model, 1, "cpu")
-    for key, module in weight_shards.blocks(model):
-        shards.shards[key] = shards.layouts[key].flatten(dict(module.named_parameters()), 1, "cpu")
-    call = SequenceParallelCall(mesh=None)
-    call.weight_shards = shards
-    order = shards.order
-    shards.enter(order[0])
-    assert [id(t) for t in issued] == [id(shards.shards[order[0]])]   # its own gather only
-    call.collective_issued()                                         # block 0's attention exchange is queued
-    assert [id(t) for t in issued] == [id(shards.shards[k]) for k in order[:2]]
-    shards.exit(order[0])
-    shards.enter(order[1])
-    shards.exit(order[1])                                            # no exchange: prefetched at the end
-    assert [id(t) for t in issued] == [id(shards.shards[k]) for k in order]
-    shards.enter(order[2])
-    shards.exit(order[2])
-    assert len(issued) == 3 and not shards._pending
-
-
 def test_helper_memory_check_counts_the_share_with_shard_weights():
     gib = 2 ** 30
     replicated = ParallelPlan("cuda", (0, 1), 2, 1)

@@ -93,11 +93,8 @@ class SequenceParallelCall:
         return self._mask[1]
 
     def collective_issued(self):
-        """After a block's attention exchange is queued: pace rank 0, and start the next block's weight gather."""
         if self.pacer is not None:
             self.pacer.mark()
-        if self.weight_shards is not None:
-            self.weight_shards.prefetch()
 
 
 def active_call(transformer_options):

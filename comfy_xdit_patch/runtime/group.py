@@ -246,14 +246,21 @@ class HelperGroup:
         self._stopping.set()
         self.pacer.reset()
         if not graceful:
-            # Helpers first, so that none is left waiting in a collective, then rank 0's own collectives. CUDA graphs
-            # that captured collectives hold the communicator until they are destroyed (a graph still running is
-            # freed when it completes, which the abort lets it do), so they go before the abort.
+            # Helpers first, so that none is left waiting in a collective, then rank 0's own collectives. NCCL's
+            # abort waits for every CUDA graph that captured its collectives to be destroyed, and destroying the one
+            # stuck against the dead peer may wait for the abort: both run at once (step_graphs.py).
             for process in self.processes.values():
                 if process.poll() is None:
                     process.kill()
+            if self.graphs.entries:
+                destroyed = self.graphs.destroy_in_background()
+                destroyed.wait(1.0)   # measured 0.1 s where nothing is stuck
+                self.abort_collectives()
+                if not destroyed.wait(10.0):
+                    log.warning("Enable Multi-GPU: the CUDA graphs of the failed group are still being destroyed")
+            else:
+                self.abort_collectives()
             self.graphs.clear()
-            self.abort_collectives()
         for channel in self.channels.values():
             try:
                 channel.send(("exit",))

@@ -14,6 +14,7 @@ so the ranks stay in step whichever each one runs.
 import collections
 import logging
 import os
+import threading
 
 import torch
 
@@ -44,6 +45,24 @@ class StepGraphs:
         self.entries.clear()
         self.uncapturable.clear()
         self.seen.clear()
+
+    def destroy_in_background(self):
+        """After a failure, before the communicator is aborted: NCCL's abort never returns while a graph that captured
+        its collectives exists, and destroying the graph that is replaying against a dead peer may itself wait until
+        the abort frees the device (session 4: the ring kill hung there, the Ulysses one did not; a 2-rank probe,
+        tools/graph_abort_probe.py, returned from both in 0.1 s). So the graphs are destroyed on a thread of their
+        own (``CUDAGraph.reset`` releases the GIL) while the caller goes on to the abort. Returns an Event set once
+        they are all destroyed."""
+        graphs = [graph for graph, _, _ in self.entries.values()]
+        destroyed = threading.Event()
+
+        def destroy():
+            for graph in graphs:
+                graph.reset()
+            destroyed.set()
+
+        threading.Thread(target=destroy, name="xdit-graph-release", daemon=True).start()
+        return destroyed
 
     def choose(self, key):
         """Rank 0: the mode of this call (a key seen once before is captured: its first call was the warm-up)."""
