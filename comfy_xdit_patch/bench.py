@@ -130,11 +130,17 @@ def bfl_name(key):
     return key[:-len(".weight")] + ".scale" if key.endswith(("query_norm.weight", "key_norm.weight")) else key
 
 
-def load_random_flux(size, dtype, device, seed=0):
-    """A random FLUX loaded by ComfyUI's own diffusion-model loader."""
+def load_random_flux(size, dtype, device, seed=0, from_host=False):
+    """A random FLUX loaded by ComfyUI's own diffusion-model loader. The weights are made on ``device`` (fast);
+    ``from_host``: handed to the loader in host memory, as a file's weights are. Dynamic VRAM needs that: its layers
+    stream a weight from the host and apply LoRA patches on the way (comfy/ops.py cast_bias_weight), but a weight
+    already on the GPU takes the classic path, which leaves those patches out. (Session 4's GPU run made the weights
+    on the GPU: ComfyUI's own 1-GPU result lacked the patches, the helpers' weights had them, rel. err 0.50.)"""
     import comfy.sd
-    return comfy.sd.load_diffusion_model_state_dict(random_flux_state_dict(size, dtype, device, seed),
-                                                    model_options={"dtype": dtype})
+    state = random_flux_state_dict(size, dtype, device, seed)
+    if from_host:
+        state = {key: value.cpu() for key, value in state.items()}
+    return comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
 
 
 def conditioning(tokens, seed):

@@ -319,7 +319,8 @@ def main(argv=None):
     args.steps = args.steps or (4 if cpu else (28 if args.scenario == "kill" else 10))
     tokens = 77 if cpu else 512
     # formats and devices load their own models: no FLUX.1-dev-size model beside them
-    model = None if args.scenario in ("formats", "devices") else load_random_flux(size, dtype, device)
+    model = None if args.scenario in ("formats", "devices") else load_random_flux(
+        size, dtype, device, from_host=args.scenario == "dynamic")
     try:
         rows = SCENARIOS[args.scenario](args, model, device, size, dtype, res, tokens)
     finally:
