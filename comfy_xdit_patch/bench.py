@@ -304,6 +304,8 @@ def main(argv=None):
                         "time in one run, e.g. 1,2 (head chunks pipelining the Ulysses exchange)")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
                         "(this torch.compile backend, e.g. inductor) to the model on both sides: 1 device and N devices")
+    parser.add_argument("--dynamic-vram", action="store_true", help="ComfyUI's dynamic VRAM (its default on NVIDIA; "
+                        "ModelPatcherDynamic), with the model loaded from host memory as from a file; GPU only")
     parser.add_argument("--comfy-args", default="", help="ComfyUI command-line flags for this run, e.g. "
                         "--comfy-args='--disable-dynamic-vram' (note the '=')")
     parser.add_argument("--profile", action="store_true", help="print rank 0's top CUDA kernels for 3 steps at the "
@@ -317,7 +319,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
     cpu = args.cpu or not torch.cuda.is_available()
-    setup_comfy(cpu, args.comfy_args)
+    setup_comfy(cpu, args.comfy_args, dynamic_vram=args.dynamic_vram)
+    if args.dynamic_vram and not enable_dynamic_vram():
+        sys.exit("--dynamic-vram: comfy-aimdo could not switch dynamic VRAM on here (it needs an NVIDIA GPU)")
     import comfy.model_management
     from comfy_xdit_patch.multigpu import enable_multigpu
     from comfy_xdit_patch.runtime import group as helpers
@@ -332,7 +336,7 @@ def main(argv=None):
         torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
     t0 = time.perf_counter()
-    model = load_random_flux(size, dtype, device)
+    model = load_random_flux(size, dtype, device, from_host=args.dynamic_vram)
     logging.info("random %s FLUX (%s) ready in %.1f s; ComfyUI patcher: %s", "FLUX.1-dev-size" if size is FLUX_DEV
                  else "tiny", dtype, time.perf_counter() - t0, type(model).__name__)
     if args.torch_compile:
