@@ -300,6 +300,8 @@ def main(argv=None):
     parser.add_argument("--shard-weights", choices=("on", "off", "both"), default="off",
                         help="each GPU holds 1/N of the blocks' weights (the node's shard_weights); 'both' times "
                              "replicated and sharded")
+    parser.add_argument("--shard-gathers", default=None, help="comma list of COMFY_XDIT_SHARD_GATHERS settings to "
+                        "time with sharded weights, e.g. shared,own (on the exchange's communicator or their own)")
     parser.add_argument("--ulysses-chunks", default=None, help="comma list of COMFY_XDIT_ULYSSES_CHUNKS settings to "
                         "time in one run, e.g. 1,2 (head chunks pipelining the Ulysses exchange)")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
@@ -366,15 +368,19 @@ def main(argv=None):
     graph_settings = {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
     chunk_settings = (args.ulysses_chunks or os.environ.get("COMFY_XDIT_ULYSSES_CHUNKS", "1")).split(",")
-    # Head chunks only change a Ulysses exchange: ring runs once.
-    configurations = [(p, c, s, g) for p in args.parallelism.split(",")
-                      for c in (chunk_settings if p != "ring" else ["1"]) for s in shard_settings for g in graph_settings]
-    for parallelism, chunks, shard_weights, graphs in configurations:
+    gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "shared")).split(",")
+    # Head chunks only change a Ulysses exchange: ring runs once. Gather settings only change sharded runs.
+    configurations = [(p, c, s, a, g) for p in args.parallelism.split(",")
+                      for c in (chunk_settings if p != "ring" else ["1"]) for s in shard_settings
+                      for a in (gather_settings if s else ["shared"]) for g in graph_settings]
+    for parallelism, chunks, shard_weights, gathers, graphs in configurations:
         os.environ["COMFY_XDIT_ULYSSES_CHUNKS"] = chunks     # read when the plan is made
+        os.environ["COMFY_XDIT_SHARD_GATHERS"] = gathers
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
         os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
         label = parallelism + (f" /{chunks} chunks" if chunks != "1" else "") + \
-            (" +sharded" if shard_weights else "") + (" +graphs" if graphs == "1" and not cpu else "")
+            (" +sharded" if shard_weights else "") + (" (own gathers)" if gathers == "own" else "") + \
+            (" +graphs" if graphs == "1" and not cpu else "")
         for res in resolutions:
             hw = (res // 8, res // 8)
             _peak(device)

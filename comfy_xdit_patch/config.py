@@ -19,6 +19,7 @@ class ParallelPlan:
     launcher: str = "local"     # "ray": helpers are Ray actors, possibly on other machines
     shard_weights: bool = False  # each rank holds 1/N of every block's weights (parallel/weight_shards.py)
     ulysses_chunks: int = 1     # COMFY_XDIT_ULYSSES_CHUNKS: head chunks pipelining the Ulysses exchange
+    own_gather_group: bool = False  # COMFY_XDIT_SHARD_GATHERS=own: sharded blocks gather on a communicator of their own
 
     @property
     def world_size(self):
@@ -46,7 +47,7 @@ class ParallelPlan:
         if self.ulysses_chunks > 1:
             layout += f" in {self.ulysses_chunks} head chunks"
         if self.shard_weights:
-            layout += ", weights sharded"
+            layout += ", weights sharded" + (" (gathers on their own communicator)" if self.own_gather_group else "")
         if self.replicas > 1:
             return f"{self.world_size} {where} ({self.replicas} groups of {layout}, {self.scheduling})"
         return f"{self.world_size} {where} ({layout})"
@@ -132,7 +133,9 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
     if chunks > 1 and (heads // ulysses) % chunks:
         raise ValueError(f"COMFY_XDIT_ULYSSES_CHUNKS={chunks} does not divide the {heads // ulysses} heads each of "
                          f"the {ulysses} Ulysses ranks computes; use a divisor of {heads // ulysses}.")
-    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), chunks)
+    own_gathers = bool(shard_weights) and shard_gathers_setting() == "own"
+    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), chunks,
+                        own_gathers)
 
 
 def ulysses_chunks_setting():
@@ -142,6 +145,17 @@ def ulysses_chunks_setting():
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"COMFY_XDIT_ULYSSES_CHUNKS must be a positive whole number, not '{value}'.")
     return int(value)
+
+
+def shard_gathers_setting():
+    """COMFY_XDIT_SHARD_GATHERS: where sharded blocks are gathered. ``shared`` (default): on the one communicator of
+    the attention exchange, which then waits behind a block's gather (+26% a 1024² step on 2×H200). ``own``: on a
+    communicator of their own, so both can run at once. Opt-in until it is measured on GPUs, speed and the failure
+    path both (aborting several stuck communicators hung once, docs/benchmarks.md)."""
+    value = os.environ.get("COMFY_XDIT_SHARD_GATHERS", "shared")
+    if value not in ("shared", "own"):
+        raise ValueError(f"COMFY_XDIT_SHARD_GATHERS must be 'shared' or 'own', not '{value}'.")
+    return value
 
 
 # With sharded weights a helper holds its 1/N of the blocks, the ~1% outside them and two gathered blocks (a FLUX

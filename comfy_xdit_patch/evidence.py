@@ -21,13 +21,18 @@ from .bench import (FLUX_DEV, TINY, bfl_name, conditioning, enable_dynamic_vram,
                     random_flux_state_dict, run_sampler, setup_comfy, sync_device, weight_shapes)
 
 
+def _parallel(args, model, **options):
+    """``model`` through Enable Multi-GPU with the command line's devices, layout and weight sharding."""
+    from .multigpu import enable_multigpu
+    return enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism, shard_weights=args.shard_weights,
+                           **options)
+
+
 def _one_vs_many(args, model, latent, positive, negative, device, outputs=None):
     """The same sampling on one device and through Enable Multi-GPU: (1-device ms/step, N-device ms/step, rel. err).
     ``outputs``: a list that receives the two final latents."""
-    from .multigpu import enable_multigpu
     one, t1, _ = run_sampler(model, latent, positive, negative, args.steps, device)
-    many, tn, _ = run_sampler(enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism), latent, positive,
-                              negative, args.steps, device)
+    many, tn, _ = run_sampler(_parallel(args, model), latent, positive, negative, args.steps, device)
     if outputs is not None:
         outputs.extend((one, many))
     return _median_ms(t1), _median_ms(tn), _err(many, one)
@@ -84,11 +89,10 @@ def spotcheck(args, model, device, size, dtype, res, tokens):
 
 
 def kill(args, model, device, size, dtype, res, tokens):
-    from .multigpu import enable_multigpu
     from .runtime import group as helpers
     latent, positive, negative = _prompt(res, tokens)
     one, t1, total1 = run_sampler(model, latent, positive, negative, args.steps, device)
-    parallel = enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism)
+    parallel = _parallel(args, model)
     run_sampler(parallel, latent, positive, negative, 2, device)                       # helpers up and warm
     at = max(1, args.steps // 3)
 
@@ -110,13 +114,11 @@ def kill(args, model, device, size, dtype, res, tokens):
 def stall(args, model, device, size, dtype, res, tokens):
     """A helper that stops answering inside a collective (test hook: it sleeps before its 3rd call's tensors) while
     staying alive: rank 0 gives up after COMFY_XDIT_COLLECTIVE_TIMEOUT (10 s here) and finishes on one device."""
-    from .multigpu import enable_multigpu
     latent, positive, negative = _prompt(res, tokens)
     one, t1, total1 = run_sampler(model, latent, positive, negative, args.steps, device)
     os.environ.update(COMFY_XDIT_TEST_STALL_AT_FORWARD="3", COMFY_XDIT_COLLECTIVE_TIMEOUT="10")
     try:
-        got, tn, totaln = run_sampler(enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism), latent,
-                                      positive, negative, args.steps, device)
+        got, tn, totaln = run_sampler(_parallel(args, model), latent, positive, negative, args.steps, device)
     finally:
         for name in ("COMFY_XDIT_TEST_STALL_AT_FORWARD", "COMFY_XDIT_COLLECTIVE_TIMEOUT"):
             os.environ.pop(name)
@@ -126,13 +128,12 @@ def stall(args, model, device, size, dtype, res, tokens):
 
 
 def groups(args, model, device, size, dtype, res, tokens):
-    from .multigpu import enable_multigpu
     latent, positive, negative = _prompt(res, tokens, batch=4)
     rows = []
     one, t1, _ = run_sampler(model, latent, positive, negative, args.steps, device)
     for label, degree in (("batch 4, one group", 0), ("batch 4, groups of 1 (round_robin)", 1)):
-        got, tn, _ = run_sampler(enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism,
-                                         sequence_degree=degree), latent, positive, negative, args.steps, device)
+        got, tn, _ = run_sampler(_parallel(args, model, sequence_degree=degree), latent, positive, negative, args.steps,
+                                 device)
         rows.append((label, res, _median_ms(t1), _median_ms(tn), _err(got, one)))
     return rows
 
@@ -301,6 +302,8 @@ def main(argv=None):
     parser.add_argument("--res", type=int, default=None, help="image size (GPU default 1024; CPU 128)")
     parser.add_argument("--steps", type=int, default=None, help="GPU default 10 (kill: 28); CPU 4")
     parser.add_argument("--parallelism", default="auto")
+    parser.add_argument("--shard-weights", action="store_true",
+                        help="the node's shard_weights (COMFY_XDIT_SHARD_GATHERS picks the gathers' communicator)")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

@@ -44,6 +44,32 @@ def test_sharded_weights_equal_replicated_and_one_rank(tiny_flux, parallelism, g
     assert blocks / gpus <= group.block_shards.shard_bytes() <= blocks / gpus * 1.01 + 64
 
 
+def test_gathers_on_their_own_communicator_equal_one_rank(tiny_flux, monkeypatch):
+    """COMFY_XDIT_SHARD_GATHERS=own: the blocks are gathered on a second group of every rank (every helper builds it
+    too, from the plan), not on the default group that carries the attention exchange."""
+    import torch.distributed as dist
+    expected = ksample(tiny_flux)
+    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "own")
+    sharded = ksample(enable_multigpu(tiny_flux, gpus=2, parallelism="ulysses", shard_weights=True))
+    group = helpers.current_group()
+    assert group.plan.own_gather_group and "gathers on their own communicator" in group.plan.describe()
+    assert group.block_shards.group is group.mesh.gather_group
+    assert group.mesh.gather_group is not None and group.mesh.gather_group is not dist.group.WORLD
+    assert dist.get_world_size(group.mesh.gather_group) == 2
+    assert relative_error(sharded, expected) <= 1e-5
+
+
+def test_shard_gathers_setting_is_checked(tiny_flux, monkeypatch):
+    from comfy_xdit_patch.config import resolve_plan
+    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "separate")
+    with pytest.raises(ValueError, match="COMFY_XDIT_SHARD_GATHERS must be 'shared' or 'own'"):
+        enable_multigpu(tiny_flux, gpus=2, shard_weights=True)
+    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "own")
+    cpu = torch.device("cpu")
+    assert resolve_plan(2, "auto", 4, cpu, 0, shard_weights=True).own_gather_group
+    assert not resolve_plan(2, "auto", 4, cpu, 0).own_gather_group   # no shards, no second communicator
+
+
 def test_sharded_weights_with_loras_and_a_strength_change(unet):
     """LoraLoaderModelOnly before the node: the shards hold the patched weights, and a new strength re-sends them."""
     loader = nodes.LoraLoaderModelOnly()

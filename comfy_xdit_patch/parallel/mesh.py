@@ -24,6 +24,7 @@ class SequenceParallelMesh:
     ulysses_group: object = None
     sp_group: object = None
     ulysses_chunks: int = 1     # head chunks of a pipelined Ulysses exchange (parallel/attention.py)
+    gather_group: object = None  # where sharded blocks are gathered (parallel/weight_shards.py); None: default group
 
     @property
     def sp_degree(self):
@@ -48,8 +49,9 @@ class SequenceParallelMesh:
         return list(range(first, first + self.ulysses_degree))
 
     @classmethod
-    def build(cls, ulysses_degree, ring_degree):
-        """Collective: every rank of the default group calls this with the same degrees."""
+    def build(cls, ulysses_degree, ring_degree, own_gather_group=False):
+        """Collective: every rank of the default group calls this with the same degrees. ``own_gather_group``: a
+        second group of every rank, for the gathers of sharded weights (config.shard_gathers_setting)."""
         rank, world_size = dist.get_rank(), dist.get_world_size()
         sp_degree = ulysses_degree * ring_degree
         if world_size % sp_degree:
@@ -78,4 +80,6 @@ class SequenceParallelMesh:
             sp_group=whole if sp_degree == world_size else sp_group,
         )
         mesh.ulysses_ranks = mesh.ulysses_group_of(rank)
+        if own_gather_group:
+            mesh.gather_group = dist.new_group(list(range(world_size)))
         return mesh

@@ -81,8 +81,9 @@ class BlockLayout:
 class ShardedBlocks:
     """This rank's pieces of every block, and the gather that rebuilds one block at a time."""
 
-    def __init__(self, diffusion_model, world_size, device, dtype=None):
-        self.world_size, self.device = world_size, device
+    def __init__(self, diffusion_model, world_size, device, dtype=None, group=None):
+        """``group``: where the blocks are gathered (None: the default group, shared with the attention exchange)."""
+        self.world_size, self.device, self.group = world_size, device, group
         self.order = [key for key, _ in blocks(diffusion_model)]
         self.layouts = {key: BlockLayout(module, world_size, dtype) for key, module in blocks(diffusion_model)}
         # Blocks alternate between two buffers; each block's successor is prefetched while it runs.
@@ -121,7 +122,7 @@ class ShardedBlocks:
         if held is None or held.numel() < size or held.dtype != layout.dtype:
             held = self._buffers[slot] = torch.empty(size, dtype=layout.dtype, device=self.device)
         buffer = held[:size]
-        self._pending[key] = (buffer, all_gather_single(buffer, self.shards[key], async_op=True))
+        self._pending[key] = (buffer, all_gather_single(buffer, self.shards[key], group=self.group, async_op=True))
 
     def enter(self, key):
         """Before block ``key`` runs: its full parameters in place, and the next block's gather under way."""

@@ -141,7 +141,8 @@ class HelperGroup:
             dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
                                     timeout=timedelta(seconds=timeout))
             _owned_default_group = True
-            self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree)
+            self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree,
+                                                   self.plan.own_gather_group)
             self.mesh.ulysses_chunks = self.plan.ulysses_chunks
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
@@ -305,7 +306,8 @@ class HelperGroup:
         weights.check_transferable(model_patcher)
         shards = None
         if self.plan.shard_weights:   # raises NotImplementedError for weights it cannot shard, before any transfer
-            shards = ShardedBlocks(model_patcher.model.diffusion_model, self.plan.world_size, self.device)
+            shards = ShardedBlocks(model_patcher.model.diffusion_model, self.plan.world_size, self.device,
+                                   group=self.mesh.gather_group)
         t0 = time.perf_counter()
         keys = weights.weight_keys(model_patcher)
         if shards is not None:

@@ -63,7 +63,7 @@ def main():
         from comfy_xdit_patch.runtime.group import collective_timeout_s
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size,
                                 timeout=timedelta(seconds=collective_timeout_s()))
-        mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree)
+        mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, plan.own_gather_group)
         mesh.ulysses_chunks = plan.ulysses_chunks
         from comfy_xdit_patch.runtime.speed import measure_speed
         link.send(("ready", measure_speed(device, rank)))
@@ -122,7 +122,8 @@ def serve(link, mesh, device, shard_weights=False):
             if spec.get("gguf"):
                 gguf_weights.attach_patches(diffusion_model, patches, patch_tensors)
             if shard_weights:   # the blocks' parameters stay meta placeholders; only this rank's pieces are held
-                shards = ShardedBlocks(diffusion_model, mesh.world_size, device, dtype=spec["block_dtype"])
+                shards = ShardedBlocks(diffusion_model, mesh.world_size, device, dtype=spec["block_dtype"],
+                                       group=mesh.gather_group)
                 weights.receive_block_shards(shards)
                 replacements = flux.block_replacements(diffusion_model)
             link.send("loaded")
