@@ -83,3 +83,30 @@ def test_failed_groups_graphs_are_destroyed_beside_the_abort_not_before_it():
     assert not destroyed.wait(0.2)      # the caller is not held by the stuck destructor
     aborted.set()                       # what NCCL's abort does to the stuck replay
     assert destroyed.wait(5) and len(reset) == 2
+
+
+def test_a_failed_group_aborts_while_its_graphs_are_being_destroyed(monkeypatch):
+    """HelperGroup.shutdown after a failure: the graphs' destruction starts, the abort is issued while it is still
+    blocked (as the ring kill's was), and the group waits for both before it lets go of the graphs."""
+    import threading
+    from comfy_xdit_patch.config import ParallelPlan
+    from comfy_xdit_patch.runtime import group as helpers
+    helpers.shutdown_group()      # no live process group of other tests may be released by this one
+    group = helpers.HelperGroup(ParallelPlan("cpu", (None, None), 2, 1))
+    aborted, order = threading.Event(), []
+
+    class StuckGraph:
+        def reset(self):
+            order.append("destroy started")
+            assert aborted.wait(10)
+            order.append("destroyed")
+
+    def abort():
+        order.append("abort")
+        aborted.set()
+
+    group.graphs.entries["k"] = (StuckGraph(), [], None)
+    monkeypatch.setattr(group, "abort_collectives", abort)
+    group.shutdown(graceful=False)
+    assert order == ["destroy started", "abort", "destroyed"]
+    assert not group.graphs.entries
