@@ -93,15 +93,17 @@ def test_a_failed_group_aborts_while_its_graphs_are_being_destroyed(monkeypatch)
     from comfy_xdit_patch.runtime import group as helpers
     helpers.shutdown_group()      # no live process group of other tests may be released by this one
     group = helpers.HelperGroup(ParallelPlan("cpu", (None, None), 2, 1))
-    aborted, order = threading.Event(), []
+    started, aborted, order = threading.Event(), threading.Event(), []
 
     class StuckGraph:
         def reset(self):
             order.append("destroy started")
+            started.set()
             assert aborted.wait(10)
             order.append("destroyed")
 
     def abort():
+        started.wait(10)    # a loaded machine may start the destroying thread late; the order is what is checked
         order.append("abort")
         aborted.set()
 
