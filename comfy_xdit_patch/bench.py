@@ -317,6 +317,15 @@ def main(argv=None):
     parser.add_argument("--e2e-steps", type=int, default=0, help="also time a whole warm prompt of this many steps "
                         "at the first resolution (e.g. 28), 1 device vs N, excluding model load and helper start")
     args = parser.parse_args(argv)
+    # Checked before the minutes of 1-device baselines, not when the first parallel run makes its plan.
+    if args.shard_gathers and (args.shard_weights == "off" or
+                               not set(args.shard_gathers.split(",")) <= {"shared", "own"}):
+        parser.error("--shard-gathers takes shared and/or own, and needs --shard-weights on or both")
+    if args.ulysses_chunks and not all(c.isdigit() and int(c) > 0 for c in args.ulysses_chunks.split(",")):
+        parser.error("--ulysses-chunks takes positive whole numbers, e.g. 1,2")
+    if args.dynamic_vram and (args.graph_baseline or args.cuda_graphs != "on"):
+        parser.error("--dynamic-vram runs every step eagerly (graphs need weights that stay put): leave out "
+                     "--graph-baseline and --cuda-graphs")
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
@@ -365,7 +374,8 @@ def main(argv=None):
     if args.e2e_steps:
         e2e["1 device"] = sample(model, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
 
-    graph_settings = {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
+    # Under dynamic VRAM the node never replays graphs; the rows say so.
+    graph_settings = ["0"] if args.dynamic_vram else {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
     chunk_settings = (args.ulysses_chunks or os.environ.get("COMFY_XDIT_ULYSSES_CHUNKS", "1")).split(",")
     gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "shared")).split(",")

@@ -117,8 +117,8 @@ class MultiGPURun:
 
         def shard(args, token_weights):
             options = dict(transformer_options)
-            call = options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer)
-            call.weight_shards = group.block_shards
+            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer,
+                                                                    group.block_shards)
             return executor(**dict(args, transformer_options=options))
 
         def forward(inputs):

@@ -1,4 +1,6 @@
 """The CUDA-graph policy every rank follows (the capture itself needs a GPU: see docs/benchmarks.md)."""
+import pytest
+
 from comfy_xdit_patch.runtime.step_graphs import CAPTURE, EAGER, REPLAY, StepGraphs
 
 
@@ -102,7 +104,7 @@ def test_a_failed_group_aborts_while_its_graphs_are_being_destroyed(monkeypatch)
             assert aborted.wait(10)
             order.append("destroyed")
 
-    def abort():
+    def abort(wait_s=None):
         started.wait(10)    # a loaded machine may start the destroying thread late; the order is what is checked
         order.append("abort")
         aborted.set()
@@ -112,3 +114,36 @@ def test_a_failed_group_aborts_while_its_graphs_are_being_destroyed(monkeypatch)
     group.shutdown(graceful=False)
     assert order == ["destroy started", "abort", "destroyed"]
     assert not group.graphs.entries
+
+
+def test_graphs_that_cannot_be_destroyed_leave_the_group_and_later_prompts_run_on_one_gpu(monkeypatch):
+    """If a failed group's graphs never finish destroying, its process group cannot be destroyed either (that would
+    wait for them): shutdown returns after its bound, leaves the group, and a later start refuses at once with a
+    message instead of hanging on the old group."""
+    import threading
+    import time
+    from comfy_xdit_patch.config import ParallelPlan
+    from comfy_xdit_patch.runtime import group as helpers
+    helpers.shutdown_group()
+    monkeypatch.setattr(helpers, "_unreleased_group", None)    # restored after the test
+    released = []
+    monkeypatch.setattr(helpers.dist, "destroy_process_group", lambda *a: released.append(a))
+    never = threading.Event()
+
+    class NeverDestroyed:
+        def reset(self):
+            never.wait(60)
+
+    group = helpers.HelperGroup(ParallelPlan("cpu", (None, None), 2, 1))
+    group.graphs.entries["k"] = (NeverDestroyed(), [], None)
+    monkeypatch.setattr(helpers.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(helpers, "_owned_default_group", True)
+    started = time.monotonic()
+    try:
+        group.shutdown(graceful=False)
+        assert time.monotonic() - started < 15 and not released
+        with pytest.raises(helpers.HelperFailure, match="could not be freed.*until ComfyUI is restarted"):
+            helpers.HelperGroup(ParallelPlan("cpu", (None, None), 2, 1)).start()
+        assert not released
+    finally:
+        never.set()

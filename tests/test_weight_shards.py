@@ -103,6 +103,41 @@ def test_block_layout_pads_to_a_multiple_of_the_ranks():
     assert torch.equal(flat[:layout.numel], torch.cat([p.detach().reshape(-1) for p in module.parameters()]))
 
 
+def test_a_call_that_failed_midway_leaves_no_gather_behind(monkeypatch):
+    """A CUDA-graph capture that raises after block 0 leaves block 1's captured gather pending; it never ran. The
+    eager rerun (a new call) must issue block 1's gather again, like every other rank, not wait on the stale one."""
+    from comfy_xdit_patch.parallel import weight_shards
+    from comfy_xdit_patch.parallel.call import SequenceParallelCall
+    issued = []
+
+    class Done:
+        def wait(self):
+            pass
+
+    def gather(buffer, shard, group=None, async_op=False):
+        issued.append(shard)
+        buffer.copy_(shard)
+        return Done()
+
+    monkeypatch.setattr(weight_shards, "all_gather_single", gather)
+    model = torch.nn.Module()
+    model.double_blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+    model.single_blocks = torch.nn.ModuleList([])
+    shards = weight_shards.ShardedBlocks(model, 1, "cpu")
+    for key, module in weight_shards.blocks(model):
+        shards.shards[key] = shards.layouts[key].flatten(dict(module.named_parameters()), 1, "cpu")
+    first, second = shards.order
+    SequenceParallelCall(mesh=None, weight_shards=shards)
+    shards.enter(first)                  # starts block 1's gather ...
+    shards.exit(first)                   # ... and the call fails before block 1
+    assert [id(t) for t in issued] == [id(shards.shards[first]), id(shards.shards[second])]
+    SequenceParallelCall(mesh=None, weight_shards=shards)     # the rerun
+    for key in shards.order:
+        shards.enter(key)
+        shards.exit(key)
+    assert [id(t) for t in issued[2:]] == [id(shards.shards[first]), id(shards.shards[second])]
+
+
 def test_helper_memory_check_counts_the_share_with_shard_weights():
     gib = 2 ** 30
     replicated = ParallelPlan("cuda", (0, 1), 2, 1)

@@ -18,11 +18,13 @@ class SequenceParallelCall:
     starts with generated-image tokens (FLUX's per-token modulation ranges rely on that), and only the generated part
     has to be gathered at the end."""
 
-    def __init__(self, mesh, token_weights=None, pacer=None):
+    def __init__(self, mesh, token_weights=None, pacer=None, weight_shards=None):
         self.mesh = mesh
         self.token_weights = token_weights   # per sp_rank, for GPUs of different speed; None = even split
         self.pacer = pacer                   # rank 0: bounds how far its thread runs ahead (runtime/pacing.py)
-        self.weight_shards = None            # ShardedBlocks when the blocks' weights are sharded
+        self.weight_shards = weight_shards   # ShardedBlocks when the blocks' weights are sharded
+        if weight_shards is not None:
+            weight_shards.start_call()
         self.txt_sizes = self.main_sizes = self.ref_sizes = self._layout = None
         self._mask = None   # (mask, the mask in the token order of the gathered sequence): every block passes the same
 

@@ -49,9 +49,10 @@ class SequenceParallelMesh:
         return list(range(first, first + self.ulysses_degree))
 
     @classmethod
-    def build(cls, ulysses_degree, ring_degree, own_gather_group=False):
+    def build(cls, ulysses_degree, ring_degree, own_gather_group=False, timeout=None):
         """Collective: every rank of the default group calls this with the same degrees. ``own_gather_group``: a
-        second group of every rank, for the gathers of sharded weights (config.shard_gathers_setting)."""
+        second group of every rank, for the gathers of sharded weights (config.shard_gathers_setting). ``timeout``:
+        the default group's (a new group would otherwise get torch's own: 30 min on gloo, 10 on NCCL)."""
         rank, world_size = dist.get_rank(), dist.get_world_size()
         sp_degree = ulysses_degree * ring_degree
         if world_size % sp_degree:
@@ -62,7 +63,7 @@ class SequenceParallelMesh:
         first = rank - rank % sp_degree
         sp_group = None
         for replica_first in range(0, world_size, sp_degree):   # every rank creates every group, in order
-            group = dist.new_group(list(range(replica_first, replica_first + sp_degree)))
+            group = dist.new_group(list(range(replica_first, replica_first + sp_degree)), timeout=timeout)
             if replica_first == first:
                 sp_group = group
         # A group of every rank is the default group itself: one NCCL communicator instead of two or three. After
@@ -81,5 +82,5 @@ class SequenceParallelMesh:
         )
         mesh.ulysses_ranks = mesh.ulysses_group_of(rank)
         if own_gather_group:
-            mesh.gather_group = dist.new_group(list(range(world_size)))
+            mesh.gather_group = dist.new_group(list(range(world_size)), timeout=timeout)
         return mesh

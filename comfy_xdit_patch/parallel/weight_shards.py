@@ -124,6 +124,12 @@ class ShardedBlocks:
         buffer = held[:size]
         self._pending[key] = (buffer, all_gather_single(buffer, self.shards[key], group=self.group, async_op=True))
 
+    def start_call(self):
+        """Before a model call: forget the gathers a call that failed midway left pending. A capture that raised
+        leaves a captured gather that never ran; its eager rerun must issue that gather again, as every other rank
+        does, or the ranks' collectives go out of step."""
+        self._pending.clear()
+
     def enter(self, key):
         """Before block ``key`` runs: its full parameters in place, and the next block's gather under way."""
         self._start(key)

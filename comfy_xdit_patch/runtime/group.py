@@ -98,6 +98,9 @@ class HelperGroup:
     def start(self):
         global _owned_default_group
         t0 = time.perf_counter()
+        if _unreleased_group is not None:
+            raise HelperFailure(f"the process group of a failed run could not be freed ({_unreleased_group}); "
+                                "prompts run on one GPU until ComfyUI is restarted.")
         if dist.is_initialized() and _owned_default_group:
             _release_default_group()          # left over from a group that failed to tear down (e.g. after abort)
         if dist.is_initialized():
@@ -142,7 +145,7 @@ class HelperGroup:
                                     timeout=timedelta(seconds=timeout))
             _owned_default_group = True
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree,
-                                                   self.plan.own_gather_group)
+                                                   self.plan.own_gather_group, timedelta(seconds=timeout))
             self.mesh.ulysses_chunks = self.plan.ulysses_chunks
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
@@ -224,10 +227,14 @@ class HelperGroup:
                         self.abort_collectives()
                     return
 
-    def abort_collectives(self):
+    def abort_collectives(self, wait_s=None):
         """Frees rank 0's stream from collectives whose peer is gone: NCCL kernels waiting for it return. Only after
-        a failure (the group cannot be used afterwards). gloo needs none: its collectives fail by themselves."""
-        with self._abort_lock:
+        a failure (the group cannot be used afterwards). gloo needs none: its collectives fail by themselves.
+        ``wait_s``: how long to wait for an abort already under way on another thread (the health monitor's)."""
+        if not self._abort_lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            log.warning("Enable Multi-GPU: the collectives' abort started by the health monitor has not returned")
+            return
+        try:
             if self._aborted or self.device.type != "cuda" or not dist.is_initialized():
                 return
             self._aborted = True
@@ -237,6 +244,8 @@ class HelperGroup:
             except Exception:
                 log.warning("Enable Multi-GPU: aborting the collectives failed", exc_info=True)
             log.info("Enable Multi-GPU: aborted the process group's collectives in %.2f s", time.perf_counter() - t0)
+        finally:
+            self._abort_lock.release()
 
     def wait_step(self):
         """Rank 0, after its share of a parallel call: wait until the step completed on the device, and raise if a
@@ -244,6 +253,8 @@ class HelperGroup:
         self.pacer.drain()
 
     def shutdown(self, graceful=True):
+        global _unreleased_group
+        leave_group = None
         self._stopping.set()
         self.pacer.reset()
         if not graceful:
@@ -256,11 +267,15 @@ class HelperGroup:
             if self.graphs.entries:
                 destroyed = self.graphs.destroy_in_background()
                 destroyed.wait(1.0)   # measured 0.1 s where nothing is stuck
-                self.abort_collectives()
+                self.abort_collectives(wait_s=10.0)
                 if not destroyed.wait(10.0):
-                    log.warning("Enable Multi-GPU: the CUDA graphs of the failed group are still being destroyed")
+                    # The communicator cannot be destroyed while these graphs exist: it is left as it is, and no
+                    # new group is made in this process (the next prompts run on one GPU), rather than hang here.
+                    leave_group = "its CUDA graphs are still being destroyed"
+                    log.error("Enable Multi-GPU: the failed group's CUDA graphs could not be destroyed; its process "
+                              "group is left as it is and prompts run on one GPU until ComfyUI is restarted.")
             else:
-                self.abort_collectives()
+                self.abort_collectives(wait_s=10.0)
             self.graphs.clear()
         for channel in self.channels.values():
             try:
@@ -283,6 +298,7 @@ class HelperGroup:
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
+        _unreleased_group = _unreleased_group or leave_group
         _release_default_group()
         self.processes, self.channels, self.mesh = {}, {}, None
         self.block_shards = None
@@ -405,10 +421,13 @@ def _recorded_event():
 _lock = threading.Lock()
 _group = None
 _owned_default_group = False    # whether the default process group is ours (so ours to destroy)
+_unreleased_group = None        # why a failed group's process group had to be left alive (no new group after it)
 
 
 def _release_default_group():
     global _owned_default_group
+    if _unreleased_group is not None:   # destroying it would wait for CUDA graphs that cannot be destroyed
+        return
     if dist.is_initialized() and _owned_default_group:
         try:
             dist.destroy_process_group()

@@ -61,9 +61,9 @@ def main():
         store = dist.TCPStore(setup["store_host"], setup["store_port"], plan.world_size, False,
                               timedelta(seconds=120))
         from comfy_xdit_patch.runtime.group import collective_timeout_s
-        dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size,
-                                timeout=timedelta(seconds=collective_timeout_s()))
-        mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, plan.own_gather_group)
+        timeout = timedelta(seconds=collective_timeout_s())
+        dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size, timeout=timeout)
+        mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, plan.own_gather_group, timeout)
         mesh.ulysses_chunks = plan.ulysses_chunks
         from comfy_xdit_patch.runtime.speed import measure_speed
         link.send(("ready", measure_speed(device, rank)))
@@ -146,8 +146,7 @@ def serve(link, mesh, device, shard_weights=False):
             def forward(inputs):
                 def shard(call_args, token_weights):
                     call_args = dict(call_args)
-                    call = SequenceParallelCall(mesh, token_weights)
-                    call.weight_shards = shards
+                    call = SequenceParallelCall(mesh, token_weights, weight_shards=shards)
                     options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call,
                                                               replacements)
                     return model(**call_args, transformer_options=options)

@@ -57,9 +57,14 @@ class StepGraphs:
         destroyed = threading.Event()
 
         def destroy():
-            for graph in graphs:
-                graph.reset()
-            destroyed.set()
+            try:
+                for graph in graphs:
+                    try:
+                        graph.reset()
+                    except Exception:   # a CUDA error after the failure: the next graph is still destroyed
+                        log.warning("Enable Multi-GPU: destroying a CUDA graph failed", exc_info=True)
+            finally:
+                destroyed.set()
 
         threading.Thread(target=destroy, name="xdit-graph-release", daemon=True).start()
         return destroyed
