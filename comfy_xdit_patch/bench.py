@@ -302,8 +302,6 @@ def main(argv=None):
                              "replicated and sharded")
     parser.add_argument("--shard-gathers", default=None, help="comma list of COMFY_XDIT_SHARD_GATHERS settings to "
                         "time with sharded weights, e.g. shared,own (on the exchange's communicator or their own)")
-    parser.add_argument("--ulysses-chunks", default=None, help="comma list of COMFY_XDIT_ULYSSES_CHUNKS settings to "
-                        "time in one run, e.g. 1,2 (head chunks pipelining the Ulysses exchange)")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
                         "(this torch.compile backend, e.g. inductor) to the model on both sides: 1 device and N devices")
     parser.add_argument("--dynamic-vram", action="store_true", help="ComfyUI's dynamic VRAM (its default on NVIDIA; "
@@ -321,8 +319,6 @@ def main(argv=None):
     if args.shard_gathers and (args.shard_weights == "off" or
                                not set(args.shard_gathers.split(",")) <= {"shared", "own"}):
         parser.error("--shard-gathers takes shared and/or own, and needs --shard-weights on or both")
-    if args.ulysses_chunks and not all(c.isdigit() and int(c) > 0 for c in args.ulysses_chunks.split(",")):
-        parser.error("--ulysses-chunks takes positive whole numbers, e.g. 1,2")
     if args.dynamic_vram and (args.graph_baseline or args.cuda_graphs != "on"):
         parser.error("--dynamic-vram runs every step eagerly (graphs need weights that stay put): leave out "
                      "--graph-baseline and --cuda-graphs")
@@ -377,20 +373,16 @@ def main(argv=None):
     # Under dynamic VRAM the node never replays graphs; the rows say so.
     graph_settings = ["0"] if args.dynamic_vram else {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
-    chunk_settings = (args.ulysses_chunks or os.environ.get("COMFY_XDIT_ULYSSES_CHUNKS", "1")).split(",")
     gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "shared")).split(",")
-    # Head chunks only change a Ulysses exchange: ring runs once. Gather settings only change sharded runs.
-    configurations = [(p, c, s, a, g) for p in args.parallelism.split(",")
-                      for c in (chunk_settings if p != "ring" else ["1"]) for s in shard_settings
+    # Gather settings only change sharded runs.
+    configurations = [(p, s, a, g) for p in args.parallelism.split(",") for s in shard_settings
                       for a in (gather_settings if s else ["shared"]) for g in graph_settings]
-    for parallelism, chunks, shard_weights, gathers, graphs in configurations:
-        os.environ["COMFY_XDIT_ULYSSES_CHUNKS"] = chunks     # read when the plan is made
-        os.environ["COMFY_XDIT_SHARD_GATHERS"] = gathers
+    for parallelism, shard_weights, gathers, graphs in configurations:
+        os.environ["COMFY_XDIT_SHARD_GATHERS"] = gathers     # read when the plan is made
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
         os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
-        label = parallelism + (f" /{chunks} chunks" if chunks != "1" else "") + \
-            (" +sharded" if shard_weights else "") + (" (own gathers)" if gathers == "own" else "") + \
-            (" +graphs" if graphs == "1" and not cpu else "")
+        label = parallelism + (" +sharded" if shard_weights else "") + \
+            (" (own gathers)" if gathers == "own" else "") + (" +graphs" if graphs == "1" and not cpu else "")
         for res in resolutions:
             hw = (res // 8, res // 8)
             _peak(device)

@@ -18,7 +18,6 @@ class ParallelPlan:
     scheduling: str = field(default="round_robin", compare=False)   # rank 0's choice alone: no helper restart
     launcher: str = "local"     # "ray": helpers are Ray actors, possibly on other machines
     shard_weights: bool = False  # each rank holds 1/N of every block's weights (parallel/weight_shards.py)
-    ulysses_chunks: int = 1     # COMFY_XDIT_ULYSSES_CHUNKS: head chunks pipelining the Ulysses exchange
     own_gather_group: bool = False  # COMFY_XDIT_SHARD_GATHERS=own: sharded blocks gather on a communicator of their own
 
     @property
@@ -44,8 +43,6 @@ class ParallelPlan:
         else:
             where = "CPU ranks" if self.device_type == "cpu" else "GPUs " + ",".join(map(str, self.device_indices))
         layout = f"ulysses {self.ulysses_degree} x ring {self.ring_degree}"
-        if self.ulysses_chunks > 1:
-            layout += f" in {self.ulysses_chunks} head chunks"
         if self.shard_weights:
             layout += ", weights sharded" + (" (gathers on their own communicator)" if self.own_gather_group else "")
         if self.replicas > 1:
@@ -129,22 +126,8 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         raise ValueError(f"sequence_degree {sequence_degree} must divide the {world} ranks into equal groups; "
                          f"use one of {_divisors(world)}.")
     ulysses, ring = choose_degrees(degree, heads, parallelism, ulysses_degree, ring_degree)
-    chunks = ulysses_chunks_setting()
-    if chunks > 1 and (heads // ulysses) % chunks:
-        raise ValueError(f"COMFY_XDIT_ULYSSES_CHUNKS={chunks} does not divide the {heads // ulysses} heads each of "
-                         f"the {ulysses} Ulysses ranks computes; use a divisor of {heads // ulysses}.")
     own_gathers = bool(shard_weights) and shard_gathers_setting() == "own"
-    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), chunks,
-                        own_gathers)
-
-
-def ulysses_chunks_setting():
-    """COMFY_XDIT_ULYSSES_CHUNKS=c splits each Ulysses exchange into c head chunks, so that one chunk's transfer
-    overlaps another's attention. Opt-in (default 1, one exchange) until it is measured on GPUs."""
-    value = os.environ.get("COMFY_XDIT_ULYSSES_CHUNKS", "1")
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"COMFY_XDIT_ULYSSES_CHUNKS must be a positive whole number, not '{value}'.")
-    return int(value)
+    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), own_gathers)
 
 
 def shard_gathers_setting():

@@ -81,16 +81,3 @@ def test_a_helper_gpu_without_room_for_the_model_is_refused_before_any_work():
         check_helper_memory(plan, int(22.2 * 2**30), free.__getitem__)
     check_helper_memory(resolve_plan(2, "ring", 24, torch.device("cuda", 0), visible_cuda=3), 22 * 2**30,
                         free.__getitem__)
-
-
-def test_ulysses_chunks_setting_is_checked(monkeypatch):
-    from comfy_xdit_patch.config import resolve_plan
-    cpu = torch.device("cpu")
-    monkeypatch.setenv("COMFY_XDIT_ULYSSES_CHUNKS", "0")
-    with pytest.raises(ValueError, match="positive whole number"):
-        resolve_plan(2, "ulysses", 24, cpu, 0)
-    monkeypatch.setenv("COMFY_XDIT_ULYSSES_CHUNKS", "5")
-    with pytest.raises(ValueError, match="divisor of 12"):
-        resolve_plan(2, "ulysses", 24, cpu, 0)
-    monkeypatch.setenv("COMFY_XDIT_ULYSSES_CHUNKS", "3")
-    assert resolve_plan(2, "ulysses", 24, cpu, 0).ulysses_chunks == 3

@@ -67,14 +67,3 @@ def test_eight_ranks_equal_one(tiny_flux, parallelism, degrees):
     assert group is not None and group.plan.world_size == 8, "the helpers did not run"
     assert (group.plan.ulysses_degree, group.plan.ring_degree) == degrees
     assert relative_error(got, expected) <= 1e-5
-
-
-@pytest.mark.parametrize("latent", [(18, 14), (18, 16)], ids=["even", "uneven"])
-def test_ulysses_in_head_chunks_equals_one_rank(tiny_flux, monkeypatch, latent):
-    """COMFY_XDIT_ULYSSES_CHUNKS=2: each exchange split in two head chunks, pipelined against the attention."""
-    monkeypatch.setenv("COMFY_XDIT_ULYSSES_CHUNKS", "2")
-    expected = reference(tiny_flux, latent)
-    got = ksample(enable_multigpu(tiny_flux, gpus=2, parallelism="ulysses"), latent)
-    group = helpers.current_group()
-    assert group.plan.ulysses_chunks == 2 and group.mesh.ulysses_chunks == 2
-    assert relative_error(got, expected) <= 1e-5

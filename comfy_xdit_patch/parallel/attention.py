@@ -4,8 +4,6 @@ Each rank holds q, k and v of its own tokens (B, H, L_local, D), RoPE already ap
 attention output (B, L_local, H * D), equal to attention over the whole sequence. Token order across ranks does not
 matter to attention, so no permutation is ever undone.
 """
-import torch
-
 from ..kernels import attention_with_lse, merge_partial_attention
 from .comm import RingExchange, scatter_heads_gather_sequence, scatter_sequence_gather_heads
 
@@ -42,30 +40,10 @@ class AttentionLayout:
         self.ring_member = mesh.ring_ranks.index(mesh.rank)
 
 
-def pipelined_ulysses_attention(q, k, v, lens, member, group, local_attention, chunks):
-    """Ulysses attention in head chunks: every chunk's q/k/v exchange is started at once; chunk i's attention then
-    runs while chunk i + 1's exchange is in flight, and chunk i's output exchange while chunk i + 1 computes. Heads
-    are independent, so the chunks' outputs side by side are the one-exchange result."""
-    heads = q.shape[1]
-    step = heads // chunks
-    incoming = [scatter_heads_gather_sequence(q[:, h:h + step], k[:, h:h + step], v[:, h:h + step], lens, group,
-                                              async_op=True) for h in range(0, heads, step)]
-    outgoing = []
-    for pending in incoming:
-        chunk_q, chunk_k, chunk_v = pending.result()
-        outgoing.append(scatter_sequence_gather_heads(local_attention(chunk_q, chunk_k, chunk_v), lens, member, group,
-                                                      async_op=True))
-    return torch.cat([pending.result() for pending in outgoing], dim=-1)
-
-
 def sequence_parallel_attention(q, k, v, mesh, layout, local_attention):
     """``layout`` is the call's AttentionLayout. ``local_attention(q, k, v)`` is the single-device kernel for the
     Ulysses-only case, so that it stays exactly the kernel ComfyUI would use."""
     batch, heads, length, dim = q.shape
-    # The plan checked that the chunks divide each rank's heads (config.resolve_plan).
-    if mesh.ulysses_chunks > 1 and mesh.ulysses_degree > 1 and mesh.ring_degree == 1:
-        return pipelined_ulysses_attention(q, k, v, layout.u_lens, layout.u_member, mesh.ulysses_group,
-                                           local_attention, mesh.ulysses_chunks)
     if mesh.ulysses_degree > 1:
         qkv = scatter_heads_gather_sequence(q, k, v, layout.u_lens, mesh.ulysses_group)
         q, k, v = qkv[0], qkv[1], qkv[2]

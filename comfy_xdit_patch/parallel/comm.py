@@ -6,30 +6,11 @@ import torch.distributed as dist
 all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-class PendingExchange:
-    """An all-to-all under way (``async_op``): ``result()`` makes the current stream wait for it and returns the
-    received tensor in its final layout."""
-
-    def __init__(self, work, finish):
-        self.work, self.finish = work, finish
-
-    def result(self):
-        self.work.wait()
-        return self.finish()
-
-
-def _exchange(recv, send, finish, async_op, **kwargs):
-    work = dist.all_to_all_single(recv, send, async_op=async_op, **kwargs)
-    pending = PendingExchange(work, finish)
-    return pending if async_op else pending.finish()
-
-
-def scatter_heads_gather_sequence(q, k, v, seq_lens, group, async_op=False):
+def scatter_heads_gather_sequence(q, k, v, seq_lens, group):
     """Ulysses forward all-to-all for q, k and v at once.
 
     q, k, v are (B, H, L_local, D); ``seq_lens`` holds L of every member of ``group`` in group order. Returns
-    (3, B, H / n, sum(seq_lens), D): this rank's share of the heads over the group's whole sequence (with
-    ``async_op``, a PendingExchange of it).
+    (3, B, H / n, sum(seq_lens), D): this rank's share of the heads over the group's whole sequence.
     """
     n = len(seq_lens)
     batch, heads, length, dim = q.shape
@@ -41,34 +22,33 @@ def scatter_heads_gather_sequence(q, k, v, seq_lens, group, async_op=False):
     chunk = (3, batch, local_heads)
     if len(set(seq_lens)) == 1:
         recv = torch.empty_like(send)
-        return _exchange(recv, send, lambda: recv.permute(1, 2, 3, 0, 4, 5).reshape(*chunk, n * length, dim),
-                         async_op, group=group)
+        dist.all_to_all_single(recv, send, group=group)
+        return recv.permute(1, 2, 3, 0, 4, 5).reshape(*chunk, n * length, dim)
     numel = [3 * batch * local_heads * size * dim for size in seq_lens]
     recv = send.new_empty(sum(numel))
+    dist.all_to_all_single(recv, send.view(-1), output_split_sizes=numel, input_split_sizes=[send[0].numel()] * n,
+                           group=group)
+    parts = [part.view(*chunk, size, dim) for part, size in zip(recv.split(numel), seq_lens)]
+    return torch.cat(parts, dim=3)
 
-    def finish():
-        return torch.cat([part.view(*chunk, size, dim) for part, size in zip(recv.split(numel), seq_lens)], dim=3)
-    return _exchange(recv, send.view(-1), finish, async_op, output_split_sizes=numel,
-                     input_split_sizes=[send[0].numel()] * n, group=group)
 
-
-def scatter_sequence_gather_heads(out, seq_lens, member, group, async_op=False):
+def scatter_sequence_gather_heads(out, seq_lens, member, group):
     """Ulysses backward all-to-all: (B, H / n, sum(seq_lens), D) -> (B, L_member, H * D), tokens-major as the
-    attention output that ComfyUI's blocks expect (with ``async_op``, a PendingExchange of it)."""
+    attention output that ComfyUI's blocks expect."""
     n = len(seq_lens)
     batch, local_heads, _, dim = out.shape
     length = seq_lens[member]
-    recv = out.new_empty((n, batch, local_heads, length, dim))
-
-    def finish():
-        return recv.permute(1, 3, 0, 2, 4).reshape(batch, length, n * local_heads * dim)
     if len(set(seq_lens)) == 1:
         send = out.reshape(batch, local_heads, n, length, dim).permute(2, 0, 1, 3, 4).contiguous()
-        return _exchange(recv, send, finish, async_op, group=group)
-    send = torch.cat([part.reshape(-1) for part in out.split(seq_lens, dim=2)])
-    numel_in = [batch * local_heads * size * dim for size in seq_lens]
-    return _exchange(recv.view(-1), send, finish, async_op, output_split_sizes=[recv[0].numel()] * n,
-                     input_split_sizes=numel_in, group=group)
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=group)
+    else:
+        send = torch.cat([part.reshape(-1) for part in out.split(seq_lens, dim=2)])
+        numel_in = [batch * local_heads * size * dim for size in seq_lens]
+        recv = out.new_empty((n, batch, local_heads, length, dim))
+        dist.all_to_all_single(recv.view(-1), send, output_split_sizes=[recv[0].numel()] * n,
+                               input_split_sizes=numel_in, group=group)
+    return recv.permute(1, 3, 0, 2, 4).reshape(batch, length, n * local_heads * dim)
 
 
 class RingExchange:

@@ -23,7 +23,6 @@ class SequenceParallelMesh:
     sp_ranks: list = field(default_factory=list)
     ulysses_group: object = None
     sp_group: object = None
-    ulysses_chunks: int = 1     # head chunks of a pipelined Ulysses exchange (parallel/attention.py)
     gather_group: object = None  # where sharded blocks are gathered (parallel/weight_shards.py); None: default group
 
     @property

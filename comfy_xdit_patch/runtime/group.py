@@ -146,7 +146,6 @@ class HelperGroup:
             _owned_default_group = True
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree,
                                                    self.plan.own_gather_group, timedelta(seconds=timeout))
-            self.mesh.ulysses_chunks = self.plan.ulysses_chunks
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
