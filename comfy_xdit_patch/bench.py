@@ -58,15 +58,9 @@ def _load_aimdo_library():
     comfy_aimdo.host_buffer and its siblings copy ``control.lib`` when they are imported (session 4's GPU run, with
     the library loaded afterwards, failed in HostBuffer with ``lib`` None)."""
     import comfy.cli_args
-    import comfy_aimdo.control
-    try:
-        return comfy_aimdo.control.init(simple_vram_headroom=None, nvml_pressure=not getattr(
-            comfy.cli_args.args, "disable_nvml_pressure", False))
-    except TypeError:   # older comfy-aimdo protocols
-        try:
-            return comfy_aimdo.control.init(simple_vram_headroom=None)
-        except TypeError:
-            return comfy_aimdo.control.init()
+    import comfy_aimdo.control   # ComfyUI 0.33 pins comfy-aimdo 0.4.13: its protocol only
+    return comfy_aimdo.control.init(simple_vram_headroom=None,
+                                    nvml_pressure=not comfy.cli_args.args.disable_nvml_pressure)
 
 
 def enable_dynamic_vram():
@@ -79,11 +73,7 @@ def enable_dynamic_vram():
     import comfy_aimdo.control
     if comfy.model_management.get_torch_device().type != "cuda" or comfy_aimdo.control.lib is None:
         return False
-    devices = [d.index for d in comfy.model_management.get_all_torch_devices()]
-    try:
-        ready = comfy_aimdo.control.init_devices((index, 0) for index in devices)
-    except TypeError:   # older comfy-aimdo: indices only
-        ready = comfy_aimdo.control.init_devices(iter(devices))
+    ready = comfy_aimdo.control.init_devices((d.index, 0) for d in comfy.model_management.get_all_torch_devices())
     if ready:
         comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
         comfy.memory_management.aimdo_enabled = True

@@ -253,7 +253,6 @@ class HelperGroup:
 
     def shutdown(self, graceful=True):
         global _unreleased_group
-        leave_group = None
         self._stopping.set()
         self.pacer.reset()
         if not graceful:
@@ -270,12 +269,11 @@ class HelperGroup:
                 if not destroyed.wait(10.0):
                     # The communicator cannot be destroyed while these graphs exist: it is left as it is, and no
                     # new group is made in this process (the next prompts run on one GPU), rather than hang here.
-                    leave_group = "its CUDA graphs are still being destroyed"
+                    _unreleased_group = "its CUDA graphs are still being destroyed"
                     log.error("Enable Multi-GPU: the failed group's CUDA graphs could not be destroyed; its process "
                               "group is left as it is and prompts run on one GPU until ComfyUI is restarted.")
             else:
                 self.abort_collectives(wait_s=10.0)
-            self.graphs.clear()
         for channel in self.channels.values():
             try:
                 channel.send(("exit",))
@@ -297,7 +295,6 @@ class HelperGroup:
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
-        _unreleased_group = _unreleased_group or leave_group
         _release_default_group()
         self.processes, self.channels, self.mesh = {}, {}, None
         self.block_shards = None
