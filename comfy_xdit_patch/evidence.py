@@ -192,18 +192,18 @@ def formats(args, model, device, size, dtype, res, tokens):
     # from the unquantized-activation result further than one device's fp8 activations already do. (Rounding each
     # activation to 3 mantissa bits turns the bf16-level differences of another attention split into whole fp8 steps
     # for the values near a rounding boundary; the question is whether that moves the image further than fp8 does.)
-    reference = []
+    reference = None
     for label, load in (("UNETLoader fp8_e4m3fn (fp8 weights, bf16 matmuls)", fp8(False)),
                         ("UNETLoader fp8_e4m3fn_fast (fp8 matmuls)", fp8(True)),
                         ("scaled-fp8 checkpoint + 8 weight patches", scaled_fp8)):
         case, outputs = load(), []
         row = _one_vs_many(args, case, latent, positive, negative, device, outputs)
         note = type(case).__name__
-        if not reference:
-            reference = outputs[:1]
+        if reference is None:
+            reference = outputs[0]
         elif "_fast" in label:
-            note += (f"; vs the bf16-matmul 1-device result: 1 dev {_err(outputs[0], reference[0]):.2e}, "
-                     f"N dev {_err(outputs[1], reference[0]):.2e}")
+            note += (f"; vs the bf16-matmul 1-device result: 1 dev {_err(outputs[0], reference):.2e}, "
+                     f"N dev {_err(outputs[1], reference):.2e}")
         rows.append((label, res, *row, note))
         del case, outputs
         comfy.model_management.unload_all_models()

@@ -190,5 +190,13 @@ def empty_latent(height, width, batch=1):
     return {"samples": torch.zeros(batch, 16, height, width)}
 
 
+def ksample(model, latent_hw=(18, 14), steps=2, cfg=1.0, text_tokens=77):
+    """ComfyUI's KSampler node (euler, simple, seed 42) on an empty latent with the two test conditionings."""
+    import nodes
+    positive, negative = flux_conditioning(text_tokens, seed=1), flux_conditioning(text_tokens, seed=2)
+    return nodes.KSampler().sample(model, 42, steps, cfg, "euler", "simple", positive, negative,
+                                   empty_latent(*latent_hw))[0]["samples"]
+
+
 def relative_error(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()

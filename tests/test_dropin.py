@@ -2,7 +2,7 @@
 import nodes
 import torch
 
-from comfy_env import empty_latent, flux_conditioning, relative_error
+from comfy_env import empty_latent, flux_conditioning, ksample, relative_error
 from comfy_xdit_patch.dropin import (XDiTCheckpointLoader, XDiTCLIPLoader, XDiTDualCLIPLoader, XDiTKSampler,
                                      XDiTUNetLoader, XDiTVAELoader)
 from comfy_xdit_patch.runtime import group as helpers
@@ -17,11 +17,6 @@ def input_names(node):
 def v1_names(core):
     types = core.INPUT_TYPES()
     return list(types["required"]) + list(types.get("optional", {}))
-
-
-def ksample(model, latent_hw=(18, 14)):
-    return nodes.KSampler().sample(model, 42, 2, 1.0, "euler", "simple", flux_conditioning(77, seed=1),
-                                   flux_conditioning(77, seed=2), empty_latent(*latent_hw))[0]["samples"]
 
 
 def test_every_drop_in_keeps_the_native_inputs_and_outputs(model_files):

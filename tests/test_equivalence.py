@@ -1,8 +1,7 @@
 """1 rank vs N ranks through ComfyUI's real KSampler: Ulysses, ring and USP give the 1-rank latent (fp32)."""
-import nodes
 import pytest
 
-from comfy_env import empty_latent, flux_conditioning, relative_error
+from comfy_env import ksample, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.runtime import group as helpers
 
@@ -10,13 +9,6 @@ LATENTS = {"divisible 16x16": (16, 16), "uneven 18x14": (18, 14)}
 # Ordered so that runs with the same layout follow each other and reuse the warm helpers.
 CASES = [(p, g, name) for p, g in [("ulysses", 2), ("ring", 2), ("ulysses", 4), ("ring", 4), ("usp", 4)]
          for name in LATENTS]
-
-
-def ksample(model, latent_hw, steps=2, cfg=1.0, text_tokens=77):
-    positive, negative = flux_conditioning(text_tokens, seed=1), flux_conditioning(text_tokens, seed=2)
-    out = nodes.KSampler().sample(model, 42, steps, cfg, "euler", "simple", positive, negative,
-                                  empty_latent(*latent_hw))
-    return out[0]["samples"]
 
 
 _reference = {}

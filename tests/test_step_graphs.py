@@ -1,6 +1,13 @@
 """The CUDA-graph policy every rank follows (the capture itself needs a GPU: see docs/benchmarks.md)."""
+import pickle
+import threading
+import time
+import uuid
+
 import pytest
 
+from comfy_xdit_patch.config import ParallelPlan
+from comfy_xdit_patch.runtime import group as helpers
 from comfy_xdit_patch.runtime.step_graphs import CAPTURE, EAGER, REPLAY, StepGraphs
 
 
@@ -31,9 +38,7 @@ def test_eager_mode_runs_the_forward_on_the_given_inputs():
 
 
 def test_graphs_survive_a_sampling_run_only_while_the_weights_stay_where_they_were():
-    from comfy_xdit_patch.config import ParallelPlan
-    from comfy_xdit_patch.runtime.group import HelperGroup
-    group = HelperGroup(ParallelPlan("cpu", (None, None), 2, 1))
+    group = helpers.HelperGroup(ParallelPlan("cpu", (None, None), 2, 1))
     group.new_sampling_run(("model", 1, 1234))
     first = group.generation
     group.graphs.entries["k"] = object()
@@ -52,25 +57,21 @@ def test_graphs_survive_a_sampling_run_only_while_the_weights_stay_where_they_we
 def test_a_warm_prompt_finds_the_previous_prompts_graph_keys():
     """ComfyUI gives the conditionings new uuids every sampling run; the graph key leaves their values out, and
     nothing else."""
-    import pickle
-    import uuid
-    from comfy_xdit_patch.runtime.group import graph_structure
 
     def key(uuids, cond_or_uncond=(0,)):
         skeleton = {"x": "slot0", "transformer_options": {"uuids": uuids, "cond_or_uncond": list(cond_or_uncond)}}
-        return pickle.dumps(graph_structure(skeleton))
+        return pickle.dumps(helpers.graph_structure(skeleton))
 
     assert key([uuid.uuid4()]) == key([uuid.uuid4()])
     assert key([uuid.uuid4()]) != key([uuid.uuid4(), uuid.uuid4()])
     assert key([uuid.uuid4()], (0,)) != key([uuid.uuid4()], (1,))
-    assert graph_structure({"x": 1}) == {"x": 1}
+    assert helpers.graph_structure({"x": 1}) == {"x": 1}
 
 
 def test_failed_groups_graphs_are_destroyed_beside_the_abort_not_before_it():
     """Session 4 on 2×H200: a graph replaying against a killed ring peer did not let its destructor return until the
     communicator was aborted, and the abort waits for the graphs to be gone. The destruction runs on its own thread,
     so the abort (here: the event the stuck graph waits for) can be issued meanwhile."""
-    import threading
     aborted = threading.Event()
     reset = []
 
@@ -90,9 +91,6 @@ def test_failed_groups_graphs_are_destroyed_beside_the_abort_not_before_it():
 def test_a_failed_group_aborts_while_its_graphs_are_being_destroyed(monkeypatch):
     """HelperGroup.shutdown after a failure: the graphs' destruction starts, the abort is issued while it is still
     blocked (as the ring kill's was), and the group waits for both before it lets go of the graphs."""
-    import threading
-    from comfy_xdit_patch.config import ParallelPlan
-    from comfy_xdit_patch.runtime import group as helpers
     helpers.shutdown_group()      # no live process group of other tests may be released by this one
     group = helpers.HelperGroup(ParallelPlan("cpu", (None, None), 2, 1))
     started, aborted, order = threading.Event(), threading.Event(), []
@@ -120,10 +118,6 @@ def test_graphs_that_cannot_be_destroyed_leave_the_group_and_later_prompts_run_o
     """If a failed group's graphs never finish destroying, its process group cannot be destroyed either (that would
     wait for them): shutdown returns after its bound, leaves the group, and a later start refuses at once with a
     message instead of hanging on the old group."""
-    import threading
-    import time
-    from comfy_xdit_patch.config import ParallelPlan
-    from comfy_xdit_patch.runtime import group as helpers
     helpers.shutdown_group()
     monkeypatch.setattr(helpers, "_unreleased_group", None)    # restored after the test
     released = []

@@ -4,18 +4,11 @@ import nodes
 import pytest
 import torch
 
-from comfy_env import empty_latent, flux_conditioning, relative_error, tiny_flux_state_dict
+from comfy_env import ksample, relative_error, tiny_flux_state_dict
 from comfy_xdit_patch.config import ParallelPlan, check_helper_memory
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.parallel.weight_shards import BlockLayout, is_block_weight
 from comfy_xdit_patch.runtime import group as helpers
-
-
-def ksample(model, latent_hw=(18, 14), steps=2, cfg=1.0):
-    positive, negative = flux_conditioning(77, seed=1), flux_conditioning(77, seed=2)
-    out = nodes.KSampler().sample(model, 42, steps, cfg, "euler", "simple", positive, negative,
-                                  empty_latent(*latent_hw))
-    return out[0]["samples"]
 
 
 def block_bytes(model):
