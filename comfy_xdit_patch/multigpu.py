@@ -70,7 +70,7 @@ class MultiGPURun:
             if group.block_shards is not None:
                 _offload_blocks(model_patcher, group.block_shards)
             self.graphs_allowed = _graph_safe(model_patcher, group)
-            group.new_sampling_run(_weights_state(model_patcher, group) if self.graphs_allowed else None)
+            group.new_sampling_run(_weight_addresses(model_patcher) if self.graphs_allowed else None)
             self.compile_kwargs = _torch_compile_settings(model_patcher)
         except NotImplementedError as e:
             self.blocked = str(e)       # every call of this run goes to one GPU, with this one reason logged
@@ -173,12 +173,11 @@ def _torch_compile_settings(model_patcher):
     return dict(settings) if settings else None
 
 
-def _weights_state(model_patcher, group):
-    """What rank 0's step graphs depend on besides their inputs: the model the helpers hold, how often its weights
-    were sent, and where rank 0's weights are (ComfyUI may unload and reload them between prompts)."""
+def _weight_addresses(model_patcher):
+    """Where rank 0's weights are, which its step graphs bake in (ComfyUI may unload and reload them between
+    prompts)."""
     diffusion_model = model_patcher.model.diffusion_model
-    addresses = tuple(t.data_ptr() for t in itertools.chain(diffusion_model.parameters(), diffusion_model.buffers()))
-    return group.model_fingerprint, group.weight_syncs, hash(addresses)
+    return hash(tuple(t.data_ptr() for t in itertools.chain(diffusion_model.parameters(), diffusion_model.buffers())))
 
 
 def _graph_safe(model_patcher, group):

@@ -39,15 +39,16 @@ def test_eager_mode_runs_the_forward_on_the_given_inputs():
 
 def test_graphs_survive_a_sampling_run_only_while_the_weights_stay_where_they_were():
     group = helpers.HelperGroup(ParallelPlan("cpu", (None, None), 2, 1))
-    group.new_sampling_run(("model", 1, 1234))
+    group.new_sampling_run(1234)
     first = group.generation
     group.graphs.entries["k"] = object()
-    group.new_sampling_run(("model", 1, 1234))          # same model, same syncs, same addresses: kept
+    group.new_sampling_run(1234)                        # same model, same syncs, same addresses: kept
     assert group.generation == first and "k" in group.graphs.entries
-    group.new_sampling_run(("model", 1, 5678))          # ComfyUI moved the weights: forgotten
+    group.new_sampling_run(5678)                        # ComfyUI moved the weights: forgotten
     assert group.generation == first + 1 and not group.graphs.entries
     group.graphs.entries["k"] = object()
-    group.new_sampling_run(("model", 2, 5678))          # weights re-sent (a LoRA strength changed)
+    group.weight_syncs += 1                             # weights re-sent (a LoRA strength changed)
+    group.new_sampling_run(5678)
     assert group.generation == first + 2 and not group.graphs.entries
     group.new_sampling_run(None)                        # graphs not allowed: never kept
     group.new_sampling_run(None)

@@ -354,10 +354,12 @@ class HelperGroup:
         self.helper_report = dict(stats, collected=time.time())
         return stats
 
-    def new_sampling_run(self, weights_state=None):
-        """Graphs bake in where every weight lives. They are kept for the next sampling run only when
-        ``weights_state`` (the model, its weight syncs and the addresses of rank 0's weights) is unchanged, which
-        spares a warm prompt its eager and capture steps; None never keeps them."""
+    def new_sampling_run(self, weight_addresses=None):
+        """Graphs bake in where every weight lives. They are kept for the next sampling run only while the helpers'
+        model, its weight syncs and ``weight_addresses`` (of rank 0's weights, from ComfyUI's model) are unchanged,
+        which spares a warm prompt its eager and capture steps. None (graphs not allowed) never keeps them."""
+        weights_state = None if weight_addresses is None else (self.model_fingerprint, self.weight_syncs,
+                                                               weight_addresses)
         if weights_state is None or weights_state != self._graph_weights_state:
             self.generation += 1
             self.graphs.reset(self.generation)
