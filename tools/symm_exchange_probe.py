@@ -57,6 +57,26 @@ class SymmetricExchange:
         self.fwd = [self.handle.get_buffer(r, self.fwd_shape, torch.bfloat16, 0) for r in range(n)]
         self.bwd = [self.handle.get_buffer(r, self.bwd_shape, torch.bfloat16, fwd) for r in range(n)]
         self.side = torch.cuda.Stream()
+        self._streams = []
+
+    def streams(self, count):
+        while len(self._streams) < count:
+            self._streams.append(torch.cuda.Stream())
+        return self._streams[:count]
+
+    def pull_split(self, source, streams):
+        """A contiguous peer -> local copy split over several streams, so that several copy engines work at once."""
+        out = torch.empty_like(source)
+        main = torch.cuda.current_stream()
+        flat_out, flat_src = out.view(-1), source.reshape(-1)
+        pieces = zip(flat_out.chunk(len(streams)), flat_src.chunk(len(streams)))
+        for stream, (dst, src) in zip(streams, pieces):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                dst.copy_(src)
+        for stream in streams:
+            main.wait_stream(stream)
+        return out
 
     def forward(self, q, k, v, pull="ce"):
         n, rank = self.n, self.rank
@@ -68,6 +88,10 @@ class SymmetricExchange:
         if pull == "ce":   # contiguous peer -> local copies: cudaMemcpyAsync, i.e. the copy engines
             parts = [send[rank] if r == rank else self.fwd[r][rank].clone() for r in range(n)]
             out = torch.cat(parts, dim=3)
+        elif pull.startswith("ce"):   # "ce4": the peer's part pulled in 4 pieces on 4 streams
+            streams = self.streams(int(pull[2:]))
+            parts = [send[rank] if r == rank else self.pull_split(self.fwd[r][rank], streams) for r in range(n)]
+            out = torch.cat(parts, dim=3)
         else:
             out = q.new_empty((3, 1, hl, n * self.length, DIM))
             for r in range(n):
@@ -75,12 +99,16 @@ class SymmetricExchange:
         self.handle.barrier(channel=1)   # the peer has read our send buffer: it may be written again
         return out
 
-    def backward(self, out):
+    def backward(self, out, pull="ce"):
         n, rank = self.n, self.rank
         send = self.bwd[rank]
         send.copy_(out.reshape(1, out.shape[1], n, self.length, DIM).permute(2, 0, 1, 3, 4))
         self.handle.barrier(channel=0)
-        parts = [send[rank] if r == rank else self.bwd[r][rank].clone() for r in range(n)]
+        if pull.startswith("ce") and pull != "ce" and pull != "ce-sm":
+            streams = self.streams(int(pull[2:]))
+            parts = [send[rank] if r == rank else self.pull_split(self.bwd[r][rank], streams) for r in range(n)]
+        else:
+            parts = [send[rank] if r == rank else self.bwd[r][rank].clone() for r in range(n)]
         self.handle.barrier(channel=1)
         # (n, B, Hl, L, D) -> (B, L, H * D)
         return torch.stack(parts).permute(1, 3, 0, 2, 4).reshape(1, self.length, HEADS * DIM)
@@ -200,12 +228,14 @@ def worker(rank, args):
             "symm-ce": lambda: exchange.backward(attention(*exchange.forward(q, k, v, "ce"))),
             "symm-sm": lambda: exchange.backward(attention(*exchange.forward(q, k, v, "sm"))),
             "symm-ce-2": lambda: exchange.chunked_block(q, k, v),
+            "symm-ce4": lambda: exchange.backward(attention(*exchange.forward(q, k, v, "ce4")), "ce4"),
+            "symm-ce4-only": lambda: exchange.backward(exchange.forward(q, k, v, "ce4")[0], "ce4"),
             "nccl-only": lambda: scatter_sequence_gather_heads(
                 scatter_heads_gather_sequence(q, k, v, seq_lens, None)[0], seq_lens, rank, None),
             "symm-ce-only": lambda: exchange.backward(exchange.forward(q, k, v, "ce")[0]),
         }
         for name, fn in variants.items():
-            if exchange is None and name.startswith("symm"):
+            if exchange is None and name.startswith("symm") or args.only and name not in args.only:
                 continue
             try:
                 ms = timed_graph(fn, args.blocks, args.replays)
@@ -216,12 +246,49 @@ def worker(rank, args):
         exchange = None
         torch.cuda.synchronize()
         dist.barrier()
+    bandwidth(rank, group, symm_mem, device)
+    if args.skip_release:
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     try:
         release_test(rank, group, symm_mem, device)
     except Exception as error:
         log(rank, f"release test FAILED {error!r}")
     dist.barrier()
     dist.destroy_process_group()
+
+
+def bandwidth(rank, group, symm_mem, device):
+    """Link rate at the exchange's sizes and beyond: NCCL all-to-all and copy-engine pulls on 1 and 4 streams."""
+    for mbytes in (7, 21, 84, 256):
+        numel = mbytes * 2 ** 20 // 2
+        buffer = symm_mem.empty(numel, dtype=torch.bfloat16, device=device)
+        handle = symm_mem.rendezvous(buffer, group.group_name)
+        peer = handle.get_buffer(1 - rank, (numel,), torch.bfloat16, 0)
+        send = torch.randn(2 * numel, device=device, dtype=torch.bfloat16)
+        recv = torch.empty_like(send)
+        streams = [torch.cuda.Stream() for _ in range(4)]
+
+        def pull(count):
+            main = torch.cuda.current_stream()
+            out = torch.empty_like(peer)
+            for stream, dst, src in zip(streams[:count], out.chunk(count), peer.chunk(count)):
+                stream.wait_stream(main)
+                with torch.cuda.stream(stream):
+                    dst.copy_(src)
+            for stream in streams[:count]:
+                main.wait_stream(stream)
+
+        rows = {"nccl a2a": lambda: dist.all_to_all_single(recv, send),
+                "ce pull x1": lambda: pull(1), "ce pull x4": lambda: pull(4)}
+        for name, fn in rows.items():
+            ms = timed_graph(fn, 4, 10)
+            log(rank, f"| bandwidth | {mbytes} MB one way | {name} | {ms * 1000:.0f} µs | "
+                      f"{mbytes * 2 ** 20 / ms / 1e6:.0f} GB/s |")
+        handle = peer = None
+        torch.cuda.synchronize()
+        dist.barrier()
 
 
 def release_test(rank, group, symm_mem, device):
@@ -239,8 +306,8 @@ def release_test(rank, group, symm_mem, device):
         pad = handle.get_signal_pad(0)
         log(rank, f"release test: wait pending after 1 s: {stuck}; signal pad {tuple(pad.shape)} {pad.dtype}")
         freeing = torch.cuda.Stream()
-        with torch.cuda.stream(freeing):
-            pad.view(torch.int32)[3 * 2 + 1].fill_(1)
+        with torch.cuda.stream(freeing):   # every slot: whatever the layout, the awaited one is among them
+            pad.view(torch.int32).fill_(1)
         t0 = time.perf_counter()
         while not waiting.query() and time.perf_counter() - t0 < 5:
             time.sleep(0.01)
@@ -258,6 +325,8 @@ def main():
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--replays", type=int, default=15)
     parser.add_argument("--port", type=int, default=29631)
+    parser.add_argument("--only", type=lambda s: s.split(","), default=None, help="variants to time")
+    parser.add_argument("--skip-release", action="store_true")
     args = parser.parse_args()
     mp.spawn(worker, args=(args,), nprocs=2)
 
