@@ -292,6 +292,8 @@ def main(argv=None):
                              "replicated and sharded")
     parser.add_argument("--shard-gathers", default=None, help="comma list of COMFY_XDIT_SHARD_GATHERS settings to "
                         "time with sharded weights, e.g. shared,own (on the exchange's communicator or their own)")
+    parser.add_argument("--exchange", default=None, help="comma list of COMFY_XDIT_EXCHANGE settings to time, e.g. "
+                        "nccl,symmetric (the Ulysses all-to-all over NCCL or over symmetric memory); GPU only")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
                         "(this torch.compile backend, e.g. inductor) to the model on both sides: 1 device and N devices")
     parser.add_argument("--dynamic-vram", action="store_true", help="ComfyUI's dynamic VRAM (its default on NVIDIA; "
@@ -309,6 +311,8 @@ def main(argv=None):
     if args.shard_gathers and (args.shard_weights == "off" or
                                not set(args.shard_gathers.split(",")) <= {"shared", "own"}):
         parser.error("--shard-gathers takes shared and/or own, and needs --shard-weights on or both")
+    if args.exchange and not set(args.exchange.split(",")) <= {"nccl", "symmetric"}:
+        parser.error("--exchange takes nccl and/or symmetric")
     if args.dynamic_vram and args.graph_baseline:
         parser.error("--dynamic-vram: no graph baseline (a graphed step needs weights that stay put, which dynamic "
                      "VRAM does not promise); leave out --graph-baseline")
@@ -364,14 +368,17 @@ def main(argv=None):
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
     gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "shared")).split(",")
     # Gather settings only change sharded runs.
-    configurations = [(p, s, a, g) for p in args.parallelism.split(",") for s in shard_settings
-                      for a in (gather_settings if s else ["shared"]) for g in graph_settings]
-    for parallelism, shard_weights, gathers, graphs in configurations:
+    exchange_settings = (args.exchange or os.environ.get("COMFY_XDIT_EXCHANGE", "nccl")).split(",")
+    configurations = [(p, s, a, x, g) for p in args.parallelism.split(",") for s in shard_settings
+                      for a in (gather_settings if s else ["shared"]) for x in exchange_settings
+                      for g in graph_settings]
+    for parallelism, shard_weights, gathers, exchange, graphs in configurations:
         os.environ["COMFY_XDIT_SHARD_GATHERS"] = gathers     # read when the plan is made
+        os.environ["COMFY_XDIT_EXCHANGE"] = exchange
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
         os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
         configured = parallelism + (" +sharded" if shard_weights else "") + \
-            (" (own gathers)" if gathers == "own" else "")
+            (" (own gathers)" if gathers == "own" else "") + (" (symmetric exchange)" if exchange == "symmetric" else "")
         for res in resolutions:
             hw = (res // 8, res // 8)
             _peak(device)

@@ -19,6 +19,7 @@ class ParallelPlan:
     launcher: str = "local"     # "ray": helpers are Ray actors, possibly on other machines
     shard_weights: bool = False  # each rank holds 1/N of every block's weights (parallel/weight_shards.py)
     own_gather_group: bool = False  # COMFY_XDIT_SHARD_GATHERS=own: sharded blocks gather on a communicator of their own
+    ulysses_exchange: str = "nccl"  # COMFY_XDIT_EXCHANGE: "symmetric" = parallel/symmetric.py instead of NCCL all-to-all
 
     @property
     def world_size(self):
@@ -45,6 +46,8 @@ class ParallelPlan:
         layout = f"ulysses {self.ulysses_degree} x ring {self.ring_degree}"
         if self.shard_weights:
             layout += ", weights sharded" + (" (gathers on their own communicator)" if self.own_gather_group else "")
+        if self.ulysses_exchange != "nccl" and self.ulysses_degree > 1:
+            layout += f", {self.ulysses_exchange} exchange"
         if self.replicas > 1:
             return f"{self.world_size} {where} ({self.replicas} groups of {layout}, {self.scheduling})"
         return f"{self.world_size} {where} ({layout})"
@@ -127,7 +130,17 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
                          f"use one of {_divisors(world)}.")
     ulysses, ring = choose_degrees(degree, heads, parallelism, ulysses_degree, ring_degree)
     own_gathers = bool(shard_weights) and shard_gathers_setting() == "own"
-    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), own_gathers)
+    exchange = exchange_setting()
+    if exchange == "symmetric" and (device_type != "cuda" or launcher != "local"):
+        raise ValueError("COMFY_XDIT_EXCHANGE=symmetric needs the CUDA GPUs of one machine (launcher 'local'); "
+                         "unset it (or set it to nccl) for CPU ranks or Ray.")
+    if exchange == "symmetric":
+        from .parallel.symmetric import unavailable_reason
+        reason = unavailable_reason()
+        if reason:
+            raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: {reason}; unset it to use NCCL.")
+    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), own_gathers,
+                        exchange)
 
 
 def shard_gathers_setting():
@@ -138,6 +151,17 @@ def shard_gathers_setting():
     value = os.environ.get("COMFY_XDIT_SHARD_GATHERS", "shared")
     if value not in ("shared", "own"):
         raise ValueError(f"COMFY_XDIT_SHARD_GATHERS must be 'shared' or 'own', not '{value}'.")
+    return value
+
+
+def exchange_setting():
+    """COMFY_XDIT_EXCHANGE: how the Ulysses all-to-all moves q, k, v and the output. ``nccl`` (default): NCCL's
+    all-to-all, with a pack and an unpack pass each way. ``symmetric``: peers write straight into each other's
+    receive buffers over symmetric memory (parallel/symmetric.py), one GPU host only. Opt-in until measured in the
+    product on GPUs, the failure path included."""
+    value = os.environ.get("COMFY_XDIT_EXCHANGE", "nccl")
+    if value not in ("nccl", "symmetric"):
+        raise ValueError(f"COMFY_XDIT_EXCHANGE must be 'nccl' or 'symmetric', not '{value}'.")
     return value
 
 

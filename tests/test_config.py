@@ -81,3 +81,18 @@ def test_a_helper_gpu_without_room_for_the_model_is_refused_before_any_work():
         check_helper_memory(plan, int(22.2 * 2**30), free.__getitem__)
     check_helper_memory(resolve_plan(2, "ring", 24, torch.device("cuda", 0), visible_cuda=3), 22 * 2**30,
                         free.__getitem__)
+
+
+def test_symmetric_exchange_setting_is_checked_before_any_work(monkeypatch):
+    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "nvlink")
+    with pytest.raises(ValueError, match="COMFY_XDIT_EXCHANGE must be 'nccl' or 'symmetric', not 'nvlink'"):
+        resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2)
+    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
+    with pytest.raises(ValueError, match="needs the CUDA GPUs of one machine.*unset it"):
+        resolve_plan(2, "ulysses", 4, torch.device("cpu"), visible_cuda=0)
+    with pytest.raises(ValueError, match="needs the CUDA GPUs of one machine"):
+        resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2, launcher="ray")
+    plan = resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2)
+    assert plan.ulysses_exchange == "symmetric" and "symmetric exchange" in plan.describe()
+    monkeypatch.delenv("COMFY_XDIT_EXCHANGE")
+    assert resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2).ulysses_exchange == "nccl"

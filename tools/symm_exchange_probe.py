@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from comfy_xdit_patch.parallel.comm import scatter_heads_gather_sequence, scatter_sequence_gather_heads  # noqa: E402
+from comfy_xdit_patch.parallel.symmetric import SymmetricUlysses  # noqa: E402
 
 HEADS, DIM, TEXT = 24, 128, 512
 
@@ -200,6 +201,7 @@ def worker(rank, args):
     except Exception as error:   # newer torch enables it on rendezvous
         log(rank, f"enable_symm_mem_for_group: {error!r}")
     n = 2
+    product = SymmetricUlysses(group, [0, 1], rank, device)
     for res in args.res:
         tokens = TEXT + (res // 16) ** 2
         length = tokens // n
@@ -214,6 +216,7 @@ def worker(rank, args):
             checks = {"symm-ce": exchange.backward(attention(*exchange.forward(q, k, v, "ce"))),
                       "symm-sm": exchange.backward(attention(*exchange.forward(q, k, v, "sm"))),
                       "symm-ce-2": exchange.chunked_block(q, k, v)}
+            checks["product"] = product.gather_heads(attention(*product.scatter_heads(q, k, v, seq_lens)), seq_lens)
             for name, out in checks.items():
                 diff = (out.float() - reference.float()).abs().max().item()
                 log(rank, f"{res}²: {name} max |diff| vs nccl {diff:.3g}")
@@ -230,6 +233,8 @@ def worker(rank, args):
             "symm-ce-2": lambda: exchange.chunked_block(q, k, v),
             "symm-ce4": lambda: exchange.backward(attention(*exchange.forward(q, k, v, "ce4")), "ce4"),
             "symm-ce4-only": lambda: exchange.backward(exchange.forward(q, k, v, "ce4")[0], "ce4"),
+            "product": lambda: product.gather_heads(attention(*product.scatter_heads(q, k, v, seq_lens)), seq_lens),
+            "product-only": lambda: product.gather_heads(product.scatter_heads(q, k, v, seq_lens)[0], seq_lens),
             "nccl-only": lambda: scatter_sequence_gather_heads(
                 scatter_heads_gather_sequence(q, k, v, seq_lens, None)[0], seq_lens, rank, None),
             "symm-ce-only": lambda: exchange.backward(exchange.forward(q, k, v, "ce")[0]),
@@ -251,6 +256,10 @@ def worker(rank, args):
         dist.barrier()
         dist.destroy_process_group()
         return
+    try:
+        release_product(rank, product, device)
+    except Exception as error:
+        log(rank, f"product release test FAILED {error!r}")
     try:
         release_test(rank, group, symm_mem, device)
     except Exception as error:
@@ -291,6 +300,24 @@ def bandwidth(rank, group, symm_mem, device):
         dist.barrier()
 
 
+def release_product(rank, product, device):
+    """The product's barrier: rank 0 enters one alone (rank 1 never does); ``abort`` must free it."""
+    dist.barrier()
+    if rank == 0:
+        waiting = torch.cuda.Stream()
+        with torch.cuda.stream(waiting):
+            product._barrier()
+        time.sleep(1.0)
+        stuck = not waiting.query()
+        t0 = time.perf_counter()
+        product.abort()
+        while not waiting.query() and time.perf_counter() - t0 < 5:
+            time.sleep(0.001)
+        log(rank, f"product release: barrier pending after 1 s: {stuck}; freed by abort(): {waiting.query()} in "
+                  f"{(time.perf_counter() - t0) * 1000:.1f} ms")
+    dist.barrier()
+
+
 def release_test(rank, group, symm_mem, device):
     """Rank 0 waits for a signal rank 1 never sends; a write into rank 0's own signal pad from another stream frees
     it. (Signal pad layout assumed: pad[channel * world_size + src_rank]; the test says whether it holds.)"""
@@ -306,8 +333,9 @@ def release_test(rank, group, symm_mem, device):
         pad = handle.get_signal_pad(0)
         log(rank, f"release test: wait pending after 1 s: {stuck}; signal pad {tuple(pad.shape)} {pad.dtype}")
         freeing = torch.cuda.Stream()
-        with torch.cuda.stream(freeing):   # every slot: whatever the layout, the awaited one is among them
-            pad.view(torch.int32).fill_(1)
+        ones = torch.ones(pad.numel(), dtype=torch.int32, device=device)
+        with torch.cuda.stream(freeing):   # every slot; a copy (no kernel to load while one spins)
+            pad.view(torch.int32).copy_(ones)
         t0 = time.perf_counter()
         while not waiting.query() and time.perf_counter() - t0 < 5:
             time.sleep(0.01)

@@ -44,13 +44,20 @@ def sequence_parallel_attention(q, k, v, mesh, layout, local_attention):
     """``layout`` is the call's AttentionLayout. ``local_attention(q, k, v)`` is the single-device kernel for the
     Ulysses-only case, so that it stays exactly the kernel ComfyUI would use."""
     batch, heads, length, dim = q.shape
+    # The symmetric exchange's kernels take a power-of-two head size (every FLUX variant: 128); others use NCCL.
+    exchange = mesh.ulysses_exchange if mesh.ulysses_exchange is not None and dim & (dim - 1) == 0 else None
     if mesh.ulysses_degree > 1:
-        qkv = scatter_heads_gather_sequence(q, k, v, layout.u_lens, mesh.ulysses_group)
+        if exchange is not None:
+            qkv = exchange.scatter_heads(q, k, v, layout.u_lens)
+        else:
+            qkv = scatter_heads_gather_sequence(q, k, v, layout.u_lens, mesh.ulysses_group)
         q, k, v = qkv[0], qkv[1], qkv[2]
     if mesh.ring_degree > 1:
         out = ring_attention(q, k, v, layout.ring_lens, mesh.ring_ranks, layout.ring_member).transpose(1, 2)
     else:
         out = local_attention(q, k, v)
     if mesh.ulysses_degree > 1:
+        if exchange is not None:
+            return exchange.gather_heads(out, layout.u_lens)
         return scatter_sequence_gather_heads(out, layout.u_lens, layout.u_member, mesh.ulysses_group)
     return out.transpose(1, 2).reshape(batch, length, heads * dim)

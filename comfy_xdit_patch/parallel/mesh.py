@@ -24,6 +24,7 @@ class SequenceParallelMesh:
     ulysses_group: object = None
     sp_group: object = None
     gather_group: object = None  # where sharded blocks are gathered (parallel/weight_shards.py); None: default group
+    ulysses_exchange: object = None  # parallel/symmetric.py's SymmetricUlysses; None: NCCL's all-to-all (comm.py)
 
     @property
     def sp_degree(self):
@@ -48,10 +49,11 @@ class SequenceParallelMesh:
         return list(range(first, first + self.ulysses_degree))
 
     @classmethod
-    def build(cls, ulysses_degree, ring_degree, own_gather_group=False, timeout=None):
+    def build(cls, ulysses_degree, ring_degree, own_gather_group=False, timeout=None, exchange="nccl", device=None):
         """Collective: every rank of the default group calls this with the same degrees. ``own_gather_group``: a
         second group of every rank, for the gathers of sharded weights (config.shard_gathers_setting). ``timeout``:
-        the default group's (a new group would otherwise get torch's own: 30 min on gloo, 10 on NCCL)."""
+        the default group's (a new group would otherwise get torch's own: 30 min on gloo, 10 on NCCL).
+        ``exchange``: "symmetric" maps the Ulysses group's receive buffers on ``device`` (config.exchange_setting)."""
         rank, world_size = dist.get_rank(), dist.get_world_size()
         sp_degree = ulysses_degree * ring_degree
         if world_size % sp_degree:
@@ -82,4 +84,8 @@ class SequenceParallelMesh:
         mesh.ulysses_ranks = mesh.ulysses_group_of(rank)
         if own_gather_group:
             mesh.gather_group = dist.new_group(list(range(world_size)), timeout=timeout)
+        if exchange == "symmetric" and ulysses_degree > 1:
+            from .symmetric import SymmetricUlysses
+            mesh.ulysses_exchange = SymmetricUlysses(mesh.ulysses_group, mesh.ulysses_ranks,
+                                                     mesh.ulysses_ranks.index(rank), device)
         return mesh

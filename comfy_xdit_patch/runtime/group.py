@@ -145,7 +145,8 @@ class HelperGroup:
                                     timeout=timedelta(seconds=timeout))
             _owned_default_group = True
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree,
-                                                   self.plan.own_gather_group, timedelta(seconds=timeout))
+                                                   self.plan.own_gather_group, timedelta(seconds=timeout),
+                                                   self.plan.ulysses_exchange, self.device)
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
@@ -238,6 +239,9 @@ class HelperGroup:
                 return
             self._aborted = True
             t0 = time.perf_counter()
+            exchange = self.mesh.ulysses_exchange if self.mesh is not None else None
+            if exchange is not None:   # its barriers spin outside NCCL: released first, so the stream can drain
+                exchange.abort()
             try:
                 dist.distributed_c10d._abort_process_group()
             except Exception:

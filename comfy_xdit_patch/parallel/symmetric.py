@@ -1,0 +1,180 @@
+"""The Ulysses exchange over symmetric memory, for a Ulysses group whose GPUs share one host.
+
+NCCL's all-to-all wants its data packed per destination and hands it back packed, so a block pays a pass over q, k and
+v before it and after it, and one more each way for the output. On 2×H200 at 1024² a block spent ≈290 µs in pack,
+all-to-all and unpack, while its 28 MB cross the link in ≈90 µs at the ≈350 GB/s that a copy engine reaches
+(tools/symm_exchange_probe.py, docs/benchmarks.md). Here every rank maps its peers' receive buffers (torch's symmetric
+memory): one kernel per destination reads q, k, v where ComfyUI left them (any strides) and writes them straight into
+the layout the attention reads on that GPU, and the output goes back the same way into the token-major layout
+ComfyUI's blocks expect. A barrier after each direction says the data is there.
+
+The barrier is our own small kernel for one reason: a peer that dies leaves it spinning, and rank 0 (ComfyUI's own
+process) must get its stream back to finish the image on one GPU. It also watches an abort flag in rank 0's memory;
+``abort`` sets that flag with a plain copy (no kernel launch: loading a kernel while another spins can wait for it
+under CUDA's lazy loading) and every spinning barrier returns.
+"""
+import importlib.util
+import logging
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+# Buffers are kept per shape while CUDA graphs may still replay against them; the graphs keep at most two keys
+# (runtime/step_graphs.py), and one more shape may be running eagerly.
+_KEPT_SHAPES = 4
+
+
+def unavailable_reason():
+    """Why this process cannot run the exchange (it needs Triton and torch's symmetric memory), or None."""
+    for module in ("triton", "torch.distributed._symmetric_memory"):
+        try:
+            if importlib.util.find_spec(module) is None:
+                return f"{module} is not installed"
+        except ImportError:
+            return f"{module} is not installed"
+    return None
+
+
+def _kernels():
+    """Compiled on first use, so that importing the plugin never needs Triton."""
+    global _copy_kernel, _barrier_kernel
+    if _copy_kernel is not None:
+        return _copy_kernel, _barrier_kernel
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def copy_heads(src, dst, length, heads, s_b, s_h, s_l, d_b, d_h, d_l, DIM: tl.constexpr, BLOCK: tl.constexpr):
+        """dst[b, h, l, :] = src[b, h, l, :] for l < length; the last dimension is contiguous on both sides. dst may
+        be a peer GPU's memory: the stores then cross the link."""
+        row = tl.program_id(1).to(tl.int64)
+        b, h = row // heads, row % heads
+        tokens = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        cols = tl.arange(0, DIM)
+        keep = (tokens < length)[:, None]
+        rows = tokens.to(tl.int64)[:, None]
+        values = tl.load(src + b * s_b + h * s_h + rows * s_l + cols[None, :], mask=keep)
+        tl.store(dst + b * d_b + h * d_h + rows * d_l + cols[None, :], values, mask=keep)
+
+    @triton.jit
+    def barrier(epoch, own_flags, peer_flags, abort, member, SIZE: tl.constexpr):
+        """Every member raises its epoch in each peer's flag slot for it, then waits until every peer has raised it
+        in ours, or until the abort flag is set. The epoch lives on the device, so a replayed CUDA graph counts on."""
+        now = tl.load(epoch) + 1
+        tl.store(epoch, now)
+        for peer in tl.static_range(SIZE):
+            if peer != member:
+                slot = tl.load(peer_flags + peer).to(tl.pointer_type(tl.int32))
+                tl.atomic_xchg(slot, now, sem="release", scope="sys")
+        for peer in tl.static_range(SIZE):
+            if peer != member:
+                seen = tl.atomic_add(own_flags + peer, 0, sem="acquire", scope="sys")
+                stop = tl.load(abort, volatile=True)
+                while (seen < now) & (stop == 0):
+                    seen = tl.atomic_add(own_flags + peer, 0, sem="acquire", scope="sys")
+                    stop = tl.load(abort, volatile=True)
+
+    _copy_kernel, _barrier_kernel = copy_heads, barrier
+    return _copy_kernel, _barrier_kernel
+
+
+_copy_kernel = _barrier_kernel = None
+
+
+def _copy(src, dst):
+    """``dst[...] = src`` for two (B, H, L, D) tensors whose last dimension is contiguous."""
+    copy_heads, _ = _kernels()
+    if src.stride(-1) != 1:
+        src = src.contiguous()
+    batch, heads, length, dim = src.shape
+    block = max(16, min(64, 8192 // dim))
+    grid = ((length + block - 1) // block, batch * heads)
+    copy_heads[grid](src, dst, length, heads, *src.stride()[:3], *dst.stride()[:3], DIM=dim, BLOCK=block)
+
+
+class SymmetricUlysses:
+    """The two all-to-alls of Ulysses attention for one Ulysses group of GPUs on one host (``ranks``, this process
+    being ``ranks[member]``). Collective: every member constructs it at the same point, and calls ``scatter_heads``
+    and ``gather_heads`` for the same shapes in the same order."""
+
+    def __init__(self, group, ranks, member, device):
+        import torch.distributed._symmetric_memory as symm_mem
+        self._symm_mem = symm_mem
+        self.group_name = group.group_name
+        self.size, self.member, self.device = len(ranks), member, device
+        self.epoch = torch.zeros(1, dtype=torch.int32, device=device)
+        self.abort_flag = torch.zeros(1, dtype=torch.int32, device=device)
+        self._raised = torch.ones(1, dtype=torch.int32, device=device)
+        self._flags = symm_mem.empty(self.size, dtype=torch.int32, device=device)
+        self._flags.zero_()
+        handle = symm_mem.rendezvous(self._flags, self.group_name)
+        # Our slot in every peer's flags (peer p reads it as own_flags[member]).
+        self._peer_flags = torch.tensor(
+            [handle.get_buffer(p, (self.size,), torch.int32).data_ptr() + 4 * member for p in range(self.size)],
+            dtype=torch.int64, device=device)
+        self._flags_handle = handle
+        self._shapes = {}   # key -> (handle, [received q/k/v by member], [output by member])
+        torch.cuda.synchronize(device)
+        dist.barrier(group=group)   # every member's flags are zero before anyone raises one
+
+    def _barrier(self):
+        _, barrier = _kernels()
+        barrier[(1,)](self.epoch, self._flags, self._peer_flags, self.abort_flag, self.member, SIZE=self.size,
+                      num_warps=1)
+
+    def _buffers(self, batch, heads, dim, seq_lens, dtype):
+        """Collective on first use of a shape: the receive buffers of every member, mapped into this process."""
+        key = (batch, heads, dim, tuple(seq_lens), dtype)
+        if key in self._shapes:
+            return self._shapes[key]
+        if len(self._shapes) >= _KEPT_SHAPES:
+            self._shapes.pop(next(iter(self._shapes)))
+        local_heads, total, longest = heads // self.size, sum(seq_lens), max(seq_lens)
+        gathered = (3, batch, local_heads, total, dim)
+        output = (batch, longest, heads, dim)
+        gathered_numel = 3 * batch * local_heads * total * dim
+        memory = self._symm_mem.empty(gathered_numel + batch * longest * heads * dim, dtype=dtype, device=self.device)
+        handle = self._symm_mem.rendezvous(memory, self.group_name)
+        received = [handle.get_buffer(p, gathered, dtype) for p in range(self.size)]
+        outputs = [handle.get_buffer(p, output, dtype, gathered_numel) for p in range(self.size)]
+        self._shapes[key] = (handle, received, outputs)
+        return self._shapes[key]
+
+    def scatter_heads(self, q, k, v, seq_lens):
+        """q, k, v: (B, H, L_member, D). Returns (3, B, H / n, sum(seq_lens), D): this member's heads over the whole
+        sequence, members' tokens in member order (as parallel/comm.py's all-to-all returns them)."""
+        batch, heads, length, dim = q.shape
+        _, received, _ = self._buffers(batch, heads, dim, seq_lens, q.dtype)
+        local_heads = heads // self.size
+        start = sum(seq_lens[:self.member])
+        for peer in range(self.size):
+            head_range = slice(peer * local_heads, (peer + 1) * local_heads)
+            for i, tensor in enumerate((q, k, v)):
+                _copy(tensor[:, head_range], received[peer][i, :, :, start:start + length])
+        self._barrier()
+        return received[self.member]
+
+    def gather_heads(self, out, seq_lens):
+        """out: (B, H / n, sum(seq_lens), D). Returns (B, L_member, H * D), token-major. The result lives in a buffer
+        that the next call of the same shape overwrites: it is used by the block's projection right away."""
+        batch, local_heads, _, dim = out.shape
+        _, _, outputs = self._buffers(batch, local_heads * self.size, dim, seq_lens, out.dtype)
+        heads = slice(self.member * local_heads, (self.member + 1) * local_heads)
+        start = 0
+        for peer, length in enumerate(seq_lens):
+            target = outputs[peer][:, :length, heads].transpose(1, 2)
+            _copy(out[:, :, start:start + length], target)
+            start += length
+        self._barrier()
+        length = seq_lens[self.member]
+        return outputs[self.member][:, :length].reshape(batch, length, local_heads * self.size * dim)
+
+    def abort(self):
+        """After a failure: every barrier spinning now or later returns at once (their results are garbage; the group
+        is not used again). A copy, not a kernel, on a stream of its own (see the module's docstring)."""
+        stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(stream):
+            self.abort_flag.copy_(self._raised)
+        log.info("Enable Multi-GPU: released the symmetric-memory exchange's barriers")
