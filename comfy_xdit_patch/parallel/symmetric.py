@@ -102,8 +102,8 @@ class SymmetricUlysses:
     def __init__(self, group, ranks, member, device):
         import torch.distributed._symmetric_memory as symm_mem
         self._symm_mem = symm_mem
-        self.group_name = group.group_name
         self.size, self.member, self.device = len(ranks), member, device
+        self.group_name = self._register(group, ranks)
         self.epoch = torch.zeros(1, dtype=torch.int32, device=device)
         self.abort_flag = torch.zeros(1, dtype=torch.int32, device=device)
         self._raised = torch.ones(1, dtype=torch.int32, device=device)
@@ -118,6 +118,19 @@ class SymmetricUlysses:
         self._shapes = {}   # key -> (handle, [received q/k/v by member], [output by member])
         torch.cuda.synchronize(device)
         dist.barrier(group=group)   # every member's flags are zero before anyone raises one
+
+    def _register(self, group, ranks):
+        """Registers this group with symmetric memory under a name no earlier group of this process had. torch counts
+        rendezvous per group name, and after a failure the new process group reuses the old names ("0", ...): rank 0
+        would wait for its 7th rendezvous while the new helper offers its 1st (it hung so on 2×H200)."""
+        from torch._C._distributed_c10d import _SymmetricMemory
+        nonce = torch.randint(1, 2 ** 62, (1,), device=self.device) if self.member == 0 else \
+            torch.zeros(1, dtype=torch.int64, device=self.device)
+        dist.broadcast(nonce, src=ranks[0], group=group)
+        name = f"comfy_xdit_ulysses_{nonce.item():x}"
+        store = dist.PrefixStore(name, dist.distributed_c10d._get_default_store())
+        _SymmetricMemory.set_group_info(name, self.member, self.size, store)
+        return name
 
     def _barrier(self):
         _, barrier = _kernels()
