@@ -96,14 +96,20 @@ def _copy(src, dst):
 
 class SymmetricUlysses:
     """The two all-to-alls of Ulysses attention for one Ulysses group of GPUs on one host (``ranks``, this process
-    being ``ranks[member]``). Collective: every member constructs it at the same point, and calls ``scatter_heads``
-    and ``gather_heads`` for the same shapes in the same order."""
+    being ``ranks[member]``). Collective: every rank of the default group constructs one at the same point, and the
+    members call ``scatter_heads`` and ``gather_heads`` for the same shapes in the same order. ``group`` only names
+    the members for symmetric memory (its store); no collective runs on it, so it may be a gloo group: no further
+    NCCL communicator to abort after a failure."""
 
     def __init__(self, group, ranks, member, device):
         import torch.distributed._symmetric_memory as symm_mem
         self._symm_mem = symm_mem
         self.size, self.member, self.device = len(ranks), member, device
-        self.group_name = self._register(group, ranks)
+        self.group_name = group.group_name
+        try:   # torch 2.11 registers every group itself and deprecates this; older ones need it
+            symm_mem.enable_symm_mem_for_group(self.group_name)
+        except Exception:
+            pass
         self.epoch = torch.zeros(1, dtype=torch.int32, device=device)
         self.abort_flag = torch.zeros(1, dtype=torch.int32, device=device)
         self._raised = torch.ones(1, dtype=torch.int32, device=device)
@@ -117,20 +123,7 @@ class SymmetricUlysses:
         self._flags_handle = handle
         self._shapes = {}   # key -> (handle, [received q/k/v by member], [output by member])
         torch.cuda.synchronize(device)
-        dist.barrier(group=group)   # every member's flags are zero before anyone raises one
-
-    def _register(self, group, ranks):
-        """Registers this group with symmetric memory under a name no earlier group of this process had. torch counts
-        rendezvous per group name, and after a failure the new process group reuses the old names ("0", ...): rank 0
-        would wait for its 7th rendezvous while the new helper offers its 1st (it hung so on 2×H200)."""
-        from torch._C._distributed_c10d import _SymmetricMemory
-        nonce = torch.randint(1, 2 ** 62, (1,), device=self.device) if self.member == 0 else \
-            torch.zeros(1, dtype=torch.int64, device=self.device)
-        dist.broadcast(nonce, src=ranks[0], group=group)
-        name = f"comfy_xdit_ulysses_{nonce.item():x}"
-        store = dist.PrefixStore(name, dist.distributed_c10d._get_default_store())
-        _SymmetricMemory.set_group_info(name, self.member, self.size, store)
-        return name
+        dist.barrier()   # every member's flags are zero before anyone raises one (every rank builds at once)
 
     def _barrier(self):
         _, barrier = _kernels()

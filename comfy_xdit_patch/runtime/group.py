@@ -6,6 +6,7 @@ device, started on first use and reused while the plan (devices and degrees) sta
 """
 import atexit
 import collections
+import itertools
 import logging
 import os
 import pickle
@@ -107,6 +108,7 @@ class HelperGroup:
             raise HelperFailure("torch.distributed is already initialised in ComfyUI's process (by another custom "
                                 "node?); Enable Multi-GPU needs to create its own process group.")
         token = secrets.token_bytes(16)
+        self.generation = next(_generations)
         listener = control.listen(rank0_host())
         host = rank0_host()
         if host == "127.0.0.1":
@@ -136,7 +138,7 @@ class HelperGroup:
             import comfy.cli_args
             for rank, channel in self.channels.items():
                 channel.send({"comfy_args": vars(comfy.cli_args.args), "plan": self.plan, "rank": rank,
-                              "store_host": host, "store_port": store_port})
+                              "store_host": host, "store_port": store_port, "generation": self.generation})
             self._expect_all("imported", deadline)
             # On NCCL, rank 0's pacer gives up on a stalled collective first; the process group's own watchdog
             # would end ComfyUI's whole process when its timeout passes.
@@ -146,7 +148,7 @@ class HelperGroup:
             _owned_default_group = True
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree,
                                                    self.plan.own_gather_group, timedelta(seconds=timeout),
-                                                   self.plan.ulysses_exchange, self.device)
+                                                   self.plan.ulysses_exchange, self.device, self.generation)
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
@@ -423,6 +425,7 @@ def _recorded_event():
 _lock = threading.Lock()
 _group = None
 _owned_default_group = False    # whether the default process group is ours (so ours to destroy)
+_generations = itertools.count()   # groups started in this process: names their symmetric-memory groups (mesh.py)
 _unreleased_group = None        # why a failed group's process group had to be left alive (no new group after it)
 
 
