@@ -394,7 +394,7 @@ def main(argv=None):
             stepn = statistics.median(eachn)
             ratios = [b / n for b, n in zip(base["each"], eachn)]
             rows.append(dict(
-                parallelism=label, layout=group.plan.describe() if group else "1 device (fallback)",
+                parallelism=label, layout=group.plan.describe(group.exchange) if group else "1 device (fallback)",
                 res=res, tokens=(res // 16) ** 2 + text_tokens, step1=base["step"], stepn=stepn,
                 speedup=base["step"] / stepn, spread=(min(ratios), max(ratios)),
                 kernel_speedup=base["kernel_step"] / stepn if "kernel_step" in base else None,

@@ -38,7 +38,8 @@ class ParallelPlan:
     def backend(self):
         return "nccl" if self.device_type == "cuda" else "gloo"
 
-    def describe(self):
+    def describe(self, exchange=None):
+        """``exchange``: the Ulysses exchange a started group actually uses, where it differs from the plan's."""
         if self.launcher == "ray":
             where = ("CPU ranks" if self.device_type == "cpu" else "GPUs") + " via Ray"
         else:
@@ -46,8 +47,9 @@ class ParallelPlan:
         layout = f"ulysses {self.ulysses_degree} x ring {self.ring_degree}"
         if self.shard_weights:
             layout += ", weights sharded" + (" (gathers on their own communicator)" if self.own_gather_group else "")
-        if self.ulysses_exchange != "nccl" and self.ulysses_degree > 1:
-            layout += f", {self.ulysses_exchange} exchange"
+        exchange = exchange or self.ulysses_exchange
+        if exchange != "nccl" and self.ulysses_degree > 1:
+            layout += f", {exchange} exchange"
         if self.replicas > 1:
             return f"{self.world_size} {where} ({self.replicas} groups of {layout}, {self.scheduling})"
         return f"{self.world_size} {where} ({layout})"

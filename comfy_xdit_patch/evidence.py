@@ -98,7 +98,11 @@ def kill(args, model, device, size, dtype, res, tokens):
 
     def kill_helper(step):
         if step == at:
-            os.kill(next(iter(helpers.current_group().processes.values())).pid, signal.SIGKILL)
+            group = helpers.current_group()
+            if group is None or not group.processes:
+                raise RuntimeError("kill: the helpers are not running (they did not start: see the log above), so "
+                                   "there is no helper to kill")
+            os.kill(next(iter(group.processes.values())).pid, signal.SIGKILL)
 
     got, tn, totaln = run_sampler(parallel, latent, positive, negative, args.steps, device, on_step=kill_helper)
     recovery = tn[at] - statistics.median(t1) if len(tn) > at else float("nan")

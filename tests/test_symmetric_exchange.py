@@ -61,3 +61,21 @@ def test_scatter_then_gather_moves_every_element_like_the_all_to_all(seq_lens):
         assert torch.equal(outputs[member][:, :length].reshape(batch, length, heads * dim), expected)
     assert torch.equal(last, inputs[-1][0].transpose(1, 2).reshape(batch, seq_lens[-1], heads * dim))
 
+
+
+def test_only_the_first_group_of_a_process_uses_symmetric_memory(monkeypatch, caplog):
+    """torch numbers symmetric-memory rendezvous per process: a second group (after a failure or a settings change)
+    would wait for keys its fresh helpers never write (it hung on 2×H200), so it uses NCCL and says so."""
+    from comfy_xdit_patch.config import ParallelPlan
+    from comfy_xdit_patch.runtime import group
+    monkeypatch.setattr(group, "_symmetric_exchange_used", False)
+    symmetric_plan = ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="symmetric")
+    assert group._exchange_for_this_group(ParallelPlan("cuda", (0, 1), 2, 1)) == "nccl"
+    # A ring-only group has no Ulysses exchange: it does not use up the process's one symmetric group.
+    group._exchange_for_this_group(ParallelPlan("cuda", (0, 1), 1, 2, ulysses_exchange="symmetric"))
+    assert group._exchange_for_this_group(symmetric_plan) == "symmetric"
+    with caplog.at_level("WARNING"):
+        assert group._exchange_for_this_group(symmetric_plan) == "nccl"
+    assert "one group per ComfyUI process" in caplog.text
+    assert "nccl" not in symmetric_plan.describe() and "symmetric exchange" in symmetric_plan.describe()
+    assert "symmetric" not in symmetric_plan.describe("nccl")

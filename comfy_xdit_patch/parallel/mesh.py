@@ -49,13 +49,11 @@ class SequenceParallelMesh:
         return list(range(first, first + self.ulysses_degree))
 
     @classmethod
-    def build(cls, ulysses_degree, ring_degree, own_gather_group=False, timeout=None, exchange="nccl", device=None,
-              generation=0):
+    def build(cls, ulysses_degree, ring_degree, own_gather_group=False, timeout=None, exchange="nccl", device=None):
         """Collective: every rank of the default group calls this with the same degrees. ``own_gather_group``: a
         second group of every rank, for the gathers of sharded weights (config.shard_gathers_setting). ``timeout``:
         the default group's (a new group would otherwise get torch's own: 30 min on gloo, 10 on NCCL).
-        ``exchange``: "symmetric" maps the Ulysses group's receive buffers on ``device`` (config.exchange_setting).
-        ``generation``: how many groups rank 0's process started before this one, the same number on every rank."""
+        ``exchange``: "symmetric" maps the Ulysses group's receive buffers on ``device`` (config.exchange_setting)."""
         rank, world_size = dist.get_rank(), dist.get_world_size()
         sp_degree = ulysses_degree * ring_degree
         if world_size % sp_degree:
@@ -87,21 +85,8 @@ class SequenceParallelMesh:
         if own_gather_group:
             mesh.gather_group = dist.new_group(list(range(world_size)), timeout=timeout)
         if exchange == "symmetric" and ulysses_degree > 1:
-            mesh.ulysses_exchange = _symmetric_exchange(mesh, ulysses_degree, generation, timeout, device)
+            from .symmetric import SymmetricUlysses
+            mesh.ulysses_exchange = SymmetricUlysses(mesh.ulysses_group, mesh.ulysses_ranks,
+                                                     mesh.ulysses_ranks.index(rank), device)
         return mesh
 
-
-def _symmetric_exchange(mesh, ulysses_degree, generation, timeout, device):
-    """Symmetric memory counts its rendezvous per process-group name, and a new default group starts the names again
-    at "0": after a failure, rank 0 waited for its 7th rendezvous under a name while the new helper offered its 1st
-    (2×H200, session 5). So the Ulysses groups of the exchange get names no earlier group of rank 0's process had,
-    from the start count; they are gloo groups, used for their names and store only."""
-    from .symmetric import SymmetricUlysses
-    world = dist.distributed_c10d._world
-    world.group_count = max(world.group_count, 1000 * generation)
-    own = None
-    for first in range(0, mesh.world_size, ulysses_degree):   # every rank creates every group, in order
-        group = dist.new_group(list(range(first, first + ulysses_degree)), timeout=timeout, backend="gloo")
-        if first == mesh.ulysses_ranks[0]:
-            own = group
-    return SymmetricUlysses(own, mesh.ulysses_ranks, mesh.ulysses_ranks.index(mesh.rank), device)

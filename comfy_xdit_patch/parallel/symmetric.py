@@ -98,8 +98,11 @@ class SymmetricUlysses:
     """The two all-to-alls of Ulysses attention for one Ulysses group of GPUs on one host (``ranks``, this process
     being ``ranks[member]``). Collective: every rank of the default group constructs one at the same point, and the
     members call ``scatter_heads`` and ``gather_heads`` for the same shapes in the same order. ``group`` only names
-    the members for symmetric memory (its store); no collective runs on it, so it may be a gloo group: no further
-    NCCL communicator to abort after a failure."""
+    the members for symmetric memory (its store): no collective runs on it.
+
+    One group per process: torch (2.11) numbers the store exchanges of every rendezvous with one counter per process,
+    so after a first group, rank 0 (ComfyUI's process, which stays) and new helpers (which start at zero) wait for
+    different keys. The run uses NCCL's exchange for every later group of the process (runtime/group.py)."""
 
     def __init__(self, group, ranks, member, device):
         import torch.distributed._symmetric_memory as symm_mem
