@@ -26,7 +26,7 @@ def simulated_group(seq_lens, batch, heads, dim, dtype):
     for member in range(size):
         exchange = symmetric.SymmetricUlysses.__new__(symmetric.SymmetricUlysses)
         exchange.size, exchange.member, exchange.device = size, member, torch.device("cpu")
-        exchange._shapes = {(batch, heads, dim, tuple(seq_lens), dtype): (None, received, outputs)}
+        exchange._shapes = {(batch, heads, dim, tuple(seq_lens), dtype): (None, None, received, outputs)}
         exchange._barrier = lambda: None
         members.append(exchange)
     return members
@@ -54,7 +54,7 @@ def test_scatter_then_gather_moves_every_element_like_the_all_to_all(seq_lens):
     # Back: with the attention left out (its output = the gathered q), every member gets its own q, token-major.
     # The members run one after the other here, so only after the last one are all outputs complete.
     last = [m.gather_heads(gathered[i][0], seq_lens) for i, m in enumerate(members)][-1]
-    outputs = members[0]._shapes[next(iter(members[0]._shapes))][2]
+    outputs = members[0]._shapes[next(iter(members[0]._shapes))][3]
     for member, (q, _, _) in enumerate(inputs):
         length = seq_lens[member]
         expected = q.transpose(1, 2).reshape(batch, length, heads * dim)
@@ -79,3 +79,49 @@ def test_only_the_first_group_of_a_process_uses_symmetric_memory(monkeypatch, ca
     assert "one group per ComfyUI process" in caplog.text
     assert "nccl" not in symmetric_plan.describe() and "symmetric exchange" in symmetric_plan.describe()
     assert "symmetric" not in symmetric_plan.describe("nccl")
+
+
+def test_buffers_a_captured_graph_writes_into_outlive_their_eviction(monkeypatch):
+    """A graph replays into the buffers it was captured with, without passing through the exchange's Python: so the
+    exchange lists what a capture used and the step graph holds it, while the exchange itself keeps only the most
+    recently used shapes."""
+    import contextlib
+    from comfy_xdit_patch.runtime import step_graphs
+
+    exchange = symmetric.SymmetricUlysses.__new__(symmetric.SymmetricUlysses)
+    exchange._shapes = {}
+    allocated = []
+
+    def allocate(batch, heads, dim, seq_lens, dtype):
+        allocated.append(object())
+        return allocated[-1]
+
+    exchange._allocate = allocate
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+
+    class FakeGraph:
+        def replay(self):
+            pass
+
+    @contextlib.contextmanager
+    def fake_capture(graph, **kwargs):
+        capturing[0] = True
+        yield
+        capturing[0] = False
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", fake_capture)
+    graphs = step_graphs.StepGraphs()
+    shape = lambda length: exchange._buffers(1, 2, 8, [length, length], torch.float32)
+    graphs.run("1024", step_graphs.CAPTURE, lambda inputs: shape(1024) and torch.zeros(1), [torch.zeros(1)])
+    captured = allocated[0]
+    assert graphs.entries["1024"][3] == [captured]
+    for length in (1, 2, 3, 4):   # four more shapes, run eagerly, evict the captured one from the exchange
+        shape(length)
+    assert captured not in exchange._shapes.values() and len(exchange._shapes) == symmetric._KEPT_SHAPES
+    assert graphs.entries["1024"][3] == [captured]    # still held by its graph
+    assert symmetric.captured_buffers == []           # nothing listed outside a capture
+    shape(3)
+    assert list(exchange._shapes.values())[-1] is allocated[3]   # a hit becomes the most recently used

@@ -21,9 +21,11 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-# Buffers are kept per shape while CUDA graphs may still replay against them; the graphs keep at most two keys
-# (runtime/step_graphs.py), and one more shape may be running eagerly.
+# Receive buffers kept per shape (the least recently used go first). A CUDA graph replays into the buffers it was
+# captured with without asking: those captured are also listed here, and runtime/step_graphs.py keeps them with the
+# graph, so they outlive their eviction as long as the graph does.
 _KEPT_SHAPES = 4
+captured_buffers = []
 
 
 def unavailable_reason():
@@ -124,7 +126,7 @@ class SymmetricUlysses:
             [handle.get_buffer(p, (self.size,), torch.int32).data_ptr() + 4 * member for p in range(self.size)],
             dtype=torch.int64, device=device)
         self._flags_handle = handle
-        self._shapes = {}   # key -> (handle, [received q/k/v by member], [output by member])
+        self._shapes = {}   # key -> (memory, handle, [received q/k/v by member], [output by member])
         torch.cuda.synchronize(device)
         dist.barrier()   # every member's flags are zero before anyone raises one (every rank builds at once)
 
@@ -136,10 +138,16 @@ class SymmetricUlysses:
     def _buffers(self, batch, heads, dim, seq_lens, dtype):
         """Collective on first use of a shape: the receive buffers of every member, mapped into this process."""
         key = (batch, heads, dim, tuple(seq_lens), dtype)
-        if key in self._shapes:
-            return self._shapes[key]
-        if len(self._shapes) >= _KEPT_SHAPES:
-            self._shapes.pop(next(iter(self._shapes)))
+        if key not in self._shapes:
+            if len(self._shapes) >= _KEPT_SHAPES:
+                self._shapes.pop(next(iter(self._shapes)))
+            self._shapes[key] = self._allocate(batch, heads, dim, seq_lens, dtype)
+        self._shapes[key] = self._shapes.pop(key)   # most recently used last
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            captured_buffers.append(self._shapes[key])
+        return self._shapes[key]
+
+    def _allocate(self, batch, heads, dim, seq_lens, dtype):
         local_heads, total, longest = heads // self.size, sum(seq_lens), max(seq_lens)
         gathered = (3, batch, local_heads, total, dim)
         output = (batch, longest, heads, dim)
@@ -148,14 +156,13 @@ class SymmetricUlysses:
         handle = self._symm_mem.rendezvous(memory, self.group_name)
         received = [handle.get_buffer(p, gathered, dtype) for p in range(self.size)]
         outputs = [handle.get_buffer(p, output, dtype, gathered_numel) for p in range(self.size)]
-        self._shapes[key] = (handle, received, outputs)
-        return self._shapes[key]
+        return memory, handle, received, outputs
 
     def scatter_heads(self, q, k, v, seq_lens):
         """q, k, v: (B, H, L_member, D). Returns (3, B, H / n, sum(seq_lens), D): this member's heads over the whole
         sequence, members' tokens in member order (as parallel/comm.py's all-to-all returns them)."""
         batch, heads, length, dim = q.shape
-        _, received, _ = self._buffers(batch, heads, dim, seq_lens, q.dtype)
+        _, _, received, _ = self._buffers(batch, heads, dim, seq_lens, q.dtype)
         local_heads = heads // self.size
         start = sum(seq_lens[:self.member])
         for peer in range(self.size):
@@ -169,7 +176,7 @@ class SymmetricUlysses:
         """out: (B, H / n, sum(seq_lens), D). Returns (B, L_member, H * D), token-major. The result lives in a buffer
         that the next call of the same shape overwrites: it is used by the block's projection right away."""
         batch, local_heads, _, dim = out.shape
-        _, _, outputs = self._buffers(batch, local_heads * self.size, dim, seq_lens, out.dtype)
+        _, _, _, outputs = self._buffers(batch, local_heads * self.size, dim, seq_lens, out.dtype)
         heads = slice(self.member * local_heads, (self.member + 1) * local_heads)
         start = 0
         for peer, length in enumerate(seq_lens):

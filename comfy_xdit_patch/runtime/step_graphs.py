@@ -18,6 +18,8 @@ import threading
 
 import torch
 
+from ..parallel import symmetric
+
 log = logging.getLogger(__name__)
 
 EAGER, CAPTURE, REPLAY = "eager", "capture", "replay"
@@ -53,7 +55,7 @@ class StepGraphs:
         tools/graph_abort_probe.py, returned from both in 0.1 s). So the graphs are destroyed on a thread of their
         own (``CUDAGraph.reset`` releases the GIL) while the caller goes on to the abort. Returns an Event set once
         they are all destroyed."""
-        graphs = [graph for graph, _, _ in self.entries.values()]
+        graphs = [entry[0] for entry in self.entries.values()]
         destroyed = threading.Event()
 
         def destroy():
@@ -84,6 +86,7 @@ class StepGraphs:
         if mode == CAPTURE:
             static = [t.clone() for t in inputs]
             graph = torch.cuda.CUDAGraph()
+            symmetric.captured_buffers.clear()
             try:
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     output = forward(static)
@@ -93,13 +96,17 @@ class StepGraphs:
                 self.uncapturable.add(key)
                 return forward(inputs)
             log.info("Enable Multi-GPU: captured the step (key %s) as a CUDA graph", key)
-            self.entries[key] = (graph, static, output)
+            # The symmetric exchange's buffers that the graph writes into live as long as the graph, whatever the
+            # exchange keeps of its own (parallel/symmetric.py).
+            held = list(symmetric.captured_buffers)
+            symmetric.captured_buffers.clear()
+            self.entries[key] = (graph, static, output, held)
             while len(self.entries) > self.limit:
                 self.entries.popitem(last=False)
             graph.replay()
             return output
         if mode == REPLAY and key in self.entries:
-            graph, static, output = self.entries[key]
+            graph, static, output = self.entries[key][:3]
             self.entries.move_to_end(key)
             for buffer, tensor in zip(static, inputs):
                 buffer.copy_(tensor, non_blocking=True)
