@@ -142,15 +142,16 @@ def groups(args, model, device, size, dtype, res, tokens):
     return rows
 
 
-def _with_weight_patches(model, seed=5, count=8):
-    """A clone with LoRA-style weight patches on the first ``count`` 2-D weights (what a LoRA loader adds)."""
+def _with_weight_patches(model, seed=5, count=8, strength=1.0):
+    """A clone with LoRA-style weight patches on the first ``count`` 2-D weights (what a LoRA loader adds), at
+    ``strength``."""
     import torch
     patched = model.clone()
     generator = torch.Generator().manual_seed(seed)
     state = model.model.diffusion_model.state_dict()
     keys = [k for k in state if k.endswith(".weight") and state[k].ndim == 2 and state[k].is_floating_point()][:count]
     patched.add_patches({"diffusion_model." + k: ((torch.randn(state[k].shape, generator=generator) * 0.01).to(
-        torch.float32),) for k in keys}, 1.0)
+        torch.float32),) for k in keys}, strength)
     return patched
 
 
@@ -217,10 +218,21 @@ def formats(args, model, device, size, dtype, res, tokens):
 def dynamic(args, model, device, size, dtype, res, tokens):
     """Weight patches under ComfyUI's dynamic VRAM (``main`` loads the model after switching it on): the helpers must
     receive the patched weights although ModelPatcherDynamic never patches them in place."""
-    patched = _with_weight_patches(model)
+    from .runtime import group as helpers
     latent, positive, negative = _prompt(res, tokens)
-    return [("8 weight patches, dynamic VRAM", res, *_one_vs_many(args, patched, latent, positive, negative, device),
+    rows = [("8 weight patches, dynamic VRAM", res,
+             *_one_vs_many(args, _with_weight_patches(model), latent, positive, negative, device),
              f"patcher: {type(model).__name__}")]
+    # A strength change between two prompts: the running helpers must take the new weights (an error near the first
+    # row's says they did; stale weights would be off by the whole patch).
+    first = helpers.current_group()
+    syncs = first.weight_syncs if first is not None else 0
+    second = _one_vs_many(args, _with_weight_patches(model, strength=0.3), latent, positive, negative, device)
+    group = helpers.current_group()
+    note = "helpers not running" if group is None else (
+        f"{'same' if group is first else 'new'} helpers, weight syncs {syncs} -> {group.weight_syncs}")
+    rows.append(("next prompt, the patches at strength 0.3", res, *second, note))
+    return rows
 
 
 def random_vae_state_dict(seed=30):

@@ -18,6 +18,8 @@ def test_evidence_scenario_runs_and_is_exact(scenario):
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| case")]
     assert rows, out.stdout
     assert "helpers running: False" not in out.stdout, out.stdout
+    if scenario == "dynamic":   # a strength change between prompts re-syncs the running helpers
+        assert "same helpers, weight syncs 1 -> 2" in out.stdout, out.stdout
     for row in rows:
         error = float(row.strip("|").split("|")[4])
         assert error <= 1e-5, row
