@@ -6,7 +6,8 @@ all-to-all and unpack, while its 28 MB cross the link in ≈90 µs at the ≈350
 (tools/symm_exchange_probe.py, docs/benchmarks.md). Here every rank maps its peers' receive buffers (torch's symmetric
 memory): one kernel per destination reads q, k, v where ComfyUI left them (any strides) and writes them straight into
 the layout the attention reads on that GPU, and the output goes back the same way into the token-major layout
-ComfyUI's blocks expect. A barrier after each direction says the data is there.
+ComfyUI's blocks expect. A barrier after each direction says the data is there. Measured: 123 µs a block at 1024²
+(395 µs at 2048², against 916), the step 1.56× → 1.69× (1.80× → 1.90×), the output unchanged.
 
 The barrier is our own small kernel for one reason: a peer that dies leaves it spinning, and rank 0 (ComfyUI's own
 process) must get its stream back to finish the image on one GPU. It also watches an abort flag in rank 0's memory;
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 # graph, so they outlive their eviction as long as the graph does.
 _KEPT_SHAPES = 4
 captured_buffers = []
+
+_copy_kernel = _barrier_kernel = None   # compiled by _kernels() on first use
 
 
 def unavailable_reason():
@@ -80,9 +83,6 @@ def _kernels():
 
     _copy_kernel, _barrier_kernel = copy_heads, barrier
     return _copy_kernel, _barrier_kernel
-
-
-_copy_kernel = _barrier_kernel = None
 
 
 def _copy(src, dst):
