@@ -378,7 +378,7 @@ def main(argv=None):
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
         os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
         configured = parallelism + (" +sharded" if shard_weights else "") + \
-            (" (own gathers)" if gathers == "own" else "") + (" (symmetric exchange)" if exchange == "symmetric" else "")
+            (" (own gathers)" if gathers == "own" else "")
         for res in resolutions:
             hw = (res // 8, res // 8)
             _peak(device)
@@ -387,7 +387,10 @@ def main(argv=None):
             group = helpers.current_group()
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
             # VRAM or lowvram loading, say).
-            label = configured + (" +graphs" if group is not None and group.graphs.entries else "")
+            # The exchange the group really used (only a process's first group can use symmetric memory).
+            symmetric = group is not None and group.exchange == "symmetric" and group.plan.ulysses_degree > 1
+            label = configured + (" (symmetric exchange)" if symmetric else "") + \
+                (" +graphs" if group is not None and group.graphs.entries else "")
             helper_peaks = group.helper_stats() if group is not None else {}
             base = baselines[res]
             eachn = [median(r[1]) for r in repeatsn]

@@ -172,6 +172,20 @@ def exchange_setting():
 SHARDED_EXTRA_FRACTION = 0.08
 
 
+def check_peer_access(plan, can_access):
+    """The symmetric exchange writes into the other GPUs' memory: every pair of a Ulysses group must reach each
+    other (NVLink or PCIe peer access). ``can_access(a, b)`` is torch.cuda.can_device_access_peer."""
+    if plan.ulysses_exchange != "symmetric" or plan.ulysses_degree == 1:
+        return
+    for first in range(0, plan.world_size, plan.ulysses_degree):
+        group = plan.device_indices[first:first + plan.ulysses_degree]
+        for a in group:
+            for b in group:
+                if a != b and not can_access(a, b):
+                    raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: GPU {a} cannot access GPU {b}'s memory (no peer "
+                                     f"access between them); unset it to use NCCL.")
+
+
 def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):
     """Every helper GPU holds a full copy of the diffusion model (or its share of it, with ``shard_weights``):
     refuse before starting when one cannot. ``free_bytes(index)`` returns a CUDA device's free memory."""

@@ -18,7 +18,7 @@ import torch
 import comfy.model_management
 import comfy.patcher_extension as ext
 
-from .config import check_helper_memory, resolve_plan
+from .config import check_helper_memory, check_peer_access, resolve_plan
 from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
 from .parallel.placement import run_placed
 from .patches import flux
@@ -208,6 +208,7 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model
     check_helper_memory(plan, model.model_size(), lambda index: torch.cuda.mem_get_info(index)[0])
+    check_peer_access(plan, lambda a, b: torch.cuda.can_device_access_peer(a, b))
     clone = model.clone()
     flux.install_on_patcher(clone, plan.shard_weights)
     run = MultiGPURun(plan)

@@ -96,3 +96,12 @@ def test_symmetric_exchange_setting_is_checked_before_any_work(monkeypatch):
     assert plan.ulysses_exchange == "symmetric" and "symmetric exchange" in plan.describe()
     monkeypatch.delenv("COMFY_XDIT_EXCHANGE")
     assert resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2).ulysses_exchange == "nccl"
+
+
+def test_symmetric_exchange_needs_peer_access_between_the_gpus_of_a_ulysses_group():
+    from comfy_xdit_patch.config import ParallelPlan, check_peer_access
+    plan = ParallelPlan("cuda", (0, 1, 2, 3), 2, 2, ulysses_exchange="symmetric")     # Ulysses groups {0,1}, {2,3}
+    check_peer_access(plan, lambda a, b: {a, b} in ({0, 1}, {2, 3}))                   # no access across groups: fine
+    with pytest.raises(ValueError, match="GPU 2 cannot access GPU 3's memory.*unset it"):
+        check_peer_access(plan, lambda a, b: {a, b} == {0, 1})
+    check_peer_access(ParallelPlan("cuda", (0, 1), 2, 1), lambda a, b: False)          # NCCL: not asked

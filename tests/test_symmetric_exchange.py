@@ -5,14 +5,19 @@ the members' receive buffers are plain tensors that all of them write into, as p
 What needs GPUs (the mapping, the barrier, its release after a failure) is measured by tools/symm_exchange_probe.py
 on 2×H200 (docs/benchmarks.md).
 """
-import os
-
 import pytest
 import torch
 
-os.environ["TRITON_INTERPRET"] = "1"   # before the kernels are compiled (on first use)
+from comfy_xdit_patch.parallel import symmetric
 
-from comfy_xdit_patch.parallel import symmetric  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def interpreted(monkeypatch):
+    """The kernels compiled for Triton's interpreter (read when they are compiled, on first use), for these tests
+    only: the compiled-kernel cache is emptied before and restored after."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(symmetric, "_copy_kernel", None)
+    monkeypatch.setattr(symmetric, "_barrier_kernel", None)
 
 
 def simulated_group(seq_lens, batch, heads, dim, dtype):
@@ -81,47 +86,43 @@ def test_only_the_first_group_of_a_process_uses_symmetric_memory(monkeypatch, ca
     assert "symmetric" not in symmetric_plan.describe("nccl")
 
 
-def test_buffers_a_captured_graph_writes_into_outlive_their_eviction(monkeypatch):
-    """A graph replays into the buffers it was captured with, without passing through the exchange's Python: so the
-    exchange lists what a capture used and the step graph holds it, while the exchange itself keeps only the most
-    recently used shapes."""
-    import contextlib
-    from comfy_xdit_patch.runtime import step_graphs
 
+def barrier_member(member, size=2):
+    """One member's barrier state on CPU tensors: its epoch, its flags (one slot per peer), the address of its slot
+    in every peer's flags, and its host abort flag."""
     exchange = symmetric.SymmetricUlysses.__new__(symmetric.SymmetricUlysses)
-    exchange._shapes = {}
-    allocated = []
+    exchange.size, exchange.member = size, member
+    exchange.epoch = torch.zeros(1, dtype=torch.int32)
+    exchange._flags = torch.zeros(size, dtype=torch.int32)
+    exchange.abort_flag = torch.zeros(1, dtype=torch.int32)
+    return exchange
 
-    def allocate(batch, heads, dim, seq_lens, dtype):
-        allocated.append(object())
-        return allocated[-1]
 
-    exchange._allocate = allocate
-    capturing = [False]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+def link(members):
+    for exchange in members:
+        exchange._peer_flags = torch.tensor([peer._flags.data_ptr() + 4 * exchange.member for peer in members],
+                                            dtype=torch.int64)
 
-    class FakeGraph:
-        def replay(self):
-            pass
 
-    @contextlib.contextmanager
-    def fake_capture(graph, **kwargs):
-        capturing[0] = True
-        yield
-        capturing[0] = False
+def test_barrier_raises_its_epoch_in_every_peer_and_passes_once_they_raised_theirs():
+    a, b = barrier_member(0), barrier_member(1)
+    link([a, b])
+    b._flags[0] = 1            # member 0 has already arrived at member 1's first barrier... and vice versa:
+    a._flags[1] = 1
+    a._barrier()
+    b._barrier()
+    assert a.epoch.item() == b.epoch.item() == 1
+    assert b._flags[0].item() == 1 and a._flags[1].item() == 1   # each raised epoch 1 in the other's slot
+    a._flags[1] = 2            # the peer's second arrival
+    a._barrier()
+    assert a.epoch.item() == 2 and b._flags[0].item() == 2
 
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", fake_capture)
-    graphs = step_graphs.StepGraphs()
-    shape = lambda length: exchange._buffers(1, 2, 8, [length, length], torch.float32)
-    graphs.run("1024", step_graphs.CAPTURE, lambda inputs: shape(1024) and torch.zeros(1), [torch.zeros(1)])
-    captured = allocated[0]
-    assert graphs.entries["1024"][3] == [captured]
-    for length in (1, 2, 3, 4):   # four more shapes, run eagerly, evict the captured one from the exchange
-        shape(length)
-    assert captured not in exchange._shapes.values() and len(exchange._shapes) == symmetric._KEPT_SHAPES
-    assert graphs.entries["1024"][3] == [captured]    # still held by its graph
-    assert symmetric.captured_buffers == []           # nothing listed outside a capture
-    shape(3)
-    assert list(exchange._shapes.values())[-1] is allocated[3]   # a hit becomes the most recently used
+
+def test_a_barrier_whose_peer_never_comes_returns_once_the_host_sets_the_abort_flag():
+    """What rank 0 needs after a helper died: ``abort`` is a host store; the waiting barrier reads it and returns.
+    (Set before the call here: the interpreter runs the kernel on this thread.)"""
+    a, b = barrier_member(0), barrier_member(1)
+    link([a, b])
+    a.abort()
+    a._barrier()               # would spin for ever without the flag: member 1 never raised epoch 1
+    assert a.epoch.item() == 1 and b._flags[0].item() == 1

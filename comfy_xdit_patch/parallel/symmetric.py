@@ -10,9 +10,14 @@ ComfyUI's blocks expect. A barrier after each direction says the data is there. 
 (395 µs at 2048², against 916), the step 1.56× → 1.69× (1.80× → 1.90×), the output unchanged.
 
 The barrier is our own small kernel for one reason: a peer that dies leaves it spinning, and rank 0 (ComfyUI's own
-process) must get its stream back to finish the image on one GPU. It also watches an abort flag in rank 0's memory;
-``abort`` sets that flag with a plain copy (no kernel launch: loading a kernel while another spins can wait for it
-under CUDA's lazy loading) and every spinning barrier returns.
+process) must get its stream back to finish the image on one GPU. While it waits it also reads an abort flag of its
+own process kept in pinned host memory; ``abort`` sets that flag with a plain CPU store, so freeing the stream needs
+no CUDA call at all (a kernel launched to free it may itself wait behind the spinning one under CUDA's lazy loading,
+and a copy on a pooled stream may queue behind NCCL work that waits for it).
+
+Receive buffers are kept per shape for the life of the group: freeing symmetric memory synchronizes the device, and
+every member must allocate and free at the same calls, which a rank replaying a CUDA graph (no Python runs) would
+not do. At 1024² a shape takes 56 MB per GPU, at 2048² 208 MB.
 """
 import importlib.util
 import logging
@@ -21,12 +26,6 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
-
-# Receive buffers kept per shape (the least recently used go first). A CUDA graph replays into the buffers it was
-# captured with without asking: those captured are also listed here, and runtime/step_graphs.py keeps them with the
-# graph, so they outlive their eviction as long as the graph does.
-_KEPT_SHAPES = 4
-captured_buffers = []
 
 _copy_kernel = _barrier_kernel = None   # compiled by _kernels() on first use
 
@@ -64,11 +63,13 @@ def _kernels():
         tl.store(dst + b * d_b + h * d_h + rows * d_l + cols[None, :], values, mask=keep)
 
     @triton.jit
-    def barrier(epoch, own_flags, peer_flags, abort, member, SIZE: tl.constexpr):
+    def barrier(epoch, own_flags, peer_flags, abort_address, member, SIZE: tl.constexpr):
         """Every member raises its epoch in each peer's flag slot for it, then waits until every peer has raised it
-        in ours, or until the abort flag is set. The epoch lives on the device, so a replayed CUDA graph counts on."""
+        in ours, or until the abort flag (host memory, read only while waiting) is set. The epoch lives on the
+        device, so a replayed CUDA graph counts on."""
         now = tl.load(epoch) + 1
         tl.store(epoch, now)
+        abort = abort_address.to(tl.pointer_type(tl.int32))
         for peer in tl.static_range(SIZE):
             if peer != member:
                 slot = tl.load(peer_flags + peer).to(tl.pointer_type(tl.int32))
@@ -76,10 +77,10 @@ def _kernels():
         for peer in tl.static_range(SIZE):
             if peer != member:
                 seen = tl.atomic_add(own_flags + peer, 0, sem="acquire", scope="sys")
-                stop = tl.load(abort, volatile=True)
+                stop = 0
                 while (seen < now) & (stop == 0):
-                    seen = tl.atomic_add(own_flags + peer, 0, sem="acquire", scope="sys")
                     stop = tl.load(abort, volatile=True)
+                    seen = tl.atomic_add(own_flags + peer, 0, sem="acquire", scope="sys")
 
     _copy_kernel, _barrier_kernel = copy_heads, barrier
     return _copy_kernel, _barrier_kernel
@@ -116,8 +117,8 @@ class SymmetricUlysses:
         except Exception:
             pass
         self.epoch = torch.zeros(1, dtype=torch.int32, device=device)
-        self.abort_flag = torch.zeros(1, dtype=torch.int32, device=device)
-        self._raised = torch.ones(1, dtype=torch.int32, device=device)
+        # Pinned: the device reads it through its host address (unified addressing), the host writes it directly.
+        self.abort_flag = torch.zeros(1, dtype=torch.int32, pin_memory=True)
         self._flags = symm_mem.empty(self.size, dtype=torch.int32, device=device)
         self._flags.zero_()
         handle = symm_mem.rendezvous(self._flags, self.group_name)
@@ -132,19 +133,14 @@ class SymmetricUlysses:
 
     def _barrier(self):
         _, barrier = _kernels()
-        barrier[(1,)](self.epoch, self._flags, self._peer_flags, self.abort_flag, self.member, SIZE=self.size,
-                      num_warps=1)
+        barrier[(1,)](self.epoch, self._flags, self._peer_flags, self.abort_flag.data_ptr(), self.member,
+                      SIZE=self.size, num_warps=1)
 
     def _buffers(self, batch, heads, dim, seq_lens, dtype):
         """Collective on first use of a shape: the receive buffers of every member, mapped into this process."""
         key = (batch, heads, dim, tuple(seq_lens), dtype)
-        if key not in self._shapes:
-            if len(self._shapes) >= _KEPT_SHAPES:
-                self._shapes.pop(next(iter(self._shapes)))
+        if key not in self._shapes:   # a shape's first call is eager on every rank (step_graphs.py)
             self._shapes[key] = self._allocate(batch, heads, dim, seq_lens, dtype)
-        self._shapes[key] = self._shapes.pop(key)   # most recently used last
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            captured_buffers.append(self._shapes[key])
         return self._shapes[key]
 
     def _allocate(self, batch, heads, dim, seq_lens, dtype):
@@ -188,9 +184,7 @@ class SymmetricUlysses:
         return outputs[self.member][:, :length].reshape(batch, length, local_heads * self.size * dim)
 
     def abort(self):
-        """After a failure: every barrier spinning now or later returns at once (their results are garbage; the group
-        is not used again). A copy, not a kernel, on a stream of its own (see the module's docstring)."""
-        stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(stream):
-            self.abort_flag.copy_(self._raised)
+        """After a failure: every barrier of this process spinning now or later returns at once (their results are
+        garbage; the group is not used again). A host store: no CUDA call (see the module's docstring)."""
+        self.abort_flag[0] = 1
         log.info("Enable Multi-GPU: released the symmetric-memory exchange's barriers")

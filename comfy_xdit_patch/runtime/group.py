@@ -241,9 +241,7 @@ class HelperGroup:
                 return
             self._aborted = True
             t0 = time.perf_counter()
-            exchange = self.mesh.ulysses_exchange if self.mesh is not None else None
-            if exchange is not None:   # its barriers spin outside NCCL: released first, so the stream can drain
-                exchange.abort()
+            self.release_exchange()
             try:
                 dist.distributed_c10d._abort_process_group()
             except Exception:
@@ -251,6 +249,15 @@ class HelperGroup:
             log.info("Enable Multi-GPU: aborted the process group's collectives in %.2f s", time.perf_counter() - t0)
         finally:
             self._abort_lock.release()
+
+    def release_exchange(self):
+        """The symmetric exchange's barriers spin outside NCCL: released before anything waits on rank 0's stream."""
+        exchange = self.mesh.ulysses_exchange if self.mesh is not None else None
+        if exchange is not None:
+            try:
+                exchange.abort()
+            except Exception:
+                log.warning("Enable Multi-GPU: releasing the symmetric exchange failed", exc_info=True)
 
     def wait_step(self):
         """Rank 0, after its share of a parallel call: wait until the step completed on the device, and raise if a
@@ -268,6 +275,7 @@ class HelperGroup:
             for process in self.processes.values():
                 if process.poll() is None:
                     process.kill()
+            self.release_exchange()
             if self.graphs.entries:
                 destroyed = self.graphs.destroy_in_background()
                 destroyed.wait(1.0)   # measured 0.1 s where nothing is stuck
@@ -276,6 +284,7 @@ class HelperGroup:
                     # The communicator cannot be destroyed while these graphs exist: it is left as it is, and no
                     # new group is made in this process (the next prompts run on one GPU), rather than hang here.
                     _unreleased_group = "its CUDA graphs are still being destroyed"
+                    _parked.append(self.mesh)   # freeing its symmetric memory would synchronize the stuck device
                     log.error("Enable Multi-GPU: the failed group's CUDA graphs could not be destroyed; its process "
                               "group is left as it is and prompts run on one GPU until ComfyUI is restarted.")
             else:
@@ -425,6 +434,7 @@ def _recorded_event():
 _lock = threading.Lock()
 _group = None
 _owned_default_group = False    # whether the default process group is ours (so ours to destroy)
+_parked = []                      # what a failed group leaves that must never be freed (see shutdown)
 _symmetric_exchange_used = False   # a group of this process mapped symmetric memory (one may: parallel/symmetric.py)
 _unreleased_group = None        # why a failed group's process group had to be left alive (no new group after it)
 

@@ -18,8 +18,6 @@ import threading
 
 import torch
 
-from ..parallel import symmetric
-
 log = logging.getLogger(__name__)
 
 EAGER, CAPTURE, REPLAY = "eager", "capture", "replay"
@@ -86,7 +84,6 @@ class StepGraphs:
         if mode == CAPTURE:
             static = [t.clone() for t in inputs]
             graph = torch.cuda.CUDAGraph()
-            symmetric.captured_buffers.clear()
             try:
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     output = forward(static)
@@ -96,11 +93,7 @@ class StepGraphs:
                 self.uncapturable.add(key)
                 return forward(inputs)
             log.info("Enable Multi-GPU: captured the step (key %s) as a CUDA graph", key)
-            # The symmetric exchange's buffers that the graph writes into live as long as the graph, whatever the
-            # exchange keeps of its own (parallel/symmetric.py).
-            held = list(symmetric.captured_buffers)
-            symmetric.captured_buffers.clear()
-            self.entries[key] = (graph, static, output, held)
+            self.entries[key] = (graph, static, output)
             while len(self.entries) > self.limit:
                 self.entries.popitem(last=False)
             graph.replay()
