@@ -53,7 +53,7 @@ class StepGraphs:
         tools/graph_abort_probe.py, returned from both in 0.1 s). So the graphs are destroyed on a thread of their
         own (``CUDAGraph.reset`` releases the GIL) while the caller goes on to the abort. Returns an Event set once
         they are all destroyed."""
-        graphs = [entry[0] for entry in self.entries.values()]
+        graphs = [graph for graph, _, _ in self.entries.values()]
         destroyed = threading.Event()
 
         def destroy():
@@ -99,7 +99,7 @@ class StepGraphs:
             graph.replay()
             return output
         if mode == REPLAY and key in self.entries:
-            graph, static, output = self.entries[key][:3]
+            graph, static, output = self.entries[key]
             self.entries.move_to_end(key)
             for buffer, tensor in zip(static, inputs):
                 buffer.copy_(tensor, non_blocking=True)
