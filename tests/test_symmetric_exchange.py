@@ -126,3 +126,26 @@ def test_a_barrier_whose_peer_never_comes_returns_once_the_host_sets_the_abort_f
     a.abort()
     a._barrier()               # would spin for ever without the flag: member 1 never raised epoch 1
     assert a.epoch.item() == 1 and b._flags[0].item() == 1
+
+
+def test_the_kernels_compile_for_hopper_gpus(monkeypatch):
+    """Triton's interpreter runs Python as written; the CUDA compiler is stricter (a loop-carried value must keep one
+    type, an integer becomes a pointer only from 64 bits). Both kernels go through it here, for sm_90, no GPU needed;
+    the barrier must read the peers' flags with system-scope acquire loads and the host abort flag as volatile."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    copy_heads, barrier = symmetric._kernels()
+    target = GPUTarget("cuda", 90, 32)
+    compiled = triton.compile(ASTSource(fn=barrier, signature={
+        "epoch": "*i32", "own_flags": "*i32", "peer_flags": "*i64", "abort_address": "i64", "member": "i32",
+        "SIZE": "constexpr"}, constexprs={"SIZE": 2}), target=target)
+    ptx = compiled.asm["ptx"]
+    assert "atom.global.sys.release.exch.b32" in ptx and "ld.global.sys.acquire.b32" in ptx
+    assert "ld.volatile.global.b32" in ptx
+    triton.compile(ASTSource(fn=copy_heads, signature={
+        "src": "*bf16", "dst": "*bf16", "length": "i32", "heads": "i32", "s_b": "i32", "s_h": "i32", "s_l": "i32",
+        "d_b": "i32", "d_h": "i32", "d_l": "i32", "DIM": "constexpr", "BLOCK": "constexpr"},
+        constexprs={"DIM": 128, "BLOCK": 64}), target=target)

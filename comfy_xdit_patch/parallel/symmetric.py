@@ -77,7 +77,7 @@ def _kernels():
         for peer in tl.static_range(SIZE):
             if peer != member:
                 seen = tl.atomic_add(own_flags + peer, 0, sem="acquire", scope="sys")
-                stop = 0
+                stop = seen * 0   # an int32 like the flag it will hold
                 while (seen < now) & (stop == 0):
                     stop = tl.load(abort, volatile=True)
                     seen = tl.atomic_add(own_flags + peer, 0, sem="acquire", scope="sys")
