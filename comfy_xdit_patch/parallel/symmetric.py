@@ -28,6 +28,9 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 _copy_kernel = _barrier_kernel = None   # compiled by _kernels() on first use
+# Every abort flag this process made, never freed: captured graphs and barriers still queued after a failure hold its
+# address, and a freed pinned block goes back to torch's cache for the next user (a few bytes; one group per process).
+_abort_flags = []
 
 
 def unavailable_reason():
@@ -119,6 +122,7 @@ class SymmetricUlysses:
         self.epoch = torch.zeros(1, dtype=torch.int32, device=device)
         # Pinned: the device reads it through its host address (unified addressing), the host writes it directly.
         self.abort_flag = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+        _abort_flags.append(self.abort_flag)
         self._flags = symm_mem.empty(self.size, dtype=torch.int32, device=device)
         self._flags.zero_()
         handle = symm_mem.rendezvous(self._flags, self.group_name)

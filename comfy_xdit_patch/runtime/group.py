@@ -451,6 +451,10 @@ def _release_default_group():
     _owned_default_group = dist.is_initialized() and _owned_default_group
 
 
+def symmetric_exchange_used():
+    return _symmetric_exchange_used
+
+
 def _exchange_for_this_group(plan):
     """The Ulysses exchange a new group uses: the plan's, except that only the first group of a process may use
     symmetric memory (parallel/symmetric.py says why); later ones, after a failure or a settings change, use NCCL."""
