@@ -388,8 +388,8 @@ def main(argv=None):
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
             # VRAM or lowvram loading, say).
             # The exchange the group really used (only a process's first group can use symmetric memory).
-            symmetric = group is not None and group.exchange == "symmetric" and group.plan.ulysses_degree > 1
-            label = configured + (" (symmetric exchange)" if symmetric else "") + \
+            label = configured + (" (symmetric exchange)" if group is not None and group.exchange == "symmetric"
+                                  else "") + \
                 (" +graphs" if group is not None and group.graphs.entries else "")
             helper_peaks = group.helper_stats() if group is not None else {}
             base = baselines[res]

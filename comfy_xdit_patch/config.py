@@ -1,4 +1,5 @@
 """What the user asked for, checked against the machine and the model before any work starts."""
+import itertools
 import os
 from dataclasses import dataclass, field
 
@@ -133,10 +134,10 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
     ulysses, ring = choose_degrees(degree, heads, parallelism, ulysses_degree, ring_degree)
     own_gathers = bool(shard_weights) and shard_gathers_setting() == "own"
     exchange = exchange_setting()
-    if exchange == "symmetric" and (device_type != "cuda" or launcher != "local"):
-        raise ValueError("COMFY_XDIT_EXCHANGE=symmetric needs the CUDA GPUs of one machine (launcher 'local'); "
-                         "unset it (or set it to nccl) for CPU ranks or Ray.")
     if exchange == "symmetric":
+        if device_type != "cuda" or launcher != "local":
+            raise ValueError("COMFY_XDIT_EXCHANGE=symmetric needs the CUDA GPUs of one machine (launcher 'local'); "
+                             "unset it (or set it to nccl) for CPU ranks or Ray.")
         from .parallel.symmetric import unavailable_reason
         reason = unavailable_reason()
         if reason:
@@ -150,10 +151,7 @@ def shard_gathers_setting():
     the attention exchange, which then waits behind a block's gather (+26% a 1024² step on 2×H200). ``own``: on a
     communicator of their own, so both can run at once. Opt-in until it is measured on GPUs, speed and the failure
     path both (aborting several stuck communicators hung once, docs/benchmarks.md)."""
-    value = os.environ.get("COMFY_XDIT_SHARD_GATHERS", "shared")
-    if value not in ("shared", "own"):
-        raise ValueError(f"COMFY_XDIT_SHARD_GATHERS must be 'shared' or 'own', not '{value}'.")
-    return value
+    return _env_choice("COMFY_XDIT_SHARD_GATHERS", ("shared", "own"))
 
 
 def exchange_setting():
@@ -161,9 +159,14 @@ def exchange_setting():
     all-to-all, with a pack and an unpack pass each way. ``symmetric``: peers write straight into each other's
     receive buffers over symmetric memory (parallel/symmetric.py), one GPU host only. Opt-in until measured in the
     product on GPUs, the failure path included."""
-    value = os.environ.get("COMFY_XDIT_EXCHANGE", "nccl")
-    if value not in ("nccl", "symmetric"):
-        raise ValueError(f"COMFY_XDIT_EXCHANGE must be 'nccl' or 'symmetric', not '{value}'.")
+    return _env_choice("COMFY_XDIT_EXCHANGE", ("nccl", "symmetric"))
+
+
+def _env_choice(name, choices):
+    """The environment setting ``name``, one of ``choices`` (the first is the default)."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, not '{value}'.")
     return value
 
 
@@ -178,12 +181,10 @@ def check_peer_access(plan, can_access):
     if plan.ulysses_exchange != "symmetric" or plan.ulysses_degree == 1:
         return
     for first in range(0, plan.world_size, plan.ulysses_degree):
-        group = plan.device_indices[first:first + plan.ulysses_degree]
-        for a in group:
-            for b in group:
-                if a != b and not can_access(a, b):
-                    raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: GPU {a} cannot access GPU {b}'s memory (no peer "
-                                     f"access between them); unset it to use NCCL.")
+        for a, b in itertools.permutations(plan.device_indices[first:first + plan.ulysses_degree], 2):
+            if not can_access(a, b):
+                raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: GPU {a} cannot access GPU {b}'s memory (no peer "
+                                 f"access between them); unset it to use NCCL.")
 
 
 def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):

@@ -77,7 +77,7 @@ def test_only_the_first_group_of_a_process_uses_symmetric_memory(monkeypatch, ca
     symmetric_plan = ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="symmetric")
     assert group._exchange_for_this_group(ParallelPlan("cuda", (0, 1), 2, 1)) == "nccl"
     # A ring-only group has no Ulysses exchange: it does not use up the process's one symmetric group.
-    group._exchange_for_this_group(ParallelPlan("cuda", (0, 1), 1, 2, ulysses_exchange="symmetric"))
+    assert group._exchange_for_this_group(ParallelPlan("cuda", (0, 1), 1, 2, ulysses_exchange="symmetric")) == "nccl"
     assert group._exchange_for_this_group(symmetric_plan) == "symmetric"
     with caplog.at_level("WARNING"):
         assert group._exchange_for_this_group(symmetric_plan) == "nccl"

@@ -189,6 +189,9 @@ class SymmetricUlysses:
 
     def abort(self):
         """After a failure: every barrier of this process spinning now or later returns at once (their results are
-        garbage; the group is not used again). A host store: no CUDA call (see the module's docstring)."""
+        garbage; the group is not used again). A host store: no CUDA call (see the module's docstring). The failure
+        path and the health monitor may both call it; it acts once."""
+        if self.abort_flag[0]:
+            return
         self.abort_flag[0] = 1
         log.info("Enable Multi-GPU: released the symmetric-memory exchange's barriers")

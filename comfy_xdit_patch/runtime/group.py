@@ -457,10 +457,11 @@ def symmetric_exchange_used():
 
 def _exchange_for_this_group(plan):
     """The Ulysses exchange a new group uses: the plan's, except that only the first group of a process may use
-    symmetric memory (parallel/symmetric.py says why); later ones, after a failure or a settings change, use NCCL."""
+    symmetric memory (parallel/symmetric.py says why); later ones, after a failure or a settings change, use NCCL.
+    A group without a Ulysses exchange (ring only) uses none of it: "nccl", and the process keeps its one."""
     global _symmetric_exchange_used
     if plan.ulysses_exchange != "symmetric" or plan.ulysses_degree == 1:
-        return plan.ulysses_exchange
+        return "nccl"
     if _symmetric_exchange_used:
         log.warning("Enable Multi-GPU: the symmetric-memory exchange serves one group per ComfyUI process; this new "
                     "group uses NCCL's all-to-all (restart ComfyUI to use it again).")
