@@ -80,13 +80,19 @@ class SymmetricExchange:
             main.wait_stream(stream)
         return out
 
+    def pack(self, q, k, v):
+        """q, k, v into this rank's symmetric send buffer, destination first; then every rank's is ready."""
+        send = self.fwd[self.rank]
+        hl = HEADS // self.n
+        for i, t in enumerate((q, k, v)):
+            send[:, i].copy_(t.view(1, self.n, hl, self.length, DIM).transpose(0, 1))
+        self.handle.barrier(channel=0)
+        return send
+
     def forward(self, q, k, v, pull="ce"):
         n, rank = self.n, self.rank
-        send = self.fwd[rank]
         hl = HEADS // n
-        for i, t in enumerate((q, k, v)):
-            send[:, i].copy_(t.view(1, n, hl, self.length, DIM).transpose(0, 1))
-        self.handle.barrier(channel=0)
+        send = self.pack(q, k, v)
         if pull == "ce":   # contiguous peer -> local copies: cudaMemcpyAsync, i.e. the copy engines
             parts = [send[rank] if r == rank else self.fwd[r][rank].clone() for r in range(n)]
             out = torch.cat(parts, dim=3)
@@ -106,7 +112,7 @@ class SymmetricExchange:
         send = self.bwd[rank]
         send.copy_(out.reshape(1, out.shape[1], n, self.length, DIM).permute(2, 0, 1, 3, 4))
         self.handle.barrier(channel=0)
-        if pull.startswith("ce") and pull != "ce" and pull != "ce-sm":
+        if pull != "ce":   # "ce4"
             streams = self.streams(int(pull[2:]))
             parts = [send[rank] if r == rank else self.pull_split(self.bwd[r][rank], streams) for r in range(n)]
         else:
@@ -119,11 +125,8 @@ class SymmetricExchange:
         """Forward exchange pulled chunk by chunk on a side stream, attention of chunk c overlapping the pull of
         chunk c + 1; then the backward exchange whole."""
         n, rank = self.n, self.rank
-        send = self.fwd[rank]
         hl = HEADS // n
-        for i, t in enumerate((q, k, v)):
-            send[:, i].copy_(t.view(1, n, hl, self.length, DIM).transpose(0, 1))
-        self.handle.barrier(channel=0)
+        send = self.pack(q, k, v)
         main = torch.cuda.current_stream()
         self.side.wait_stream(main)
         step = hl // chunks
