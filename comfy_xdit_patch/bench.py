@@ -179,8 +179,9 @@ def _peak(device):
     import torch
     if device.type != "cuda":
         return None
+    from comfy_xdit_patch.parallel.peer_memory import held_bytes
     torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
+    peak = torch.cuda.max_memory_allocated(device) + held_bytes(device)   # peer memory is not torch's
     torch.cuda.reset_peak_memory_stats(device)
     return peak
 
@@ -291,7 +292,7 @@ def main(argv=None):
                         help="each GPU holds 1/N of the blocks' weights (the node's shard_weights); 'both' times "
                              "replicated and sharded")
     parser.add_argument("--shard-gathers", default=None, help="comma list of COMFY_XDIT_SHARD_GATHERS settings to "
-                        "time with sharded weights, e.g. shared,own (on the exchange's communicator or their own)")
+                        "time with sharded weights, e.g. pull,all-gather (copies from the peers' pieces, or NCCL's all-gather)")
     parser.add_argument("--exchange", default=None, help="comma list of COMFY_XDIT_EXCHANGE settings to time, e.g. "
                         "nccl,symmetric (the Ulysses all-to-all over NCCL or over symmetric memory); GPU only")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
@@ -309,8 +310,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     # Checked before the minutes of 1-device baselines, not when the first parallel run makes its plan.
     if args.shard_gathers and (args.shard_weights == "off" or
-                               not set(args.shard_gathers.split(",")) <= {"shared", "own"}):
-        parser.error("--shard-gathers takes shared and/or own, and needs --shard-weights on or both")
+                               not set(args.shard_gathers.split(",")) <= {"auto", "pull", "all-gather"}):
+        parser.error("--shard-gathers takes pull and/or all-gather, and needs --shard-weights on or both")
     if args.exchange and not set(args.exchange.split(",")) <= {"nccl", "symmetric"}:
         parser.error("--exchange takes nccl and/or symmetric")
     if args.dynamic_vram and args.graph_baseline:
@@ -366,11 +367,11 @@ def main(argv=None):
 
     graph_settings = {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
-    gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "shared")).split(",")
+    gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "auto")).split(",")
     # Gather settings only change sharded runs.
     exchange_settings = (args.exchange or os.environ.get("COMFY_XDIT_EXCHANGE", "nccl")).split(",")
     configurations = [(p, s, a, x, g) for p in args.parallelism.split(",") for s in shard_settings
-                      for a in (gather_settings if s else ["shared"]) for x in exchange_settings
+                      for a in (gather_settings if s else ["auto"]) for x in exchange_settings
                       for g in graph_settings]
     for parallelism, shard_weights, gathers, exchange, graphs in configurations:
         os.environ["COMFY_XDIT_SHARD_GATHERS"] = gathers     # read when the plan is made
@@ -378,7 +379,7 @@ def main(argv=None):
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
         os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
         configured = parallelism + (" +sharded" if shard_weights else "") + \
-            (" (own gathers)" if gathers == "own" else "")
+            (" (all-gathered)" if shard_weights and gathers == "all-gather" else "")
         for res in resolutions:
             hw = (res // 8, res // 8)
             _peak(device)
@@ -387,7 +388,6 @@ def main(argv=None):
             group = helpers.current_group()
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
             # VRAM or lowvram loading, say).
-            # The exchange the group really used (only a process's first group can use symmetric memory).
             label = configured + (" (symmetric exchange)" if group is not None and group.exchange == "symmetric"
                                   else "") + \
                 (" +graphs" if group is not None and group.graphs.entries else "")

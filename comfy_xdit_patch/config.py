@@ -19,7 +19,7 @@ class ParallelPlan:
     scheduling: str = field(default="round_robin", compare=False)   # rank 0's choice alone: no helper restart
     launcher: str = "local"     # "ray": helpers are Ray actors, possibly on other machines
     shard_weights: bool = False  # each rank holds 1/N of every block's weights (parallel/weight_shards.py)
-    own_gather_group: bool = False  # COMFY_XDIT_SHARD_GATHERS=own: sharded blocks gather on a communicator of their own
+    shard_gathers: str = "pull"  # with shard_weights: "pull" (copies from peer memory) or "all-gather" (a collective)
     ulysses_exchange: str = "nccl"  # COMFY_XDIT_EXCHANGE: "symmetric" = parallel/symmetric.py instead of NCCL all-to-all
 
     @property
@@ -47,7 +47,7 @@ class ParallelPlan:
             where = "CPU ranks" if self.device_type == "cpu" else "GPUs " + ",".join(map(str, self.device_indices))
         layout = f"ulysses {self.ulysses_degree} x ring {self.ring_degree}"
         if self.shard_weights:
-            layout += ", weights sharded" + (" (gathers on their own communicator)" if self.own_gather_group else "")
+            layout += ", weights sharded" + (" (all-gathered)" if self.shard_gathers == "all-gather" else "")
         exchange = exchange or self.ulysses_exchange
         if exchange != "nccl" and self.ulysses_degree > 1:
             layout += f", {exchange} exchange"
@@ -132,7 +132,7 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         raise ValueError(f"sequence_degree {sequence_degree} must divide the {world} ranks into equal groups; "
                          f"use one of {_divisors(world)}.")
     ulysses, ring = choose_degrees(degree, heads, parallelism, ulysses_degree, ring_degree)
-    own_gathers = bool(shard_weights) and shard_gathers_setting() == "own"
+    gathers = shard_gathers_setting(launcher)
     exchange = exchange_setting()
     if exchange == "symmetric":
         if device_type != "cuda" or launcher != "local":
@@ -142,22 +142,29 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         reason = unavailable_reason()
         if reason:
             raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: {reason}; unset it to use NCCL.")
-    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), own_gathers,
+    return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), gathers,
                         exchange)
 
 
-def shard_gathers_setting():
-    """COMFY_XDIT_SHARD_GATHERS: where sharded blocks are gathered. ``shared`` (default): on the one communicator of
-    the attention exchange, which then waits behind a block's gather (+26% a 1024² step on 2×H200). ``own``: on a
-    communicator of their own, so both can run at once. Opt-in until it is measured on GPUs, speed and the failure
-    path both (aborting several stuck communicators hung once, docs/benchmarks.md)."""
-    return _env_choice("COMFY_XDIT_SHARD_GATHERS", ("shared", "own"))
+def shard_gathers_setting(launcher="local"):
+    """COMFY_XDIT_SHARD_GATHERS: how ``shard_weights`` rebuilds a block. ``pull`` (default where the ranks share a
+    machine): copies from the peers' pieces in peer memory, by the copy engine on GPUs (parallel/weight_shards.py).
+    ``all-gather``: NCCL's (gloo's) all-gather on the attention's communicator, where a block's exchange waits behind
+    the next block's gather; the only way between machines (Ray), and where /dev/shm is missing for CPU ranks."""
+    value = _env_choice("COMFY_XDIT_SHARD_GATHERS", ("auto", "pull", "all-gather"))
+    shared_memory = launcher == "local" and os.path.isdir("/dev/shm")
+    if value == "pull" and not shared_memory:
+        raise ValueError("COMFY_XDIT_SHARD_GATHERS=pull needs every rank on this machine (launcher 'local', with "
+                         "/dev/shm); unset it to all-gather.")
+    if value == "auto":
+        return "pull" if shared_memory else "all-gather"
+    return value
 
 
 def exchange_setting():
     """COMFY_XDIT_EXCHANGE: how the Ulysses all-to-all moves q, k, v and the output. ``nccl`` (default): NCCL's
     all-to-all, with a pack and an unpack pass each way. ``symmetric``: peers write straight into each other's
-    receive buffers over symmetric memory (parallel/symmetric.py), one GPU host only. Opt-in until measured in the
+    receive buffers in peer memory (parallel/symmetric.py), one GPU host only. Opt-in until measured in the
     product on GPUs, the failure path included."""
     return _env_choice("COMFY_XDIT_EXCHANGE", ("nccl", "symmetric"))
 

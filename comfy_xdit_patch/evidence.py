@@ -319,7 +319,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="GPU default 10 (kill: 28); CPU 4")
     parser.add_argument("--parallelism", default="auto")
     parser.add_argument("--shard-weights", action="store_true",
-                        help="the node's shard_weights (COMFY_XDIT_SHARD_GATHERS picks the gathers' communicator)")
+                        help="the node's shard_weights (COMFY_XDIT_SHARD_GATHERS picks how blocks are gathered)")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

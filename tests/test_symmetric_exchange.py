@@ -31,7 +31,8 @@ def simulated_group(seq_lens, batch, heads, dim, dtype):
     for member in range(size):
         exchange = symmetric.SymmetricUlysses.__new__(symmetric.SymmetricUlysses)
         exchange.size, exchange.member, exchange.device = size, member, torch.device("cpu")
-        exchange._shapes = {(batch, heads, dim, tuple(seq_lens), dtype): (None, None, received, outputs)}
+        exchange._shapes = {(batch, heads, dim, tuple(seq_lens), dtype): (None, received, outputs)}
+        exchange._side = None
         exchange._barrier = lambda: None
         members.append(exchange)
     return members
@@ -59,7 +60,7 @@ def test_scatter_then_gather_moves_every_element_like_the_all_to_all(seq_lens):
     # Back: with the attention left out (its output = the gathered q), every member gets its own q, token-major.
     # The members run one after the other here, so only after the last one are all outputs complete.
     last = [m.gather_heads(gathered[i][0], seq_lens) for i, m in enumerate(members)][-1]
-    outputs = members[0]._shapes[next(iter(members[0]._shapes))][3]
+    outputs = members[0]._shapes[next(iter(members[0]._shapes))][2]
     for member, (q, _, _) in enumerate(inputs):
         length = seq_lens[member]
         expected = q.transpose(1, 2).reshape(batch, length, heads * dim)
@@ -68,23 +69,18 @@ def test_scatter_then_gather_moves_every_element_like_the_all_to_all(seq_lens):
 
 
 
-def test_only_the_first_group_of_a_process_uses_symmetric_memory(monkeypatch, caplog):
-    """torch numbers symmetric-memory rendezvous per process: a second group (after a failure or a settings change)
-    would wait for keys its fresh helpers never write (it hung on 2×H200), so it uses NCCL and says so."""
+def test_every_group_of_a_process_uses_the_exchange_it_was_configured_with():
+    """Through torch's symmetric memory, a second group in ComfyUI's process (after a failure or a settings change)
+    waited for rendezvous keys its fresh helpers never wrote, so only the first used it (fifth session). With our
+    own peer mapping every group does; a group without Ulysses (ring only) has no exchange to make."""
     from comfy_xdit_patch.config import ParallelPlan
     from comfy_xdit_patch.runtime import group
-    monkeypatch.setattr(group, "_symmetric_exchange_used", False)
     symmetric_plan = ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="symmetric")
     assert group._exchange_for_this_group(ParallelPlan("cuda", (0, 1), 2, 1)) == "nccl"
-    # A ring-only group has no Ulysses exchange: it does not use up the process's one symmetric group.
     assert group._exchange_for_this_group(ParallelPlan("cuda", (0, 1), 1, 2, ulysses_exchange="symmetric")) == "nccl"
-    assert group._exchange_for_this_group(symmetric_plan) == "symmetric"
-    with caplog.at_level("WARNING"):
-        assert group._exchange_for_this_group(symmetric_plan) == "nccl"
-    assert "one group per ComfyUI process" in caplog.text
+    assert [group._exchange_for_this_group(symmetric_plan) for _ in range(3)] == ["symmetric"] * 3
     assert "nccl" not in symmetric_plan.describe() and "symmetric exchange" in symmetric_plan.describe()
     assert "symmetric" not in symmetric_plan.describe("nccl")
-
 
 
 def barrier_member(member, size=2):
@@ -93,29 +89,29 @@ def barrier_member(member, size=2):
     exchange = symmetric.SymmetricUlysses.__new__(symmetric.SymmetricUlysses)
     exchange.size, exchange.member = size, member
     exchange.epoch = torch.zeros(1, dtype=torch.int32)
-    exchange._flags = torch.zeros(size, dtype=torch.int32)
+    exchange._own_flags = torch.zeros(size, dtype=torch.int32)
     exchange.abort_flag = torch.zeros(1, dtype=torch.int32)
     return exchange
 
 
 def link(members):
     for exchange in members:
-        exchange._peer_flags = torch.tensor([peer._flags.data_ptr() + 4 * exchange.member for peer in members],
+        exchange._peer_flags = torch.tensor([peer._own_flags.data_ptr() + 4 * exchange.member for peer in members],
                                             dtype=torch.int64)
 
 
 def test_barrier_raises_its_epoch_in_every_peer_and_passes_once_they_raised_theirs():
     a, b = barrier_member(0), barrier_member(1)
     link([a, b])
-    b._flags[0] = 1            # member 0 has already arrived at member 1's first barrier... and vice versa:
-    a._flags[1] = 1
+    b._own_flags[0] = 1            # member 0 has already arrived at member 1's first barrier... and vice versa:
+    a._own_flags[1] = 1
     a._barrier()
     b._barrier()
     assert a.epoch.item() == b.epoch.item() == 1
-    assert b._flags[0].item() == 1 and a._flags[1].item() == 1   # each raised epoch 1 in the other's slot
-    a._flags[1] = 2            # the peer's second arrival
+    assert b._own_flags[0].item() == 1 and a._own_flags[1].item() == 1   # each raised epoch 1 in the other's slot
+    a._own_flags[1] = 2            # the peer's second arrival
     a._barrier()
-    assert a.epoch.item() == 2 and b._flags[0].item() == 2
+    assert a.epoch.item() == 2 and b._own_flags[0].item() == 2
 
 
 def test_a_barrier_whose_peer_never_comes_returns_once_the_host_sets_the_abort_flag():
@@ -125,7 +121,7 @@ def test_a_barrier_whose_peer_never_comes_returns_once_the_host_sets_the_abort_f
     link([a, b])
     a.abort()
     a._barrier()               # would spin for ever without the flag: member 1 never raised epoch 1
-    assert a.epoch.item() == 1 and b._flags[0].item() == 1
+    assert a.epoch.item() == 1 and b._own_flags[0].item() == 1
 
 
 def test_the_kernels_compile_for_hopper_gpus(monkeypatch):

@@ -37,42 +37,65 @@ def test_sharded_weights_equal_replicated_and_one_rank(tiny_flux, parallelism, g
     assert blocks / gpus <= group.block_shards.shard_bytes() <= blocks / gpus * 1.01 + 64
 
 
-def test_gathers_on_their_own_communicator_equal_one_rank(tiny_flux, monkeypatch):
-    """COMFY_XDIT_SHARD_GATHERS=own: the blocks are gathered on a second group of every rank (every helper builds it
-    too, from the plan), not on the default group that carries the attention exchange."""
-    import torch.distributed as dist
+def test_gathers_copy_the_peers_pieces_from_peer_memory_or_all_gather_on_request(tiny_flux, monkeypatch):
+    """Ranks on one machine keep their pieces in peer memory and a gather copies the peers' pieces (no collective);
+    COMFY_XDIT_SHARD_GATHERS=all-gather (what Ray uses) gathers through the communicator. Both equal one rank, and
+    the pieces rank 0 holds are the ones its peers copy: every rank's piece is mapped here, and it is its shard."""
+    import os
+    from comfy_xdit_patch.parallel import peer_memory
     expected = ksample(tiny_flux)
-    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "own")
-    sharded = ksample(enable_multigpu(tiny_flux, gpus=2, parallelism="ulysses", shard_weights=True))
+    files_before = set(os.listdir("/dev/shm"))
+    pulled = ksample(enable_multigpu(tiny_flux, gpus=2, parallelism="ulysses", shard_weights=True))
     group = helpers.current_group()
-    assert group.plan.own_gather_group and "gathers on their own communicator" in group.plan.describe()
-    assert group.block_shards.group is group.mesh.gather_group
-    assert group.mesh.gather_group is not None and group.mesh.gather_group is not dist.group.WORLD
-    assert dist.get_world_size(group.mesh.gather_group) == 2
-    assert relative_error(sharded, expected) <= 1e-5
+    shards = group.block_shards
+    assert group.plan.shard_gathers == "pull" and shards.pieces is not None
+    assert relative_error(pulled, expected) <= 1e-5
+    key = shards.order[0]
+    assert shards._piece_views[key][0].data_ptr() == shards.shards[key].data_ptr()
+    assert peer_memory.held_bytes("cpu") >= shards.shard_bytes()
+    assert not {f for f in set(os.listdir("/dev/shm")) - files_before if f.startswith("comfy-xdit-")}, \
+        "peer-memory files stay after every rank mapped them"
+
+    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "all-gather")
+    gathered = ksample(enable_multigpu(tiny_flux, gpus=2, parallelism="ulysses", shard_weights=True))
+    group = helpers.current_group()
+    assert group.plan.shard_gathers == "all-gather" and "all-gathered" in group.plan.describe()
+    assert group.block_shards.pieces is None
+    assert relative_error(gathered, expected) <= 1e-5
+    assert peer_memory.held_bytes("cpu") == 0, "the previous group's peer memory was not freed"
 
 
 def test_shard_gathers_setting_is_checked(tiny_flux, monkeypatch):
     from comfy_xdit_patch.config import resolve_plan
     monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "separate")
-    with pytest.raises(ValueError, match="COMFY_XDIT_SHARD_GATHERS must be 'shared' or 'own'"):
+    with pytest.raises(ValueError, match="COMFY_XDIT_SHARD_GATHERS must be 'auto' or 'pull' or 'all-gather'"):
         enable_multigpu(tiny_flux, gpus=2, shard_weights=True)
-    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "own")
     cpu = torch.device("cpu")
-    assert resolve_plan(2, "auto", 4, cpu, 0, shard_weights=True).own_gather_group
-    assert not resolve_plan(2, "auto", 4, cpu, 0).own_gather_group   # no shards, no second communicator
+    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "pull")
+    with pytest.raises(ValueError, match="needs every rank on this machine"):
+        resolve_plan(2, "auto", 4, cpu, 0, launcher="ray", shard_weights=True)
+    monkeypatch.delenv("COMFY_XDIT_SHARD_GATHERS")
+    assert resolve_plan(2, "auto", 4, cpu, 0, shard_weights=True).shard_gathers == "pull"
+    assert resolve_plan(2, "auto", 4, cpu, 0, launcher="ray", shard_weights=True).shard_gathers == "all-gather"
 
 
 def test_sharded_weights_with_loras_and_a_strength_change(unet):
-    """LoraLoaderModelOnly before the node: the shards hold the patched weights, and a new strength re-sends them."""
+    """LoraLoaderModelOnly before the node: the shards hold the patched weights, and a new strength re-sends them
+    (into new peer memory, the old freed)."""
+    from comfy_xdit_patch.parallel import peer_memory
     loader = nodes.LoraLoaderModelOnly()
     results = []
+    held = []
     for strength in (0.8, -0.7):
         patched = loader.load_lora_model_only(unet, "tiny_lora_a.safetensors", strength)[0]
         expected = ksample(patched)
         got = ksample(enable_multigpu(patched, gpus=2, parallelism="ulysses", shard_weights=True))
         assert relative_error(got, expected) <= 1e-5
         results.append(got)
+        group = helpers.current_group()
+        held.append((id(group), group.weight_syncs, peer_memory.held_bytes("cpu")))
+    assert held[1][:2] == (held[0][0], held[0][1] + 1), "the strength change did not re-sync the same helpers"
+    assert held[0][2] == held[1][2] > 0, "the re-sync did not free the previous pieces"
     assert relative_error(results[0], results[1]) > 1e-3, "the strength change did not reach the shards"
 
 
@@ -116,7 +139,7 @@ def test_a_call_that_failed_midway_leaves_no_gather_behind(monkeypatch):
     model = torch.nn.Module()
     model.double_blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
     model.single_blocks = torch.nn.ModuleList([])
-    shards = weight_shards.ShardedBlocks(model, 1, "cpu")
+    shards = weight_shards.ShardedBlocks(model, 1, torch.device("cpu"), pull=False)
     for key, module in weight_shards.blocks(model):
         shards.shards[key] = shards.layouts[key].flatten(dict(module.named_parameters()), 1, "cpu")
     first, second = shards.order

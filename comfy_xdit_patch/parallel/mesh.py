@@ -23,7 +23,6 @@ class SequenceParallelMesh:
     sp_ranks: list = field(default_factory=list)
     ulysses_group: object = None
     sp_group: object = None
-    gather_group: object = None  # where sharded blocks are gathered (parallel/weight_shards.py); None: default group
     ulysses_exchange: object = None  # parallel/symmetric.py's SymmetricUlysses; None: NCCL's all-to-all (comm.py)
 
     @property
@@ -49,11 +48,10 @@ class SequenceParallelMesh:
         return list(range(first, first + self.ulysses_degree))
 
     @classmethod
-    def build(cls, ulysses_degree, ring_degree, own_gather_group=False, timeout=None, exchange="nccl", device=None):
-        """Collective: every rank of the default group calls this with the same degrees. ``own_gather_group``: a
-        second group of every rank, for the gathers of sharded weights (config.shard_gathers_setting). ``timeout``:
-        the default group's (a new group would otherwise get torch's own: 30 min on gloo, 10 on NCCL).
-        ``exchange``: "symmetric" maps the Ulysses group's receive buffers on ``device`` (config.exchange_setting)."""
+    def build(cls, ulysses_degree, ring_degree, timeout=None, exchange="nccl", device=None):
+        """Collective: every rank of the default group calls this with the same degrees. ``timeout``: the default
+        group's (a new group would otherwise get torch's own: 30 min on gloo, 10 on NCCL). ``exchange``:
+        "symmetric" maps the Ulysses group's receive buffers on ``device`` (config.exchange_setting)."""
         rank, world_size = dist.get_rank(), dist.get_world_size()
         sp_degree = ulysses_degree * ring_degree
         if world_size % sp_degree:
@@ -82,8 +80,6 @@ class SequenceParallelMesh:
             sp_group=whole if sp_degree == world_size else sp_group,
         )
         mesh.ulysses_ranks = mesh.ulysses_group_of(rank)
-        if own_gather_group:
-            mesh.gather_group = dist.new_group(list(range(world_size)), timeout=timeout)
         if exchange == "symmetric" and ulysses_degree > 1:
             from .symmetric import SymmetricUlysses
             mesh.ulysses_exchange = SymmetricUlysses(mesh.ulysses_group, mesh.ulysses_ranks,

@@ -2,11 +2,17 @@
 exist only while it runs.
 
 A block's parameters, in ``named_parameters`` order, form one flat vector padded to a multiple of N; rank r keeps
-the r-th piece. Before block i runs, the pieces of every rank are all-gathered into one of two alternating buffers
-and the block's parameters become views of it; the gather of block i + 1 starts before block i's kernels are
-queued, so the transfer overlaps its compute. After the block, the parameters it had before come back (a helper's
-are meta placeholders). Everything outside the blocks (embedders, modulation, final layer: ~1% of FLUX) stays whole
-on every rank.
+the r-th piece. Before block i runs, the pieces of every rank are gathered into one of two alternating buffers and
+the block's parameters become views of it; the gather of block i + 1 starts before block i's kernels are queued, so
+the transfer overlaps its compute. After the block, the parameters it had before come back (a helper's are meta
+placeholders). Everything outside the blocks (embedders, modulation, final layer: ~1% of FLUX) stays whole on every
+rank.
+
+Where the ranks share a machine, every rank's pieces live in peer memory (parallel/peer_memory.py) and a gather is
+copies from the peers' pieces on a stream of its own: on GPUs the copy engine moves them, so the gather takes no SMs
+and no communicator. Through NCCL's all-gather instead, every gather queued on the attention's communicator and held
+the next exchange back (+26% a 1024² step on 2×H200), and a second communicator for the gathers could not be aborted
+after a helper died (sixth session, docs/benchmarks.md). Ranks on several machines (Ray) all-gather.
 """
 from typing import NamedTuple
 
@@ -14,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .comm import all_gather_single
+from .peer_memory import PeerMemory, aligned
 
 BLOCK_LISTS = (("double_blocks", "double_block"), ("single_blocks", "single_block"))
 
@@ -78,31 +85,78 @@ class BlockLayout:
         return flat
 
 
+class _CopiesDone:
+    """A gather by copies, as the all-gather's work handle: ``wait`` orders the current stream after it."""
+
+    def __init__(self, event=None, device=None):
+        self.event, self.device = event, device
+
+    def wait(self):
+        if self.event is not None:
+            torch.cuda.current_stream(self.device).wait_event(self.event)
+
+
 class ShardedBlocks:
     """This rank's pieces of every block, and the gather that rebuilds one block at a time."""
 
-    def __init__(self, diffusion_model, world_size, device, dtype=None, group=None):
-        """``group``: where the blocks are gathered (None: the default group, shared with the attention exchange)."""
-        self.world_size, self.device, self.group = world_size, device, group
+    def __init__(self, diffusion_model, world_size, device, dtype=None, rank=0, pull=True):
+        """``pull``: gather by copies from the peers' pieces (ranks on one machine); otherwise all-gather over
+        the default group."""
+        self.world_size, self.device, self.rank, self.pull = world_size, device, rank, pull
         self.order = [key for key, _ in blocks(diffusion_model)]
         self.layouts = {key: BlockLayout(module, world_size, dtype) for key, module in blocks(diffusion_model)}
         # Blocks alternate between two buffers; each block's successor is prefetched while it runs.
         self.slot = {key: position % 2 for position, key in enumerate(self.order)}
         self.successor = dict(zip(self.order, self.order[1:]))
         self.dtype = self.layouts[self.order[0]].dtype if self.order else dtype
+        self.offsets, end = {}, 0   # where each block's piece starts in this rank's peer memory
+        for key in self.order:
+            self.offsets[key] = end
+            end += aligned(self.layouts[key].shard_numel * self.layouts[key].dtype.itemsize)
+        self._pieces_bytes = end
+        self.pieces = None     # PeerMemory, mapped at the first scatter (a point every rank reaches together)
+        self._piece_views = {}  # key -> every rank's piece, as tensors of this process
         self.shards = {}
+        self._stream = torch.cuda.Stream(device) if pull and device.type == "cuda" else None
         self._buffers = [None, None]
-        self._pending = {}     # key -> (buffer, async gather)
+        self._pending = {}     # key -> (buffer, gather handle)
         self._saved = {}       # key -> (the parameters, the LoRA functions) the block had before it was gathered
 
     # ----- holding --------------------------------------------------------------------------------------------
     def scatter_from_rank0(self, key, flat=None):
         """Collective: rank 0 passes the block's full flat vector, every rank keeps its piece."""
         layout = self.layouts[key]
-        shard = torch.empty(layout.shard_numel, dtype=layout.dtype, device=self.device)
+        if self.pull and self.pieces is None:
+            self.pieces = PeerMemory(self._pieces_bytes, self.device, None, self.rank, self.world_size)
+            self._piece_views = {
+                k: [self.pieces.tensor(r, self.layouts[k].dtype, (self.layouts[k].shard_numel,), self.offsets[k])
+                    for r in range(self.world_size)] for k in self.order}
+        if self.pull:
+            shard = self._piece_views[key][self.rank]
+        else:
+            shard = torch.empty(layout.shard_numel, dtype=layout.dtype, device=self.device)
         pieces = list(flat.chunk(self.world_size)) if flat is not None else None
         dist.scatter(shard, pieces, src=0)
         self.shards[key] = shard
+
+    def publish(self):
+        """Collective, after the last scatter: every rank's pieces are in place before any peer copies them."""
+        if self.pull:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dist.barrier()
+
+    def close(self):
+        """Collective (a new sync replaces these pieces): frees the peer memory once no rank can be copying it."""
+        if self.pieces is not None:
+            self.pieces.close()
+        self.pieces, self._piece_views, self.shards = None, {}, {}
+
+    def release(self):
+        """Not collective (the group is over). Synchronizes the device: never while a kernel may be stuck."""
+        if self.pieces is not None:
+            self.pieces.release()
+        self.pieces, self._piece_views, self.shards = None, {}, {}
 
     def full_bytes(self):
         """What every block's full weights take (the replicated size)."""
@@ -122,7 +176,29 @@ class ShardedBlocks:
         if held is None or held.numel() < size or held.dtype != layout.dtype:
             held = self._buffers[slot] = torch.empty(size, dtype=layout.dtype, device=self.device)
         buffer = held[:size]
-        self._pending[key] = (buffer, all_gather_single(buffer, self.shards[key], group=self.group, async_op=True))
+        if self.pull:
+            self._pending[key] = (buffer, self._copy_pieces(key, buffer))
+        else:
+            self._pending[key] = (buffer, all_gather_single(buffer, self.shards[key], async_op=True))
+
+    def _copy_pieces(self, key, buffer):
+        """The gather as copies, the peers' pieces first (starting after this rank, so that ranks pull from
+        different peers at once), on the gather stream. That stream first waits for what is queued now: the block
+        that used ``buffer`` before."""
+        numel = self.layouts[key].shard_numel
+        views = self._piece_views[key]
+        order = [(self.rank + step) % self.world_size for step in range(1, self.world_size + 1)]
+        if self._stream is None:
+            for rank in order:
+                buffer[rank * numel:(rank + 1) * numel].copy_(views[rank])
+            return _CopiesDone()
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            for rank in order:
+                buffer[rank * numel:(rank + 1) * numel].copy_(views[rank], non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        return _CopiesDone(done, self.device)
 
     def start_call(self):
         """Before a model call: forget the gathers a call that failed midway left pending. A capture that raised
@@ -135,9 +211,9 @@ class ShardedBlocks:
         self._start(key)
         buffer, gather = self._pending.pop(key)
         gather.wait()
-        # Started here, the next gather runs during this block's projections and holds its attention exchange back
-        # (one communicator runs collectives in issue order). Started after the exchange instead, it overlaps only
-        # the block's later half, and that measured worse: 153.5 vs 140.7 ms per 1024² step (2×H200, session 4).
+        # Started here, the next gather runs during the whole block. (Through NCCL it held this block's attention
+        # exchange back, one communicator running collectives in issue order; started after the exchange instead, it
+        # overlapped only the block's later half, and that measured worse: 153.5 vs 140.7 ms a 1024² step, 2×H200.)
         if key in self.successor:
             self._start(self.successor[key])
         layout = self.layouts[key]

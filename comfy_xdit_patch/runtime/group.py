@@ -91,6 +91,7 @@ class HelperGroup:
         self._stopping = threading.Event()
         self._abort_lock = threading.Lock()
         self._aborted = False
+        self._collectives_aborted = False   # NCCL's abort returned: no collective kernel is left on the device
         cuda = self.device.type == "cuda"
         self.pacer = LaunchPacer(lambda: self.failure, collective_timeout_s(), _recorded_event if cuda else None,
                                  torch.cuda.is_current_stream_capturing if cuda else lambda: False)
@@ -147,8 +148,7 @@ class HelperGroup:
                                     timeout=timedelta(seconds=timeout))
             _owned_default_group = True
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree,
-                                                   self.plan.own_gather_group, timedelta(seconds=timeout),
-                                                   self.exchange, self.device)
+                                                   timedelta(seconds=timeout), self.exchange, self.device)
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
@@ -244,11 +244,33 @@ class HelperGroup:
             self.release_exchange()
             try:
                 dist.distributed_c10d._abort_process_group()
+                self._collectives_aborted = True
             except Exception:
                 log.warning("Enable Multi-GPU: aborting the collectives failed", exc_info=True)
             log.info("Enable Multi-GPU: aborted the process group's collectives in %.2f s", time.perf_counter() - t0)
         finally:
             self._abort_lock.release()
+
+    def _release_peer_memory(self, graceful):
+        """Frees what this group mapped of its peers and its own peer memory (freeing synchronizes the device).
+        After a failure only once the collectives were aborted and the graphs destroyed: otherwise a kernel may
+        still wait on the device, and the memory is left as it is (_parked) rather than hang here."""
+        held = [item for item in (self.mesh.ulysses_exchange if self.mesh is not None else None, self.block_shards)
+                if item is not None]
+        if not held:
+            return
+        stuck = self.device.type == "cuda" and not graceful and (not self._collectives_aborted
+                                                                  or _unreleased_group is not None)
+        if stuck:
+            _parked.extend(held)
+            log.warning("Enable Multi-GPU: the failed group's peer memory stays allocated until ComfyUI restarts "
+                        "(its collectives could not be shown to have ended)")
+            return
+        for item in held:
+            try:
+                item.release()
+            except Exception:
+                log.warning("Enable Multi-GPU: could not free the group's peer memory", exc_info=True)
 
     def release_exchange(self):
         """The symmetric exchange's barriers spin outside NCCL: released before anything waits on rank 0's stream."""
@@ -284,7 +306,6 @@ class HelperGroup:
                     # The communicator cannot be destroyed while these graphs exist: it is left as it is, and no
                     # new group is made in this process (the next prompts run on one GPU), rather than hang here.
                     _unreleased_group = "its CUDA graphs are still being destroyed"
-                    _parked.append(self.mesh)   # freeing its symmetric memory would synchronize the stuck device
                     log.error("Enable Multi-GPU: the failed group's CUDA graphs could not be destroyed; its process "
                               "group is left as it is and prompts run on one GPU until ComfyUI is restarted.")
             else:
@@ -307,6 +328,7 @@ class HelperGroup:
         if graceful and self.device.type == "cuda" and self.graphs.entries:
             torch.cuda.synchronize(self.device)
         self.graphs.clear()
+        self._release_peer_memory(graceful)
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
@@ -334,7 +356,7 @@ class HelperGroup:
         shards = None
         if self.plan.shard_weights:   # raises NotImplementedError for weights it cannot shard, before any transfer
             shards = ShardedBlocks(model_patcher.model.diffusion_model, self.plan.world_size, self.device,
-                                   group=self.mesh.gather_group)
+                                   pull=self.plan.shard_gathers == "pull")
         t0 = time.perf_counter()
         keys = weights.weight_keys(model_patcher)
         if shards is not None:
@@ -346,6 +368,9 @@ class HelperGroup:
         if shards is not None:
             spec["block_dtype"] = shards.dtype   # the helpers' blocks are meta placeholders: no dtype of their own
         self._broadcast_message(("load", spec, keys, patches, transport.layout(patch_tensors)))
+        if self.block_shards is not None:   # the helpers close theirs at the same point
+            self.block_shards.close()
+            self.block_shards = None
         weights.send_weights(model_patcher, keys, self.device)
         transport.send_tensors(patch_tensors, self.device)
         if shards is not None:
@@ -435,7 +460,6 @@ _lock = threading.Lock()
 _group = None
 _owned_default_group = False    # whether the default process group is ours (so ours to destroy)
 _parked = []                      # what a failed group leaves that must never be freed (see shutdown)
-_symmetric_exchange_used = False   # a group of this process mapped symmetric memory (one may: parallel/symmetric.py)
 _unreleased_group = None        # why a failed group's process group had to be left alive (no new group after it)
 
 
@@ -451,23 +475,9 @@ def _release_default_group():
     _owned_default_group = dist.is_initialized() and _owned_default_group
 
 
-def symmetric_exchange_used():
-    return _symmetric_exchange_used
-
-
 def _exchange_for_this_group(plan):
-    """The Ulysses exchange a new group uses: the plan's, except that only the first group of a process may use
-    symmetric memory (parallel/symmetric.py says why); later ones, after a failure or a settings change, use NCCL.
-    A group without a Ulysses exchange (ring only) uses none of it: "nccl", and the process keeps its one."""
-    global _symmetric_exchange_used
-    if plan.ulysses_exchange != "symmetric" or plan.ulysses_degree == 1:
-        return "nccl"
-    if _symmetric_exchange_used:
-        log.warning("Enable Multi-GPU: the symmetric-memory exchange serves one group per ComfyUI process; this new "
-                    "group uses NCCL's all-to-all (restart ComfyUI to use it again).")
-        return "nccl"
-    _symmetric_exchange_used = True
-    return "symmetric"
+    """The Ulysses exchange a new group uses: the plan's; a group without Ulysses (ring only) has none to make."""
+    return "nccl" if plan.ulysses_degree == 1 else plan.ulysses_exchange
 
 
 def ensure_group(plan):

@@ -63,12 +63,11 @@ def main():
         from comfy_xdit_patch.runtime.group import collective_timeout_s
         timeout = timedelta(seconds=collective_timeout_s())
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size, timeout=timeout)
-        mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, plan.own_gather_group, timeout,
-                                          setup["exchange"], device)
+        mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, timeout, setup["exchange"], device)
         from comfy_xdit_patch.runtime.speed import measure_speed
         link.send(("ready", measure_speed(device, rank)))
         with torch.inference_mode():
-            serve(link, mesh, device, plan.shard_weights)
+            serve(link, mesh, device, plan.shard_weights, plan.shard_gathers)
     except control.ChannelClosed:
         pass
     except BaseException:
@@ -82,7 +81,7 @@ def main():
     os._exit(0)
 
 
-def serve(link, mesh, device, shard_weights=False):
+def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     import collections
     import torch
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
@@ -109,6 +108,9 @@ def serve(link, mesh, device, shard_weights=False):
         if op == "load":
             _, spec, keys, patches, patch_layout = message
             graphs.clear()          # graphs point at the old weights
+            if shards is not None:  # rank 0 closes its pieces at the same point
+                shards.close()
+                shards = None
             if spec != loaded_spec:
                 diffusion_model = None  # free the previous model's memory before building the next one
                 diffusion_model = weights.build_diffusion_model(spec, device)
@@ -123,7 +125,7 @@ def serve(link, mesh, device, shard_weights=False):
                 gguf_weights.attach_patches(diffusion_model, patches, patch_tensors)
             if shard_weights:   # the blocks' parameters stay meta placeholders; only this rank's pieces are held
                 shards = ShardedBlocks(diffusion_model, mesh.world_size, device, dtype=spec["block_dtype"],
-                                       group=mesh.gather_group)
+                                       rank=mesh.rank, pull=shard_gathers == "pull")
                 weights.receive_block_shards(shards)
                 replacements = flux.block_replacements(diffusion_model)
             link.send("loaded")
@@ -178,11 +180,13 @@ def _weight_bytes(diffusion_model, shards):
 
 def _device_stats(device):
     import torch
+    from comfy_xdit_patch.parallel.peer_memory import held_bytes
     stats = {"pid": os.getpid(), "device": str(device)}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        stats["peak_allocated"] = torch.cuda.max_memory_allocated(device)
-        stats["allocated"] = torch.cuda.memory_allocated(device)
+        peer = held_bytes(device)   # peer memory (sharded weights, the exchange's buffers) is not torch's
+        stats["peak_allocated"] = torch.cuda.max_memory_allocated(device) + peer
+        stats["allocated"] = torch.cuda.memory_allocated(device) + peer
         torch.cuda.reset_peak_memory_stats(device)
     return stats
 

@@ -151,12 +151,14 @@ def scatter_block_shards(model_patcher, shards, device):
         tensors = {entry.name: effective_weight(model_patcher, prefix + entry.name, device).detach()
                    for entry in layout.entries}
         shards.scatter_from_rank0(key, layout.flatten(tensors, shards.world_size, device))
+    shards.publish()
 
 
 def receive_block_shards(shards):
     """Helpers: this rank's piece of every block."""
     for key in shards.order:
         shards.scatter_from_rank0(key)
+    shards.publish()
 
 
 def _as_bytes(tensor):

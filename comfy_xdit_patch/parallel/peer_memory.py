@@ -1,0 +1,197 @@
+"""Memory that the other processes of a group on one machine read and write directly.
+
+Every member allocates the same number of bytes, and maps every other member's allocation into its own address
+space: the symmetric Ulysses exchange writes q, k, v into its peers' receive buffers (parallel/symmetric.py), and
+sharded weights are pulled from the peers' pieces by the copy engine (parallel/weight_shards.py), neither through a
+communicator.
+
+On CUDA the memory comes from the driver (``cuMemAlloc``) and travels as a CUDA IPC handle: torch's caching
+allocator cannot export it when ComfyUI runs it on ``cudaMallocAsync`` (its default), and torch's symmetric memory
+numbers its rendezvous with one counter per process, so a second group in ComfyUI's process (after a failure, or a
+changed setting) waited for keys that the new helpers never wrote (fifth session, docs/benchmarks.md). Here mapping
+is one ``all_gather_object`` of the handles on the group's own communicator, as often as needed. On CPU ranks the
+memory is a file in /dev/shm, removed as soon as every member has opened it.
+
+The memory bypasses torch's allocator: ``held_bytes`` says how much this process holds, for memory reports.
+"""
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+ALIGNMENT = 256   # every region handed out starts on this many bytes (the widest vector loads need 16)
+_held = {}        # device -> bytes this process allocated here and has not freed
+
+
+def held_bytes(device):
+    return _held.get(str(torch.device(device)), 0)
+
+
+def aligned(nbytes):
+    return -(-nbytes // ALIGNMENT) * ALIGNMENT
+
+
+def _current(device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class _Driver:
+    """The few CUDA driver calls that torch does not expose: allocate, export, import, free."""
+
+    class IpcHandle(ctypes.Structure):
+        _fields_ = [("reserved", ctypes.c_ubyte * 64)]   # bytes, zeros included (a c_char array stops at one)
+
+    _instance = None
+
+    @classmethod
+    def get(cls):
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def __init__(self):
+        self.lib = ctypes.CDLL("libcuda.so.1")
+        pointer, size = ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t
+        for name, argtypes in (("cuMemAlloc_v2", [pointer, size]), ("cuMemFree_v2", [ctypes.c_uint64]),
+                               ("cuIpcGetMemHandle", [ctypes.POINTER(self.IpcHandle), ctypes.c_uint64]),
+                               ("cuIpcOpenMemHandle_v2", [pointer, self.IpcHandle, ctypes.c_uint]),
+                               ("cuIpcCloseMemHandle", [ctypes.c_uint64])):
+            getattr(self.lib, name).argtypes = argtypes
+        self._contexts = {}
+        self._check("cuInit", self.lib.cuInit(0))
+
+    def _check(self, name, result):
+        if result != 0:
+            message = ctypes.c_char_p()
+            self.lib.cuGetErrorString(result, ctypes.byref(message))
+            raise RuntimeError(f"{name} failed: CUDA error {result} ({(message.value or b'?').decode()})")
+
+    def _call(self, device, name, *args):
+        """``name(*args)`` with ``device``'s primary context (the one torch uses) current on this thread."""
+        context = self._contexts.get(device)
+        if context is None:
+            handle, context = ctypes.c_int(), ctypes.c_void_p()
+            self._check("cuDeviceGet", self.lib.cuDeviceGet(ctypes.byref(handle), device))
+            self._check("cuDevicePrimaryCtxRetain", self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), handle))
+            self._contexts[device] = context
+        self._check("cuCtxPushCurrent", self.lib.cuCtxPushCurrent_v2(context))
+        try:
+            self._check(name, getattr(self.lib, name)(*args))
+        finally:
+            popped = ctypes.c_void_p()
+            self.lib.cuCtxPopCurrent_v2(ctypes.byref(popped))
+
+    def allocate(self, device, nbytes):
+        pointer = ctypes.c_uint64()
+        self._call(device, "cuMemAlloc_v2", ctypes.byref(pointer), nbytes)
+        return pointer.value
+
+    def export(self, device, pointer):
+        handle = self.IpcHandle()
+        self._call(device, "cuIpcGetMemHandle", ctypes.byref(handle), pointer)
+        return bytes(handle.reserved)
+
+    def open(self, device, exported):
+        pointer, handle = ctypes.c_uint64(), self.IpcHandle.from_buffer_copy(exported)
+        # CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS: the peer's GPU becomes reachable from ours for this mapping.
+        self._call(device, "cuIpcOpenMemHandle_v2", ctypes.byref(pointer), handle, 1)
+        return pointer.value
+
+    def close(self, device, pointer):
+        self._call(device, "cuIpcCloseMemHandle", pointer)
+
+    def free(self, device, pointer):
+        self._call(device, "cuMemFree_v2", pointer)
+
+
+class PeerMemory:
+    """``nbytes`` on every member's device, every member's mapped in every member. Collective over ``group``
+    (whose members are ``size`` ranks, this one being ``member``): every member constructs it at the same point.
+    ``release`` frees it (not collective; ``close`` is the collective way)."""
+
+    def __init__(self, nbytes, device, group, member, size):
+        self.nbytes, self.device, self.group, self.member, self.size = aligned(max(nbytes, 1)), device, group, member, size
+        self._addresses = [None] * size
+        self._storages = [None] * size   # CPU: the mapped files
+        self._released = False
+        if device.type == "cuda":
+            driver = _Driver.get()
+            own = driver.allocate(device.index, self.nbytes)
+            exported = driver.export(device.index, own)
+        else:
+            path = f"/dev/shm/comfy-xdit-{os.getpid()}-{secrets.token_hex(8)}"
+            own_storage = torch.UntypedStorage.from_file(path, True, self.nbytes)
+            own, exported = own_storage.data_ptr(), path
+        _held[str(device)] = _held.get(str(device), 0) + self.nbytes
+        handles = [None] * size
+        try:
+            with _current(device):   # NCCL's object collectives run on the current CUDA device
+                dist.all_gather_object(handles, exported, group=group)
+        except BaseException:
+            self._addresses[member] = own
+            self.release()
+            raise
+        for peer, handle in enumerate(handles):
+            if peer == member:
+                self._addresses[peer] = own
+                if device.type != "cuda":
+                    self._storages[peer] = own_storage
+            elif device.type == "cuda":
+                self._addresses[peer] = _Driver.get().open(device.index, handle)
+            else:
+                self._storages[peer] = torch.UntypedStorage.from_file(handle, True, self.nbytes)
+                self._addresses[peer] = self._storages[peer].data_ptr()
+        if device.type != "cuda":
+            dist.barrier(group=group)   # every member opened every file: the names can go (CPU: no device)
+            os.unlink(exported)
+
+    def address(self, member, offset=0):
+        return self._addresses[member] + offset
+
+    def tensor(self, member, dtype, shape, offset=0):
+        """A tensor of ``member``'s memory at ``offset`` bytes, usable on this process's device (a peer's memory
+        is reached over the link). It does not keep the memory alive: nothing may use it after ``release``."""
+        numel = 1
+        for extent in shape:
+            numel *= extent
+        nbytes = numel * dtype.itemsize
+        if offset % ALIGNMENT or offset + nbytes > self.nbytes:
+            raise ValueError(f"{nbytes} bytes at offset {offset} do not fit an aligned region of {self.nbytes}")
+        storage = torch._C._construct_storage_from_data_pointer(self.address(member, offset), self.device, nbytes)
+        return torch.empty(0, dtype=dtype, device=self.device).set_(storage, 0, tuple(shape))
+
+    def close(self):
+        """Collective: frees the memory once no member can be using it any more."""
+        with _current(self.device):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dist.barrier(group=self.group)
+        self.release()
+
+    def release(self):
+        """Unmaps the peers' memory and frees this member's. Synchronizes the device (cuMemFree): never while a
+        kernel that cannot finish may still run on it."""
+        if self._released:
+            return
+        self._released = True
+        if self.device.type == "cuda":
+            driver = _Driver.get()
+            for peer, address in enumerate(self._addresses):
+                if address is None:
+                    continue
+                try:
+                    if peer == self.member:
+                        driver.free(self.device.index, address)
+                    else:
+                        driver.close(self.device.index, address)
+                except RuntimeError:
+                    log.warning("Enable Multi-GPU: could not free peer memory", exc_info=True)
+        self._storages = [None] * self.size
+        self._addresses = [None] * self.size
+        _held[str(self.device)] -= self.nbytes
