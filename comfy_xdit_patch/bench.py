@@ -294,7 +294,7 @@ def main(argv=None):
     parser.add_argument("--shard-gathers", default=None, help="comma list of COMFY_XDIT_SHARD_GATHERS settings to "
                         "time with sharded weights, e.g. pull,all-gather (copies from the peers' pieces, or NCCL's all-gather)")
     parser.add_argument("--exchange", default=None, help="comma list of COMFY_XDIT_EXCHANGE settings to time, e.g. "
-                        "nccl,symmetric (the Ulysses all-to-all over NCCL or over symmetric memory); GPU only")
+                        "nccl,symmetric (the Ulysses all-to-all over NCCL or through peer memory; default auto); GPU only")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
                         "(this torch.compile backend, e.g. inductor) to the model on both sides: 1 device and N devices")
     parser.add_argument("--dynamic-vram", action="store_true", help="ComfyUI's dynamic VRAM (its default on NVIDIA; "
@@ -312,8 +312,8 @@ def main(argv=None):
     if args.shard_gathers and (args.shard_weights == "off" or
                                not set(args.shard_gathers.split(",")) <= {"auto", "pull", "all-gather"}):
         parser.error("--shard-gathers takes pull and/or all-gather, and needs --shard-weights on or both")
-    if args.exchange and not set(args.exchange.split(",")) <= {"nccl", "symmetric"}:
-        parser.error("--exchange takes nccl and/or symmetric")
+    if args.exchange and not set(args.exchange.split(",")) <= {"auto", "nccl", "symmetric"}:
+        parser.error("--exchange takes auto, nccl and/or symmetric")
     if args.dynamic_vram and args.graph_baseline:
         parser.error("--dynamic-vram: no graph baseline (a graphed step needs weights that stay put, which dynamic "
                      "VRAM does not promise); leave out --graph-baseline")
@@ -369,7 +369,7 @@ def main(argv=None):
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
     gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "auto")).split(",")
     # Gather settings only change sharded runs.
-    exchange_settings = (args.exchange or os.environ.get("COMFY_XDIT_EXCHANGE", "nccl")).split(",")
+    exchange_settings = (args.exchange or os.environ.get("COMFY_XDIT_EXCHANGE", "auto")).split(",")
     configurations = [(p, s, a, x, g) for p in args.parallelism.split(",") for s in shard_settings
                       for a in (gather_settings if s else ["auto"]) for x in exchange_settings
                       for g in graph_settings]

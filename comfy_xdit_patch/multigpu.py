@@ -208,7 +208,7 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model
     check_helper_memory(plan, model.model_size(), lambda index: torch.cuda.mem_get_info(index)[0])
-    check_peer_access(plan, torch.cuda.can_device_access_peer)
+    plan = check_peer_access(plan, torch.cuda.can_device_access_peer)
     clone = model.clone()
     flux.install_on_patcher(clone, plan.shard_weights)
     run = MultiGPURun(plan)

@@ -85,7 +85,7 @@ def test_a_helper_gpu_without_room_for_the_model_is_refused_before_any_work():
 
 def test_symmetric_exchange_setting_is_checked_before_any_work(monkeypatch):
     monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "nvlink")
-    with pytest.raises(ValueError, match="COMFY_XDIT_EXCHANGE must be 'nccl' or 'symmetric', not 'nvlink'"):
+    with pytest.raises(ValueError, match="COMFY_XDIT_EXCHANGE must be 'auto' or 'nccl' or 'symmetric', not 'nvlink'"):
         resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2)
     monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
     with pytest.raises(ValueError, match="needs the CUDA GPUs of one machine.*unset it"):
@@ -95,11 +95,31 @@ def test_symmetric_exchange_setting_is_checked_before_any_work(monkeypatch):
     plan = resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2)
     assert plan.ulysses_exchange == "symmetric" and "symmetric exchange" in plan.describe()
     monkeypatch.delenv("COMFY_XDIT_EXCHANGE")
-    assert resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2).ulysses_exchange == "nccl"
 
 
-def test_symmetric_exchange_needs_peer_access_between_the_gpus_of_a_ulysses_group():
+def test_the_exchange_is_symmetric_by_default_only_where_it_was_measured_faster(monkeypatch):
+    """auto: two local GPUs per Ulysses group (measured on 2×H200); larger groups, ring, CPU ranks and Ray: NCCL.
+    A pair without peer access falls back to NCCL when chosen automatically, and is an error when asked for."""
+    from comfy_xdit_patch.config import check_peer_access
+    monkeypatch.delenv("COMFY_XDIT_EXCHANGE", raising=False)
+    cuda = torch.device("cuda", 0)
+    two = resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2)
+    assert two.ulysses_exchange == "symmetric"
+    assert resolve_plan(4, "ulysses", 24, cuda, visible_cuda=4).ulysses_exchange == "nccl"
+    assert resolve_plan(4, "usp", 24, cuda, visible_cuda=4, ulysses_degree=2).ulysses_exchange == "symmetric"
+    assert resolve_plan(2, "ring", 24, cuda, visible_cuda=2).ulysses_exchange == "nccl"
+    assert resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2, launcher="ray").ulysses_exchange == "nccl"
+    assert resolve_plan(2, "ulysses", 4, torch.device("cpu"), visible_cuda=0).ulysses_exchange == "nccl"
+    assert check_peer_access(two, lambda a, b: False).ulysses_exchange == "nccl"
+    assert check_peer_access(two, lambda a, b: True) is two
+    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
+    with pytest.raises(ValueError, match="cannot access"):
+        check_peer_access(two, lambda a, b: False)
+
+
+def test_symmetric_exchange_needs_peer_access_between_the_gpus_of_a_ulysses_group(monkeypatch):
     from comfy_xdit_patch.config import ParallelPlan, check_peer_access
+    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
     plan = ParallelPlan("cuda", (0, 1, 2, 3), 2, 2, ulysses_exchange="symmetric")     # Ulysses groups {0,1}, {2,3}
     check_peer_access(plan, lambda a, b: {a, b} in ({0, 1}, {2, 3}))                   # no access across groups: fine
     with pytest.raises(ValueError, match="GPU 2 cannot access GPU 3's memory.*unset it"):
