@@ -154,41 +154,6 @@ def test_a_call_that_failed_midway_leaves_no_gather_behind(monkeypatch):
     assert [id(t) for t in issued[2:]] == [id(shards.shards[first]), id(shards.shards[second])]
 
 
-def test_copies_of_the_next_block_start_after_the_running_blocks_attention(monkeypatch):
-    """Pulled pieces cross the link: their copies wait until the running block's attention has queued its exchange
-    (copied during it, they cost 25% of a 1024² step on 2×H200). All-gathers start at the block's start."""
-    from comfy_xdit_patch.parallel import weight_shards
-    model = torch.nn.Module()
-    model.double_blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
-    model.single_blocks = torch.nn.ModuleList([torch.nn.Linear(4, 3)])
-    monkeypatch.setattr(weight_shards, "all_gather_single",   # one rank: the gather is a copy of its own piece
-                        lambda buffer, shard, async_op=False: (buffer.copy_(shard), weight_shards._CopiesDone())[1])
-    held = model.double_blocks[1].weight
-    started = []
-    with torch.no_grad():   # as ComfyUI samples
-        for pull in (True, False):
-            shards = weight_shards.ShardedBlocks(model, 1, torch.device("cpu"), pull=pull)
-            for key, module in weight_shards.blocks(model):
-                shards.shards[key] = shards.layouts[key].flatten(dict(module.named_parameters()), 1, "cpu")
-                shards._piece_views[key] = [shards.shards[key]]
-            shards.start_call()
-            first, second, third = shards.order
-            shards.enter(first)
-            started.append(second in shards._pending)
-            shards.after_attention()
-            assert second in shards._pending
-            shards.exit(first)
-            shards.enter(second)
-            gathered = model.double_blocks[1].weight
-            assert gathered is not held and torch.equal(gathered, held)   # a view of the gather buffer
-            shards.exit(second)           # no attention ran: the third block's gather starts at the latest here
-            assert third in shards._pending
-            shards.enter(third)
-            assert model.single_blocks[0].weight.shape == (3, 4)
-            shards.exit(third)
-    assert started == [False, True]
-
-
 def test_helper_memory_check_counts_the_share_with_shard_weights():
     gib = 2 ** 30
     replicated = ParallelPlan("cuda", (0, 1), 2, 1)

@@ -94,13 +94,9 @@ class SequenceParallelCall:
             self._mask = (mask, mask.index_select(-2, order).index_select(-1, order))
         return self._mask[1]
 
-    def attention_done(self):
-        """After every attention: the pacer counts the exchange it queued, and sharded weights may start copying
-        the next block (parallel/weight_shards.py)."""
+    def collective_issued(self):
         if self.pacer is not None:
             self.pacer.mark()
-        if self.weight_shards is not None:
-            self.weight_shards.after_attention()
 
 
 def active_call(transformer_options):

@@ -121,7 +121,6 @@ class ShardedBlocks:
         self._buffers = [None, None]
         self._pending = {}     # key -> (buffer, gather handle)
         self._saved = {}       # key -> (the parameters, the LoRA functions) the block had before it was gathered
-        self._running = None   # the block between enter and exit
 
     # ----- holding --------------------------------------------------------------------------------------------
     def scatter_from_rank0(self, key, flat=None):
@@ -206,20 +205,17 @@ class ShardedBlocks:
         leaves a captured gather that never ran; its eager rerun must issue that gather again, as every other rank
         does, or the ranks' collectives go out of step."""
         self._pending.clear()
-        self._running = None
 
     def enter(self, key):
-        """Before block ``key`` runs: its full parameters in place. The next block's gather starts here when it is
-        an all-gather: it then runs during the whole block (started after the attention instead, it overlapped
-        only the block's later half, and that measured worse: 153.5 vs 140.7 ms a 1024² step, 2×H200). Copies start
-        after the block's attention (``after_attention``) instead: copied during the attention's exchange, they
-        made a 1024² step 127.4 ms against 102.4 replicated (symmetric exchange, sixth session)."""
+        """Before block ``key`` runs: its full parameters in place, and the next block's gather under way."""
         self._start(key)
         buffer, gather = self._pending.pop(key)
         gather.wait()
-        if not self.pull:
-            self._start_successor(key)
-        self._running = key
+        # Started here, the next gather runs during the whole block. (Through NCCL it held this block's attention
+        # exchange back, one communicator running collectives in issue order; started after the exchange instead, it
+        # overlapped only the block's later half, and that measured worse: 153.5 vs 140.7 ms a 1024² step, 2×H200.)
+        if key in self.successor:
+            self._start(self.successor[key])
         layout = self.layouts[key]
         parameters = []
         for entry in layout.entries:
@@ -230,18 +226,7 @@ class ShardedBlocks:
             sub.weight_function, sub.bias_function = [], []
         self._saved[key] = parameters, functions
 
-    def after_attention(self):
-        """The running block's attention (and its exchange) is queued: the next block's copies may start."""
-        if self._running is not None:
-            self._start_successor(self._running)
-
-    def _start_successor(self, key):
-        if key in self.successor:
-            self._start(self.successor[key])
-
     def exit(self, key):
-        self._start_successor(key)   # at the latest (a block without attention); started already otherwise
-        self._running = None
         layout = self.layouts[key]
         parameters, functions = self._saved.pop(key)
         for entry, parameter in zip(layout.entries, parameters):

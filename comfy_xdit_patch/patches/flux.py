@@ -121,7 +121,7 @@ def parallel_attention(func, q, k, v, heads, *args, **kwargs):
         return func(q, k, v, q.shape[1], skip_output_reshape=True, **kwargs)
 
     out = sequence_parallel_attention(q, k, v, call.mesh, call.attention_layout, local_attention)
-    call.attention_done()
+    call.collective_issued()
     if skip_output_reshape:
         batch, length, _ = out.shape
         out = out.view(batch, length, q.shape[1], -1).transpose(1, 2)
