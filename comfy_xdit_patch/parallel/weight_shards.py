@@ -211,9 +211,10 @@ class ShardedBlocks:
         self._start(key)
         buffer, gather = self._pending.pop(key)
         gather.wait()
-        # Started here, the next gather runs during the whole block. (Through NCCL it held this block's attention
-        # exchange back, one communicator running collectives in issue order; started after the exchange instead, it
-        # overlapped only the block's later half, and that measured worse: 153.5 vs 140.7 ms a 1024² step, 2×H200.)
+        # Started here, the next gather runs during the whole block. Started after the block's attention instead, it
+        # overlapped only the block's later half and measured worse, as an all-gather (153.5 vs 140.7 ms a 1024²
+        # step, 2×H200, fourth session) and as pulled copies (NCCL exchange 138.3 vs 122.7 ms; symmetric under
+        # dynamic VRAM 127.4 vs 118.9; sixth session).
         if key in self.successor:
             self._start(self.successor[key])
         layout = self.layouts[key]
