@@ -16,7 +16,8 @@ def interpreted(monkeypatch):
     """The kernels compiled for Triton's interpreter (read when they are compiled, on first use), for these tests
     only: the compiled-kernel cache is emptied before and restored after."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(symmetric, "_copy_kernel", None)
+    monkeypatch.setattr(symmetric, "_scatter_kernel", None)
+    monkeypatch.setattr(symmetric, "_gather_kernel", None)
     monkeypatch.setattr(symmetric, "_barrier_kernel", None)
 
 
@@ -31,8 +32,8 @@ def simulated_group(seq_lens, batch, heads, dim, dtype):
     for member in range(size):
         exchange = symmetric.SymmetricUlysses.__new__(symmetric.SymmetricUlysses)
         exchange.size, exchange.member, exchange.device = size, member, torch.device("cpu")
-        exchange._shapes = {(batch, heads, dim, tuple(seq_lens), dtype): (None, received, outputs)}
-        exchange._side = None
+        exchange._shapes = {(batch, heads, dim, tuple(seq_lens), dtype):
+                            symmetric._Shape.of(None, received, outputs, seq_lens, "cpu")}
         exchange._barrier = lambda: None
         members.append(exchange)
     return members
@@ -60,7 +61,7 @@ def test_scatter_then_gather_moves_every_element_like_the_all_to_all(seq_lens):
     # Back: with the attention left out (its output = the gathered q), every member gets its own q, token-major.
     # The members run one after the other here, so only after the last one are all outputs complete.
     last = [m.gather_heads(gathered[i][0], seq_lens) for i, m in enumerate(members)][-1]
-    outputs = members[0]._shapes[next(iter(members[0]._shapes))][2]
+    outputs = members[0]._shapes[next(iter(members[0]._shapes))].outputs
     for member, (q, _, _) in enumerate(inputs):
         length = seq_lens[member]
         expected = q.transpose(1, 2).reshape(batch, length, heads * dim)
@@ -126,14 +127,14 @@ def test_a_barrier_whose_peer_never_comes_returns_once_the_host_sets_the_abort_f
 
 def test_the_kernels_compile_for_hopper_gpus(monkeypatch):
     """Triton's interpreter runs Python as written; the CUDA compiler is stricter (a loop-carried value must keep one
-    type, an integer becomes a pointer only from 64 bits). Both kernels go through it here, for sm_90, no GPU needed;
+    type, an integer becomes a pointer only from 64 bits). All three kernels go through it here, for sm_90, no GPU needed;
     the barrier must read the peers' flags with system-scope acquire loads and the host abort flag as volatile."""
     monkeypatch.delenv("TRITON_INTERPRET")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    copy_heads, barrier = symmetric._kernels()
+    scatter, gather, barrier = symmetric._kernels()
     target = GPUTarget("cuda", 90, 32)
     compiled = triton.compile(ASTSource(fn=barrier, signature={
         "epoch": "*i32", "own_flags": "*i32", "peer_flags": "*i64", "abort_address": "i64", "member": "i32",
@@ -141,7 +142,13 @@ def test_the_kernels_compile_for_hopper_gpus(monkeypatch):
     ptx = compiled.asm["ptx"]
     assert "atom.global.sys.release.exch.b32" in ptx and "ld.global.sys.acquire.b32" in ptx
     assert "ld.volatile.global.b32" in ptx
-    triton.compile(ASTSource(fn=copy_heads, signature={
-        "src": "*bf16", "dst": "*bf16", "length": "i32", "heads": "i32", "s_b": "i32", "s_h": "i32", "s_l": "i32",
-        "d_b": "i32", "d_h": "i32", "d_l": "i32", "DIM": "constexpr", "BLOCK": "constexpr"},
+    strides = {name: "i32" for name in ("s_qb", "s_qh", "s_ql", "s_kb", "s_kh", "s_kl", "s_vb", "s_vh", "s_vl",
+                                        "d_w", "d_b", "d_h", "d_l")}
+    triton.compile(ASTSource(fn=scatter, signature={
+        "q": "*bf16", "k": "*bf16", "v": "*bf16", "destinations": "*i64", "length": "i32", "local_heads": "i32",
+        "start": "i32", **strides, "DIM": "constexpr", "BLOCK": "constexpr"},
+        constexprs={"DIM": 128, "BLOCK": 64}), target=target)
+    triton.compile(ASTSource(fn=gather, signature={
+        "out": "*bf16", "destinations": "*i64", "spans": "*i32", "local_heads": "i32", "member": "i32", "s_b": "i32",
+        "s_h": "i32", "s_l": "i32", "d_b": "i32", "d_l": "i32", "d_h": "i32", "DIM": "constexpr", "BLOCK": "constexpr"},
         constexprs={"DIM": 128, "BLOCK": 64}), target=target)

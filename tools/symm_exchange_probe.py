@@ -29,7 +29,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from comfy_xdit_patch.parallel.comm import scatter_heads_gather_sequence, scatter_sequence_gather_heads  # noqa: E402
-from comfy_xdit_patch.parallel import symmetric  # noqa: E402
 from comfy_xdit_patch.parallel.symmetric import SymmetricUlysses  # noqa: E402
 
 HEADS, DIM, TEXT = 24, 128, 512
@@ -157,42 +156,6 @@ class SymmetricExchange:
         return self.backward(torch.cat(outs, dim=1))
 
 
-def overlapped_scatter(ex, q, k, v, seq_lens, side):
-    """The product's scatter with the local part (HBM only) on a side stream beside the remote parts (the link):
-    a candidate for the product, measured here first (prediction: −20 to −35 µs a block at 1024²)."""
-    batch, heads, length, dim = q.shape
-    _, _, received, _ = ex._buffers(batch, heads, dim, seq_lens, q.dtype)
-    local_heads = heads // ex.size
-    start = sum(seq_lens[:ex.member])
-    main = torch.cuda.current_stream()
-    side.wait_stream(main)
-    for peer in [p for p in range(ex.size) if p != ex.member] + [ex.member]:
-        head_range = slice(peer * local_heads, (peer + 1) * local_heads)
-        with torch.cuda.stream(side if peer == ex.member else main):
-            for i, tensor in enumerate((q, k, v)):
-                symmetric._copy(tensor[:, head_range], received[peer][i, :, :, start:start + length])
-    main.wait_stream(side)
-    ex._barrier()
-    return received[ex.member]
-
-
-def overlapped_gather(ex, out, seq_lens, side):
-    batch, local_heads, _, dim = out.shape
-    _, _, _, outputs = ex._buffers(batch, local_heads * ex.size, dim, seq_lens, out.dtype)
-    heads = slice(ex.member * local_heads, (ex.member + 1) * local_heads)
-    starts = [sum(seq_lens[:p]) for p in range(ex.size)]
-    main = torch.cuda.current_stream()
-    side.wait_stream(main)
-    for peer in [p for p in range(ex.size) if p != ex.member] + [ex.member]:
-        with torch.cuda.stream(side if peer == ex.member else main):
-            symmetric._copy(out[:, :, starts[peer]:starts[peer] + seq_lens[peer]],
-                            outputs[peer][:, :seq_lens[peer], heads].transpose(1, 2))
-    main.wait_stream(side)
-    ex._barrier()
-    length = seq_lens[ex.member]
-    return outputs[ex.member][:, :length].reshape(batch, length, local_heads * ex.size * dim)
-
-
 def nccl_block(q, k, v, seq_lens, rank):
     qkv = scatter_heads_gather_sequence(q, k, v, seq_lens, None)
     out = attention(qkv[0], qkv[1], qkv[2])
@@ -242,7 +205,6 @@ def worker(rank, args):
         log(rank, f"enable_symm_mem_for_group: {error!r}")
     n = 2
     product = SymmetricUlysses(group, [0, 1], rank, device)
-    side = torch.cuda.Stream()
     for res in args.res:
         tokens = TEXT + (res // 16) ** 2
         length = tokens // n
@@ -258,8 +220,6 @@ def worker(rank, args):
                       "symm-sm": exchange.backward(attention(*exchange.forward(q, k, v, "sm"))),
                       "symm-ce-2": exchange.chunked_block(q, k, v)}
             checks["product"] = product.gather_heads(attention(*product.scatter_heads(q, k, v, seq_lens)), seq_lens)
-            checks["product-overlap"] = overlapped_gather(
-                product, attention(*overlapped_scatter(product, q, k, v, seq_lens, side)), seq_lens, side)
             for name, out in checks.items():
                 diff = (out.float() - reference.float()).abs().max().item()
                 log(rank, f"{res}²: {name} max |diff| vs nccl {diff:.3g}")
@@ -278,10 +238,6 @@ def worker(rank, args):
             "symm-ce4-only": lambda: exchange.backward(exchange.forward(q, k, v, "ce4")[0], "ce4"),
             "product": lambda: product.gather_heads(attention(*product.scatter_heads(q, k, v, seq_lens)), seq_lens),
             "product-only": lambda: product.gather_heads(product.scatter_heads(q, k, v, seq_lens)[0], seq_lens),
-            "product-overlap": lambda: overlapped_gather(
-                product, attention(*overlapped_scatter(product, q, k, v, seq_lens, side)), seq_lens, side),
-            "product-overlap-only": lambda: overlapped_gather(
-                product, overlapped_scatter(product, q, k, v, seq_lens, side)[0], seq_lens, side),
             "nccl-only": lambda: scatter_sequence_gather_heads(
                 scatter_heads_gather_sequence(q, k, v, seq_lens, None)[0], seq_lens, rank, None),
             "symm-ce-only": lambda: exchange.backward(exchange.forward(q, k, v, "ce")[0]),

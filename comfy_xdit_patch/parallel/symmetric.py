@@ -4,11 +4,13 @@ NCCL's all-to-all wants its data packed per destination and hands it back packed
 v before it and after it, and one more each way for the output. On 2×H200 at 1024² a block spent ≈290 µs in pack,
 all-to-all and unpack, while its 28 MB cross the link in ≈90 µs at the ≈350 GB/s that a copy engine reaches
 (tools/symm_exchange_probe.py, docs/benchmarks.md). Here every rank maps its peers' receive buffers
-(parallel/peer_memory.py): one kernel per destination reads q, k, v where ComfyUI left them (any strides) and writes them straight into
-the layout the attention reads on that GPU, and the output goes back the same way into the token-major layout
-ComfyUI's blocks expect; the part that stays on this GPU is copied on a side stream beside the remote ones (−19 µs a
-block, sixth session). A barrier after each direction says the data is there. Measured: 123 µs a block at 1024²
-(395 µs at 2048², against 916), the step 1.56× → 1.69× (1.80× → 1.90×), the output unchanged.
+(parallel/peer_memory.py): one kernel reads q, k, v where ComfyUI left them (any strides) and writes every member's
+heads straight into the layout the attention reads on that member's GPU, and the output goes back the same way into
+the token-major layout ComfyUI's blocks expect. A barrier after each direction says the data is there. Measured with
+one kernel per destination and tensor (the fifth session's version): 123 µs a block at 1024² (395 µs at 2048²,
+against 916), the step 1.56× → 1.69× (1.80× → 1.90×), the output unchanged. One kernel for all of them launches 4
+kernels a block instead of 10 at two GPUs (4 instead of 4N + 2 at N): Triton's launches cost the host tens of µs,
+which counts in steps that run eagerly (ComfyUI's dynamic VRAM, sharded weights).
 
 The barrier is our own small kernel for one reason: a peer that dies leaves it spinning, and rank 0 (ComfyUI's own
 process) must get its stream back to finish the image on one GPU. While it waits it also reads an abort flag of its
@@ -20,9 +22,9 @@ Receive buffers are kept per shape for the life of the group: freeing them synch
 must map at the same calls, which a rank replaying a CUDA graph (no Python runs) would not do. At 1024² a shape takes
 56 MB per GPU, at 2048² 208 MB. ``release`` frees them with the group.
 """
-import contextlib
 import importlib.util
 import logging
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -31,7 +33,7 @@ from .peer_memory import PeerMemory, aligned
 
 log = logging.getLogger(__name__)
 
-_copy_kernel = _barrier_kernel = None   # compiled by _kernels() on first use
+_scatter_kernel = _gather_kernel = _barrier_kernel = None   # compiled by _kernels() on first use
 # Every abort flag this process made, never freed: captured graphs and barriers still queued after a failure hold its
 # address, and a freed pinned block goes back to torch's cache for the next user (a few bytes a group).
 _abort_flags = []
@@ -48,25 +50,58 @@ def unavailable_reason():
 
 
 def _kernels():
-    """Compiled on first use, so that importing the plugin never needs Triton."""
-    global _copy_kernel, _barrier_kernel
-    if _copy_kernel is not None:
-        return _copy_kernel, _barrier_kernel
+    """Compiled on first use, so that importing the plugin never needs Triton. Returns (scatter, gather, barrier)."""
+    global _scatter_kernel, _gather_kernel, _barrier_kernel
+    if _scatter_kernel is not None:
+        return _scatter_kernel, _gather_kernel, _barrier_kernel
     import triton
     import triton.language as tl
 
     @triton.jit
-    def copy_heads(src, dst, length, heads, s_b, s_h, s_l, d_b, d_h, d_l, DIM: tl.constexpr, BLOCK: tl.constexpr):
-        """dst[b, h, l, :] = src[b, h, l, :] for l < length; the last dimension is contiguous on both sides. dst may
-        be a peer GPU's memory: the stores then cross the link."""
+    def scatter_qkv(q, k, v, destinations, length, local_heads, start,
+                    s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, d_w, d_b, d_h, d_l,
+                    DIM: tl.constexpr, BLOCK: tl.constexpr):
+        """For every member p (program_id(2) // 3) and each of q, k, v (program_id(2) % 3): this member's tokens
+        of p's heads, into p's receive buffer (3, B, H / n, sum(seq_lens), D) from token ``start`` on.
+        ``destinations``: every member's receive buffer address; a peer's stores cross the link. q, k, v are
+        (B, H, L, D) with any strides but a contiguous last dimension."""
         row = tl.program_id(1).to(tl.int64)
-        b, h = row // heads, row % heads
+        target = tl.program_id(2).to(tl.int64)
+        peer, which = target // 3, target % 3
+        b, h = row // local_heads, row % local_heads
+        head = peer * local_heads + h
         tokens = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        cols = tl.arange(0, DIM)
+        cols = tl.arange(0, DIM)[None, :]
         keep = (tokens < length)[:, None]
         rows = tokens.to(tl.int64)[:, None]
-        values = tl.load(src + b * s_b + h * s_h + rows * s_l + cols[None, :], mask=keep)
-        tl.store(dst + b * d_b + h * d_h + rows * d_l + cols[None, :], values, mask=keep)
+        if which == 0:
+            source = q + b * s_qb + head * s_qh + rows * s_ql + cols
+        elif which == 1:
+            source = k + b * s_kb + head * s_kh + rows * s_kl + cols
+        else:
+            source = v + b * s_vb + head * s_vh + rows * s_vl + cols
+        values = tl.load(source, mask=keep)
+        base = tl.load(destinations + peer).to(tl.pointer_type(q.dtype.element_ty))
+        tl.store(base + which * d_w + b * d_b + h * d_h + (start + rows) * d_l + cols, values, mask=keep)
+
+    @triton.jit
+    def gather_out(out, destinations, spans, local_heads, member, s_b, s_h, s_l, d_b, d_l, d_h,
+                   DIM: tl.constexpr, BLOCK: tl.constexpr):
+        """For every member p (program_id(2)): this member's heads of p's tokens (``spans[2p]``, ``spans[2p + 1]``:
+        their start and count in the gathered sequence), into p's output buffer (B, longest, H, D) at this member's
+        heads. ``out`` is (B, H / n, sum(seq_lens), D) with a contiguous last dimension."""
+        row = tl.program_id(1).to(tl.int64)
+        peer = tl.program_id(2).to(tl.int64)
+        b, h = row // local_heads, row % local_heads
+        start = tl.load(spans + 2 * peer).to(tl.int64)
+        length = tl.load(spans + 2 * peer + 1)
+        tokens = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        cols = tl.arange(0, DIM)[None, :]
+        keep = (tokens < length)[:, None]
+        rows = tokens.to(tl.int64)[:, None]
+        values = tl.load(out + b * s_b + h * s_h + (start + rows) * s_l + cols, mask=keep)
+        base = tl.load(destinations + peer).to(tl.pointer_type(out.dtype.element_ty))
+        tl.store(base + b * d_b + rows * d_l + (member * local_heads + h) * d_h + cols, values, mask=keep)
 
     @triton.jit
     def barrier(epoch, own_flags, peer_flags, abort_address, member, SIZE: tl.constexpr):
@@ -88,19 +123,32 @@ def _kernels():
                     stop = tl.load(abort, volatile=True)
                     seen = tl.atomic_add(own_flags + peer, 0, sem="acquire", scope="sys")
 
-    _copy_kernel, _barrier_kernel = copy_heads, barrier
-    return _copy_kernel, _barrier_kernel
+    _scatter_kernel, _gather_kernel, _barrier_kernel = scatter_qkv, gather_out, barrier
+    return _scatter_kernel, _gather_kernel, _barrier_kernel
 
 
-def _copy(src, dst):
-    """``dst[...] = src`` for two (B, H, L, D) tensors whose last dimension is contiguous."""
-    copy_heads, _ = _kernels()
-    if src.stride(-1) != 1:
-        src = src.contiguous()
-    batch, heads, length, dim = src.shape
-    block = max(16, min(64, 8192 // dim))
-    grid = ((length + block - 1) // block, batch * heads)
-    copy_heads[grid](src, dst, length, heads, *src.stride()[:3], *dst.stride()[:3], DIM=dim, BLOCK=block)
+def _block(dim):
+    """Tokens per program: 16–64 rows of ``dim`` elements (8192 elements, 16 KB of bf16, at most)."""
+    return max(16, min(64, 8192 // dim))
+
+
+class _Shape(NamedTuple):
+    """The buffers of one exchange shape: the peer memory, every member's receive buffer (3, B, H / n,
+    sum(seq_lens), D) and output buffer (B, longest, H, D) as tensors of this process, and the kernels' tables."""
+    memory: object
+    received: list
+    outputs: list
+    received_at: torch.Tensor   # int64 addresses of ``received``, by member
+    outputs_at: torch.Tensor    # int64 addresses of ``outputs``, by member
+    spans: torch.Tensor         # int32 (start, count) of every member's tokens in the gathered sequence
+
+    @classmethod
+    def of(cls, memory, received, outputs, seq_lens, device):
+        starts = [sum(seq_lens[:member]) for member in range(len(seq_lens))]
+        return cls(memory, received, outputs,
+                   torch.tensor([t.data_ptr() for t in received], dtype=torch.int64, device=device),
+                   torch.tensor([t.data_ptr() for t in outputs], dtype=torch.int64, device=device),
+                   torch.tensor([x for span in zip(starts, seq_lens) for x in span], dtype=torch.int32, device=device))
 
 
 class SymmetricUlysses:
@@ -120,14 +168,13 @@ class SymmetricUlysses:
         self._peer_flags = torch.tensor([self._flags.address(p, 4 * member) for p in range(self.size)],
                                         dtype=torch.int64, device=device)
         self._own_flags = self._flags.tensor(member, torch.int32, (self.size,))
-        self._shapes = {}   # key -> (memory, [received q/k/v by member], [output by member])
-        self._side = torch.cuda.Stream(device)
+        self._shapes = {}   # key -> _Shape
         torch.cuda.synchronize(device)
         with torch.cuda.device(device):   # NCCL's barrier runs on the current CUDA device
             dist.barrier(group=group)     # every member's flags are zero before anyone raises one
 
     def _barrier(self):
-        _, barrier = _kernels()
+        _, _, barrier = _kernels()
         barrier[(1,)](self.epoch, self._own_flags, self._peer_flags, self.abort_flag.data_ptr(), self.member,
                       SIZE=self.size, num_warps=1)
 
@@ -147,53 +194,39 @@ class SymmetricUlysses:
                             self.member, self.size)
         received = [memory.tensor(p, dtype, gathered) for p in range(self.size)]
         outputs = [memory.tensor(p, dtype, output, output_offset) for p in range(self.size)]
-        return memory, received, outputs
-
-    def _each_destination(self):
-        """The members in the order their copies are queued, each with the stream context to queue them in: the
-        peers (over the link) on the current stream, this member's own part (local memory only) last, on a side
-        stream beside them. Without a side stream (Triton's interpreter on CPU) everything goes on one."""
-        if self._side is None:
-            for member in range(self.size):
-                yield member, contextlib.nullcontext()
-            return
-        main = torch.cuda.current_stream(self.device)
-        self._side.wait_stream(main)
-        for peer in range(self.size):
-            if peer != self.member:
-                yield peer, contextlib.nullcontext()
-        yield self.member, torch.cuda.stream(self._side)
-        main.wait_stream(self._side)
+        return _Shape.of(memory, received, outputs, seq_lens, self.device)
 
     def scatter_heads(self, q, k, v, seq_lens):
         """q, k, v: (B, H, L_member, D). Returns (3, B, H / n, sum(seq_lens), D): this member's heads over the whole
-        sequence, members' tokens in member order (as parallel/comm.py's all-to-all returns them)."""
+        sequence, members' tokens in member order (as parallel/comm.py's all-to-all returns them). One kernel
+        writes every member's part, this member's own included."""
         batch, heads, length, dim = q.shape
-        _, received, _ = self._buffers(batch, heads, dim, seq_lens, q.dtype)
-        local_heads = heads // self.size
-        start = sum(seq_lens[:self.member])
-        for peer, stream in self._each_destination():
-            head_range = slice(peer * local_heads, (peer + 1) * local_heads)
-            with stream:
-                for i, tensor in enumerate((q, k, v)):
-                    _copy(tensor[:, head_range], received[peer][i, :, :, start:start + length])
+        shape = self._buffers(batch, heads, dim, seq_lens, q.dtype)
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        local_heads, block = heads // self.size, _block(dim)
+        scatter, _, _ = _kernels()
+        grid = ((length + block - 1) // block, batch * local_heads, 3 * self.size)
+        scatter[grid](q, k, v, shape.received_at, length, local_heads, sum(seq_lens[:self.member]),
+                      *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *shape.received[0].stride()[:4],
+                      DIM=dim, BLOCK=block)
         self._barrier()
-        return received[self.member]
+        return shape.received[self.member]
 
     def gather_heads(self, out, seq_lens):
         """out: (B, H / n, sum(seq_lens), D). Returns (B, L_member, H * D), token-major. The result lives in a buffer
         that the next call of the same shape overwrites: it is used by the block's projection right away."""
         batch, local_heads, _, dim = out.shape
-        _, _, outputs = self._buffers(batch, local_heads * self.size, dim, seq_lens, out.dtype)
-        heads = slice(self.member * local_heads, (self.member + 1) * local_heads)
-        starts = [sum(seq_lens[:peer]) for peer in range(self.size)]
-        for peer, stream in self._each_destination():
-            target = outputs[peer][:, :seq_lens[peer], heads].transpose(1, 2)
-            with stream:
-                _copy(out[:, :, starts[peer]:starts[peer] + seq_lens[peer]], target)
+        shape = self._buffers(batch, local_heads * self.size, dim, seq_lens, out.dtype)
+        if out.stride(-1) != 1:
+            out = out.contiguous()
+        block = _block(dim)
+        _, gather, _ = _kernels()
+        grid = ((max(seq_lens) + block - 1) // block, batch * local_heads, self.size)
+        gather[grid](out, shape.outputs_at, shape.spans, local_heads, self.member, *out.stride()[:3],
+                     *shape.outputs[0].stride()[:3], DIM=dim, BLOCK=block)
         self._barrier()
         length = seq_lens[self.member]
-        return outputs[self.member][:, :length].reshape(batch, length, local_heads * self.size * dim)
+        return shape.outputs[self.member][:, :length].reshape(batch, length, local_heads * self.size * dim)
 
     def abort(self):
         """After a failure: every barrier of this process spinning now or later returns at once (their results are
@@ -207,7 +240,7 @@ class SymmetricUlysses:
     def release(self):
         """Frees every receive buffer and the flags (not collective: the group is over). Synchronizes the device,
         so never while a barrier may still spin (``abort`` first)."""
-        for memory, _, _ in self._shapes.values():
-            memory.release()
+        for shape in self._shapes.values():
+            shape.memory.release()
         self._shapes.clear()
         self._flags.release()
