@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 PARALLELISMS = ("auto", "ulysses", "ring", "usp")
 SCHEDULINGS = ("round_robin", "least_loaded", "weighted_round_robin", "adaptive")
 LAUNCHERS = ("local", "ray")
+SHARD_GATHERS = ("auto", "pull", "all-gather")
 CPU_DEFAULT_RANKS = 2
 
 
@@ -136,7 +137,7 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         raise ValueError(f"sequence_degree {sequence_degree} must divide the {world} ranks into equal groups; "
                          f"use one of {_divisors(world)}.")
     ulysses, ring = choose_degrees(degree, heads, parallelism, ulysses_degree, ring_degree)
-    gathers = shard_gathers_setting(launcher)
+    gathers = shard_gathers_setting(launcher) if shard_weights else "pull"
     exchange = exchange_setting()
     if exchange == "auto":
         exchange = _automatic_exchange(device_type, launcher, ulysses)
@@ -157,7 +158,7 @@ def shard_gathers_setting(launcher="local"):
     machine): copies from the peers' pieces in peer memory, by the copy engine on GPUs (parallel/weight_shards.py).
     ``all-gather``: NCCL's (gloo's) all-gather on the attention's communicator, where a block's exchange waits behind
     the next block's gather; the only way between machines (Ray), and where /dev/shm is missing for CPU ranks."""
-    value = _env_choice("COMFY_XDIT_SHARD_GATHERS", ("auto", "pull", "all-gather"))
+    value = _env_choice("COMFY_XDIT_SHARD_GATHERS", SHARD_GATHERS)
     shared_memory = launcher == "local" and os.path.isdir("/dev/shm")
     if value == "pull" and not shared_memory:
         raise ValueError("COMFY_XDIT_SHARD_GATHERS=pull needs every rank on this machine (launcher 'local', with "
@@ -199,21 +200,57 @@ SHARDED_EXTRA_FRACTION = 0.08
 
 
 def check_peer_access(plan, can_access):
-    """The symmetric exchange writes into the other GPUs' memory: every pair of a Ulysses group must reach each
-    other (NVLink or PCIe peer access). ``can_access(a, b)`` is torch.cuda.can_device_access_peer. Returns the plan
-    to run: chosen automatically, the exchange falls back to NCCL where a pair cannot; asked for, it is an error."""
+    """Peer memory needs the GPUs that share it to reach each other (NVLink or PCIe peer access): the symmetric
+    exchange every pair of a Ulysses group, pulled weight pieces every pair. ``can_access(a, b)`` is
+    torch.cuda.can_device_access_peer. Returns the plan to run: chosen automatically, each falls back where a pair
+    cannot (NCCL's exchange, the all-gather); asked for, that is an error naming the setting."""
+    if plan.device_type != "cuda":
+        return plan
+    if plan.ulysses_exchange == "symmetric" and plan.ulysses_degree > 1:
+        groups = [plan.device_indices[first:first + plan.ulysses_degree]
+                  for first in range(0, plan.world_size, plan.ulysses_degree)]
+        missing = _missing_access(groups, can_access)
+        if missing:
+            if exchange_setting() != "auto":
+                raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: GPU {missing[0]} cannot access GPU {missing[1]}'s "
+                                 f"memory (no peer access between them); unset it to use NCCL.")
+            log.info("Enable Multi-GPU: GPU %d cannot access GPU %d's memory; the Ulysses exchange uses NCCL", *missing)
+            plan = dataclasses.replace(plan, ulysses_exchange="nccl")
+    if plan.shard_weights and plan.shard_gathers == "pull":
+        missing = _missing_access([plan.device_indices], can_access)
+        if missing:
+            if _env_choice("COMFY_XDIT_SHARD_GATHERS", SHARD_GATHERS) != "auto":
+                raise ValueError(f"COMFY_XDIT_SHARD_GATHERS=pull: GPU {missing[0]} cannot access GPU {missing[1]}'s "
+                                 f"memory (no peer access between them); unset it to all-gather.")
+            log.info("Enable Multi-GPU: GPU %d cannot access GPU %d's memory; sharded blocks are all-gathered", *missing)
+            plan = dataclasses.replace(plan, shard_gathers="all-gather")
+    return plan
+
+
+def _missing_access(groups, can_access):
+    """The first (a, b) of GPUs in one of ``groups`` where a cannot access b's memory, or None."""
+    for indices in groups:
+        for a, b in itertools.permutations(indices, 2):
+            if not can_access(a, b):
+                return a, b
+    return None
+
+
+def check_exchange_kernels(plan, build_problem):
+    """The symmetric exchange's Triton kernels are compiled on first use, which needs a C compiler; a machine
+    without one would fail every step. ``build_problem()`` says why they cannot be built and run here, or None.
+    Returns the plan to run (NCCL's exchange when the symmetric one was chosen automatically)."""
     if plan.ulysses_exchange != "symmetric" or plan.ulysses_degree == 1:
         return plan
-    for first in range(0, plan.world_size, plan.ulysses_degree):
-        for a, b in itertools.permutations(plan.device_indices[first:first + plan.ulysses_degree], 2):
-            if not can_access(a, b):
-                if exchange_setting() == "auto":
-                    log.info("Enable Multi-GPU: GPU %d cannot access GPU %d's memory; the Ulysses exchange uses "
-                             "NCCL", a, b)
-                    return dataclasses.replace(plan, ulysses_exchange="nccl")
-                raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: GPU {a} cannot access GPU {b}'s memory (no peer "
-                                 f"access between them); unset it to use NCCL.")
-    return plan
+    problem = build_problem()
+    if problem is None:
+        return plan
+    if exchange_setting() != "auto":
+        raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: its Triton kernels cannot be built here ({problem}); unset "
+                         f"it to use NCCL.")
+    log.warning("Enable Multi-GPU: the symmetric exchange's Triton kernels cannot be built here (%s); the Ulysses "
+                "exchange uses NCCL", problem)
+    return dataclasses.replace(plan, ulysses_exchange="nccl")
 
 
 def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):

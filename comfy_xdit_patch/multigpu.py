@@ -18,8 +18,9 @@ import torch
 import comfy.model_management
 import comfy.patcher_extension as ext
 
-from .config import check_helper_memory, check_peer_access, resolve_plan
+from .config import check_exchange_kernels, check_helper_memory, check_peer_access, resolve_plan
 from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
+from .parallel import symmetric
 from .parallel.placement import run_placed
 from .patches import flux
 from .runtime import group as helpers
@@ -77,7 +78,9 @@ class MultiGPURun:
             self._one_gpu(self.blocked)
         except Exception as e:
             log.error("Enable Multi-GPU: could not prepare the helpers (%s); this prompt runs on one GPU.", e)
-            helpers.shutdown_group("start-up failed")
+            group = helpers.current_group()
+            # A helper that failed may have left a collective stuck: then the failure path (abort first).
+            helpers.shutdown_group("start-up failed", graceful=group is None or group.failure is None)
 
     @flux.ours
     def diffusion_model_wrapper(self, executor, *args, **kwargs):
@@ -209,6 +212,7 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
         return model
     check_helper_memory(plan, model.model_size(), lambda index: torch.cuda.mem_get_info(index)[0])
     plan = check_peer_access(plan, torch.cuda.can_device_access_peer)
+    plan = check_exchange_kernels(plan, lambda: symmetric.build_problem(model.load_device))
     clone = model.clone()
     flux.install_on_patcher(clone, plan.shard_weights)
     run = MultiGPURun(plan)

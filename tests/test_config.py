@@ -117,6 +117,22 @@ def test_the_exchange_is_symmetric_by_default_only_where_it_was_measured_faster(
         check_peer_access(two, lambda a, b: False)
 
 
+def test_pulled_weight_pieces_need_peer_access_between_every_pair_of_gpus(monkeypatch):
+    """Every rank copies every other rank's pieces: all pairs must reach each other, not just a Ulysses group's.
+    Chosen automatically, the gathers fall back to NCCL's all-gather; asked for, it is an error."""
+    from comfy_xdit_patch.config import check_peer_access
+    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "nccl")
+    monkeypatch.delenv("COMFY_XDIT_SHARD_GATHERS", raising=False)
+    plan = resolve_plan(4, "usp", 24, torch.device("cuda", 0), visible_cuda=4, ulysses_degree=2, shard_weights=True)
+    assert plan.shard_gathers == "pull"
+    within_pairs = lambda a, b: {a, b} in ({0, 1}, {2, 3})
+    assert check_peer_access(plan, lambda a, b: True) is plan
+    assert check_peer_access(plan, within_pairs).shard_gathers == "all-gather"
+    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "pull")
+    with pytest.raises(ValueError, match="COMFY_XDIT_SHARD_GATHERS=pull: GPU 0 cannot access GPU 2"):
+        check_peer_access(plan, within_pairs)
+
+
 def test_symmetric_exchange_needs_peer_access_between_the_gpus_of_a_ulysses_group(monkeypatch):
     from comfy_xdit_patch.config import ParallelPlan, check_peer_access
     monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")

@@ -152,3 +152,23 @@ def test_the_kernels_compile_for_hopper_gpus(monkeypatch):
         "out": "*bf16", "destinations": "*i64", "spans": "*i32", "local_heads": "i32", "member": "i32", "s_b": "i32",
         "s_h": "i32", "s_l": "i32", "d_b": "i32", "d_l": "i32", "d_h": "i32", "DIM": "constexpr", "BLOCK": "constexpr"},
         constexprs={"DIM": 128, "BLOCK": 64}), target=target)
+
+
+def test_kernels_that_cannot_be_built_fall_back_to_nccl_or_name_the_setting(monkeypatch):
+    """Triton compiles on first use (a C compiler is needed): the node checks once, before any helper starts, with
+    a small copy through the gather kernel. Here in Triton's interpreter on CPU, then with kernels that fail."""
+    from comfy_xdit_patch.config import ParallelPlan, check_exchange_kernels
+    assert symmetric.build_problem(torch.device("cpu")) is None
+    plan = ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="symmetric")
+    monkeypatch.delenv("COMFY_XDIT_EXCHANGE", raising=False)
+    assert check_exchange_kernels(plan, lambda: None) is plan
+    assert check_exchange_kernels(plan, lambda: "no C compiler").ulysses_exchange == "nccl"
+    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
+    with pytest.raises(ValueError, match=r"cannot be built here \(no C compiler\); unset it"):
+        check_exchange_kernels(plan, lambda: "no C compiler")
+
+    def broken():
+        raise RuntimeError("Failed to find C compiler")
+    monkeypatch.setattr(symmetric, "_kernels", broken)
+    monkeypatch.setattr(symmetric, "_build_problems", {})
+    assert "C compiler" in symmetric.build_problem(torch.device("cpu"))

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ALIGNMENT = 256   # every region handed out starts on this many bytes (the widest vector loads need 16)
 _held = {}        # device -> bytes this process allocated here and has not freed
+_unfreed = []     # PeerMemory whose mapping failed in a collective: never freed (see PeerMemory.__init__)
 
 
 def held_bytes(device):
@@ -123,33 +124,65 @@ class PeerMemory:
         if device.type == "cuda":
             driver = _Driver.get()
             own = driver.allocate(device.index, self.nbytes)
-            exported = driver.export(device.index, own)
+            try:
+                exported = driver.export(device.index, own)
+            except BaseException:
+                driver.free(device.index, own)
+                raise
         else:
             path = f"/dev/shm/comfy-xdit-{os.getpid()}-{secrets.token_hex(8)}"
             own_storage = torch.UntypedStorage.from_file(path, True, self.nbytes)
             own, exported = own_storage.data_ptr(), path
         _held[str(device)] = _held.get(str(device), 0) + self.nbytes
-        handles = [None] * size
+        self._addresses[member] = own
+        if device.type != "cuda":
+            self._storages[member] = own_storage
         try:
             with _current(device):   # NCCL's object collectives run on the current CUDA device
+                handles = [None] * size
                 dist.all_gather_object(handles, exported, group=group)
+                problem = self._open_peers(handles)
+                # Every member learns whether every other could map: all fail together instead of some waiting in
+                # the next collective for members that gave up.
+                problems = [None] * size
+                dist.all_gather_object(problems, problem, group=group)
         except BaseException:
-            self._addresses[member] = own
-            self.release()
+            # A collective failed: a peer may be gone and the device busy with the stuck collective, which
+            # freeing would wait for. The memory stays allocated (a leak, not a hang).
+            _unfreed.append(self)
+            self._remove_file(exported)
             raise
-        for peer, handle in enumerate(handles):
-            if peer == member:
-                self._addresses[peer] = own
-                if device.type != "cuda":
-                    self._storages[peer] = own_storage
-            elif device.type == "cuda":
-                self._addresses[peer] = _Driver.get().open(device.index, handle)
-            else:
-                self._storages[peer] = torch.UntypedStorage.from_file(handle, True, self.nbytes)
-                self._addresses[peer] = self._storages[peer].data_ptr()
-        if device.type != "cuda":
-            dist.barrier(group=group)   # every member opened every file: the names can go (CPU: no device)
-            os.unlink(exported)
+        self._remove_file(exported, group)
+        failed = [f"rank {rank}: {text}" for rank, text in enumerate(problems) if text]
+        if failed:
+            self.release()
+            raise RuntimeError("could not map the other GPUs' memory (" + "; ".join(failed) + ")")
+
+    def _open_peers(self, handles):
+        """Maps every peer's memory; returns why one could not be, or None."""
+        try:
+            for peer, handle in enumerate(handles):
+                if peer == self.member:
+                    continue
+                if self.device.type == "cuda":
+                    self._addresses[peer] = _Driver.get().open(self.device.index, handle)
+                else:
+                    self._storages[peer] = torch.UntypedStorage.from_file(handle, True, self.nbytes)
+                    self._addresses[peer] = self._storages[peer].data_ptr()
+        except Exception as error:   # e.g. no peer access between two GPUs
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    def _remove_file(self, path, group=None):
+        """CPU: the file's name goes once every member has opened it (``group``: wait for them first)."""
+        if self.device.type == "cuda":
+            return
+        if group is not None:
+            dist.barrier(group=group)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def address(self, member, offset=0):
         return self._addresses[member] + offset

@@ -37,6 +37,7 @@ _scatter_kernel = _gather_kernel = _barrier_kernel = None   # compiled by _kerne
 # Every abort flag this process made, never freed: captured graphs and barriers still queued after a failure hold its
 # address, and a freed pinned block goes back to torch's cache for the next user (a few bytes a group).
 _abort_flags = []
+_build_problems = {}   # device -> build_problem's answer
 
 
 def unavailable_reason():
@@ -125,6 +126,27 @@ def _kernels():
 
     _scatter_kernel, _gather_kernel, _barrier_kernel = scatter_qkv, gather_out, barrier
     return _scatter_kernel, _gather_kernel, _barrier_kernel
+
+
+def build_problem(device):
+    """Why the exchange's kernels cannot be compiled and run on ``device``, or None: Triton builds its launcher with
+    a C compiler the first time, which some machines lack. One small copy through the gather kernel, checked once per
+    process and device."""
+    key = str(device)
+    if key not in _build_problems:
+        try:
+            _, gather, _ = _kernels()
+            out = torch.arange(256, dtype=torch.float32, device=device).reshape(1, 1, 16, 16)
+            target = torch.full((1, 16, 1, 16), -1.0, device=device)
+            destinations = torch.tensor([target.data_ptr()], dtype=torch.int64, device=device)
+            spans = torch.tensor([0, 16], dtype=torch.int32, device=device)
+            gather[(1, 1, 1)](out, destinations, spans, 1, 0, *out.stride()[:3], *target.stride()[:3],
+                              DIM=16, BLOCK=16)
+            right = torch.equal(target, out.transpose(1, 2))
+            _build_problems[key] = None if right else "a test copy came out wrong"
+        except Exception as error:
+            _build_problems[key] = f"{type(error).__name__}: {error}"
+    return _build_problems[key]
 
 
 def _block(dim):

@@ -131,12 +131,13 @@ class ShardedBlocks:
             self._piece_views = {
                 k: [self.pieces.tensor(r, self.layouts[k].dtype, (self.layouts[k].shard_numel,), self.offsets[k])
                     for r in range(self.world_size)] for k in self.order}
-        if self.pull:
-            shard = self._piece_views[key][self.rank]
-        else:
-            shard = torch.empty(layout.shard_numel, dtype=layout.dtype, device=self.device)
+        # Received into torch's memory even where the piece lives in peer memory: the communicator may record the
+        # stream on its output, which torch's cudaMallocAsync backend refuses for memory it did not allocate.
+        shard = torch.empty(layout.shard_numel, dtype=layout.dtype, device=self.device)
         pieces = list(flat.chunk(self.world_size)) if flat is not None else None
         dist.scatter(shard, pieces, src=0)
+        if self.pull:
+            shard = self._piece_views[key][self.rank].copy_(shard)
         self.shards[key] = shard
 
     def publish(self):
@@ -144,7 +145,10 @@ class ShardedBlocks:
         if self.pull:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            dist.barrier()
+                with torch.cuda.device(self.device):   # NCCL's barrier runs on the current CUDA device
+                    dist.barrier()
+            else:
+                dist.barrier()
 
     def close(self):
         """Collective (a new sync replaces these pieces): frees the peer memory once no rank can be copying it."""
@@ -204,6 +208,9 @@ class ShardedBlocks:
         """Before a model call: forget the gathers a call that failed midway left pending. A capture that raised
         leaves a captured gather that never ran; its eager rerun must issue that gather again, as every other rank
         does, or the ranks' collectives go out of step."""
+        if self._pending and self._stream is not None:
+            # Copies still queued may write into a buffer that is about to be replaced or freed.
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
         self._pending.clear()
 
     def enter(self, key):

@@ -370,12 +370,11 @@ class HelperGroup:
         self._broadcast_message(("load", spec, keys, patches, transport.layout(patch_tensors)))
         if self.block_shards is not None:   # the helpers close theirs at the same point
             self.block_shards.close()
-            self.block_shards = None
+        self.block_shards = shards   # from here on, so that a load that fails midway frees its peer memory too
         weights.send_weights(model_patcher, keys, self.device)
         transport.send_tensors(patch_tensors, self.device)
         if shards is not None:
             weights.scatter_block_shards(model_patcher, shards, self.device)
-        self.block_shards = shards
         self._expect_all("loaded", time.monotonic() + collective_timeout_s())
         self.model_fingerprint = fingerprint
         self.diffusion_model = model_patcher.model.diffusion_model
