@@ -1,0 +1,68 @@
+"""Peer memory (parallel/peer_memory.py) between real processes on CPU: /dev/shm files mapped by every member, the
+way CUDA IPC handles map GPU memory. Two gloo ranks each time; a failed mapping must fail on every member, free
+what was mapped and leave no file behind."""
+import json
+import os
+import socket
+import time
+from datetime import timedelta
+
+import torch
+import torch.multiprocessing as mp
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _member(rank, port, results, fail_rank):
+    import torch.distributed as dist
+    from comfy_xdit_patch.parallel import peer_memory
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    outcome = {}
+    try:
+        if rank == fail_rank:   # as a GPU pair without peer access would
+            peer_memory.PeerMemory._open_peers = lambda self, handles: "no peer access (test)"
+        memory = peer_memory.PeerMemory(1000, torch.device("cpu"), None, rank, 2)
+        memory.tensor(rank, torch.int32, (250,)).fill_(10 + rank)
+        dist.barrier()
+        outcome["seen"] = memory.tensor(1 - rank, torch.int32, (250,)).unique().tolist()
+        outcome["aligned"] = memory.nbytes
+        memory.close()
+    except RuntimeError as error:
+        outcome["error"] = str(error)
+    outcome["held"] = peer_memory.held_bytes("cpu")
+    with open(os.path.join(results, f"{rank}.json"), "w") as f:
+        json.dump(outcome, f)
+    dist.destroy_process_group()
+
+
+def _run_pair(tmp_path, fail_rank=-1):
+    before = {f for f in os.listdir("/dev/shm") if f.startswith("comfy-xdit-")}
+    context = mp.start_processes(_member, args=(_free_port(), str(tmp_path), fail_rank), nprocs=2, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        assert time.monotonic() < deadline, "a member hung"
+    results = [json.load(open(tmp_path / f"{rank}.json")) for rank in range(2)]
+    left = {f for f in os.listdir("/dev/shm") if f.startswith("comfy-xdit-")} - before
+    return results, left
+
+
+def test_every_member_reads_what_the_other_wrote_and_frees_it(tmp_path):
+    results, left = _run_pair(tmp_path)
+    assert results[0]["seen"] == [11] and results[1]["seen"] == [10]
+    assert results[0]["aligned"] == 1024   # regions start on 256 bytes
+    assert all(r["held"] == 0 for r in results)
+    assert not left, f"files left in /dev/shm: {left}"
+
+
+def test_a_member_that_cannot_map_fails_every_member_without_a_hang_or_a_leak(tmp_path):
+    results, left = _run_pair(tmp_path, fail_rank=1)
+    for result in results:
+        assert "could not map the other GPUs' memory (rank 1: no peer access (test))" in result["error"]
+        assert result["held"] == 0
+    assert not left, f"files left in /dev/shm: {left}"
