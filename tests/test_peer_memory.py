@@ -4,11 +4,11 @@ what was mapped and leave no file behind."""
 import json
 import os
 import socket
-import time
+import subprocess
+import sys
 from datetime import timedelta
 
 import torch
-import torch.multiprocessing as mp
 
 
 def _free_port():
@@ -41,12 +41,21 @@ def _member(rank, port, results, fail_rank):
 
 
 def _run_pair(tmp_path, fail_rank=-1):
+    """Two member processes (plain subprocesses: multiprocessing's spawn would leave its resource tracker running,
+    a child of this process that later tests count)."""
     before = {f for f in os.listdir("/dev/shm") if f.startswith("comfy-xdit-")}
-    context = mp.start_processes(_member, args=(_free_port(), str(tmp_path), fail_rank), nprocs=2, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        assert time.monotonic() < deadline, "a member hung"
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    members = [subprocess.Popen([sys.executable, "-c", f"import test_peer_memory as t; "
+                                 f"t._member({rank}, {port}, {str(tmp_path)!r}, {fail_rank})"], env=env)
+               for rank in range(2)]
+    try:
+        codes = [member.wait(timeout=120) for member in members]
+    finally:
+        for member in members:
+            if member.poll() is None:
+                member.kill()
+    assert codes == [0, 0]
     results = [json.load(open(tmp_path / f"{rank}.json")) for rank in range(2)]
     left = {f for f in os.listdir("/dev/shm") if f.startswith("comfy-xdit-")} - before
     return results, left
