@@ -1,4 +1,4 @@
-"""The symmetric-memory Ulysses exchange (parallel/symmetric.py) moves every element where NCCL's all-to-all would.
+"""The symmetric Ulysses exchange through peer memory (parallel/symmetric.py) moves every element where NCCL's all-to-all would.
 
 Its kernels run here in Triton's interpreter on CPU tensors, for every member of a simulated group in one process:
 the members' receive buffers are plain tensors that all of them write into, as peers write into mapped GPU memory.

@@ -257,7 +257,7 @@ class SymmetricUlysses:
         if self.abort_flag[0]:
             return
         self.abort_flag[0] = 1
-        log.info("Enable Multi-GPU: released the symmetric-memory exchange's barriers")
+        log.info("Enable Multi-GPU: released the symmetric exchange's barriers")
 
     def release(self):
         """Frees every receive buffer and the flags (not collective: the group is over). Synchronizes the device,
