@@ -78,9 +78,10 @@ class MultiGPURun:
             self._one_gpu(self.blocked)
         except Exception as e:
             log.error("Enable Multi-GPU: could not prepare the helpers (%s); this prompt runs on one GPU.", e)
-            group = helpers.current_group()
-            # A helper that failed may have left a collective stuck: then the failure path (abort first).
-            helpers.shutdown_group("start-up failed", graceful=group is None or group.failure is None)
+            # The failure path (abort first): a helper that failed or hung may have left a collective queued that
+            # never completes, and freeing the group's peer memory would wait for it. An abort with nothing stuck
+            # returns at once.
+            helpers.shutdown_group("start-up failed", graceful=False)
 
     @flux.ours
     def diffusion_model_wrapper(self, executor, *args, **kwargs):

@@ -17,15 +17,19 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _member(rank, port, results, fail_rank):
+def _member(rank, port, results, fail_rank, failure="open"):
     import torch.distributed as dist
     from comfy_xdit_patch.parallel import peer_memory
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))
     outcome = {}
     try:
-        if rank == fail_rank:   # as a GPU pair without peer access would
+        if rank == fail_rank and failure == "open":   # as a GPU pair without peer access would
             peer_memory.PeerMemory._open_peers = lambda self, handles: "no peer access (test)"
+        if rank == fail_rank and failure == "allocate":   # as a GPU out of memory would
+            def out_of_memory(*args, **kwargs):
+                raise RuntimeError("out of memory (test)")
+            torch.UntypedStorage.from_file = out_of_memory
         memory = peer_memory.PeerMemory(1000, torch.device("cpu"), None, rank, 2)
         memory.tensor(rank, torch.int32, (250,)).fill_(10 + rank)
         dist.barrier()
@@ -40,14 +44,14 @@ def _member(rank, port, results, fail_rank):
     dist.destroy_process_group()
 
 
-def _run_pair(tmp_path, fail_rank=-1):
+def _run_pair(tmp_path, fail_rank=-1, failure="open"):
     """Two member processes (plain subprocesses: multiprocessing's spawn would leave its resource tracker running,
     a child of this process that later tests count)."""
     before = {f for f in os.listdir("/dev/shm") if f.startswith("comfy-xdit-")}
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     members = [subprocess.Popen([sys.executable, "-c", f"import test_peer_memory as t; "
-                                 f"t._member({rank}, {port}, {str(tmp_path)!r}, {fail_rank})"], env=env)
+                                 f"t._member({rank}, {port}, {str(tmp_path)!r}, {fail_rank}, {failure!r})"], env=env)
                for rank in range(2)]
     try:
         codes = [member.wait(timeout=120) for member in members]
@@ -73,5 +77,13 @@ def test_a_member_that_cannot_map_fails_every_member_without_a_hang_or_a_leak(tm
     results, left = _run_pair(tmp_path, fail_rank=1)
     for result in results:
         assert "could not map the other GPUs' memory (rank 1: no peer access (test))" in result["error"]
+        assert result["held"] == 0
+    assert not left, f"files left in /dev/shm: {left}"
+
+
+def test_a_member_that_cannot_allocate_fails_every_member_without_a_hang_or_a_leak(tmp_path):
+    results, left = _run_pair(tmp_path, fail_rank=1, failure="allocate")
+    for result in results:
+        assert "rank 1: could not allocate 1024 bytes: RuntimeError: out of memory (test)" in result["error"]
         assert result["held"] == 0
     assert not left, f"files left in /dev/shm: {left}"

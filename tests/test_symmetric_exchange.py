@@ -19,6 +19,7 @@ def interpreted(monkeypatch):
     monkeypatch.setattr(symmetric, "_scatter_kernel", None)
     monkeypatch.setattr(symmetric, "_gather_kernel", None)
     monkeypatch.setattr(symmetric, "_barrier_kernel", None)
+    monkeypatch.setattr(symmetric, "_build_problems", {})
 
 
 def simulated_group(seq_lens, batch, heads, dim, dtype):

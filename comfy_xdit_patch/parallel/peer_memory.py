@@ -121,38 +121,49 @@ class PeerMemory:
         self._addresses = [None] * size
         self._storages = [None] * size   # CPU: the mapped files
         self._released = False
-        if device.type == "cuda":
-            driver = _Driver.get()
-            own = driver.allocate(device.index, self.nbytes)
-            try:
-                exported = driver.export(device.index, own)
-            except BaseException:
-                driver.free(device.index, own)
-                raise
-        else:
-            path = f"/dev/shm/comfy-xdit-{os.getpid()}-{secrets.token_hex(8)}"
-            own_storage = torch.UntypedStorage.from_file(path, True, self.nbytes)
-            own, exported = own_storage.data_ptr(), path
-        _held[str(device)] = _held.get(str(device), 0) + self.nbytes
-        self._addresses[member] = own
-        if device.type != "cuda":
+        own = exported = own_storage = problem = None
+        try:
+            if device.type == "cuda":
+                driver = _Driver.get()
+                own = driver.allocate(device.index, self.nbytes)
+                try:
+                    exported = driver.export(device.index, own)
+                except BaseException:
+                    driver.free(device.index, own)
+                    own = None
+                    raise
+            else:
+                exported = f"/dev/shm/comfy-xdit-{os.getpid()}-{secrets.token_hex(8)}"
+                own_storage = torch.UntypedStorage.from_file(exported, True, self.nbytes)
+                own = own_storage.data_ptr()
+        except Exception as error:   # e.g. out of memory: the others still hear of it, in the gathers below
+            problem = f"could not allocate {self.nbytes} bytes: {type(error).__name__}: {error}"
+            exported = None
+        if own is not None:
+            _held[str(device)] = _held.get(str(device), 0) + self.nbytes
+            self._addresses[member] = own
             self._storages[member] = own_storage
         try:
             with _current(device):   # NCCL's object collectives run on the current CUDA device
                 handles = [None] * size
                 dist.all_gather_object(handles, exported, group=group)
-                problem = self._open_peers(handles)
-                # Every member learns whether every other could map: all fail together instead of some waiting in
-                # the next collective for members that gave up.
+                problem = problem or self._open_peers(handles)
+                # Every member learns whether every other could allocate and map: all fail together instead of
+                # some waiting in the next collective for members that gave up.
                 problems = [None] * size
                 dist.all_gather_object(problems, problem, group=group)
         except BaseException:
             # A collective failed: a peer may be gone and the device busy with the stuck collective, which
             # freeing would wait for. The memory stays allocated (a leak, not a hang).
             _unfreed.append(self)
-            self._remove_file(exported)
             raise
-        self._remove_file(exported, group)
+        finally:
+            # CPU: every member opened every file before it entered the second gather; the names can go.
+            if device.type != "cuda" and exported is not None:
+                try:
+                    os.unlink(exported)
+                except FileNotFoundError:
+                    pass
         failed = [f"rank {rank}: {text}" for rank, text in enumerate(problems) if text]
         if failed:
             self.release()
@@ -162,7 +173,7 @@ class PeerMemory:
         """Maps every peer's memory; returns why one could not be, or None."""
         try:
             for peer, handle in enumerate(handles):
-                if peer == self.member:
+                if peer == self.member or handle is None:   # a peer that could not allocate says so itself
                     continue
                 if self.device.type == "cuda":
                     self._addresses[peer] = _Driver.get().open(self.device.index, handle)
@@ -172,17 +183,6 @@ class PeerMemory:
         except Exception as error:   # e.g. no peer access between two GPUs
             return f"{type(error).__name__}: {error}"
         return None
-
-    def _remove_file(self, path, group=None):
-        """CPU: the file's name goes once every member has opened it (``group``: wait for them first)."""
-        if self.device.type == "cuda":
-            return
-        if group is not None:
-            dist.barrier(group=group)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
 
     def address(self, member, offset=0):
         return self._addresses[member] + offset
@@ -213,6 +213,8 @@ class PeerMemory:
         if self._released:
             return
         self._released = True
+        if self._addresses[self.member] is not None:   # none where this member could not allocate
+            _held[str(self.device)] -= self.nbytes
         if self.device.type == "cuda":
             driver = _Driver.get()
             for peer, address in enumerate(self._addresses):
@@ -227,4 +229,3 @@ class PeerMemory:
                     log.warning("Enable Multi-GPU: could not free peer memory", exc_info=True)
         self._storages = [None] * self.size
         self._addresses = [None] * self.size
-        _held[str(self.device)] -= self.nbytes

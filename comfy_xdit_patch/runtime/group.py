@@ -368,13 +368,18 @@ class HelperGroup:
         if shards is not None:
             spec["block_dtype"] = shards.dtype   # the helpers' blocks are meta placeholders: no dtype of their own
         self._broadcast_message(("load", spec, keys, patches, transport.layout(patch_tensors)))
-        if self.block_shards is not None:   # the helpers close theirs at the same point
-            self.block_shards.close()
-        self.block_shards = shards   # from here on, so that a load that fails midway frees its peer memory too
-        weights.send_weights(model_patcher, keys, self.device)
-        transport.send_tensors(patch_tensors, self.device)
-        if shards is not None:
-            weights.scatter_block_shards(model_patcher, shards, self.device)
+        try:
+            if self.block_shards is not None:   # the helpers close theirs at the same point
+                self.block_shards.close()
+            self.block_shards = shards   # from here on, so that a load that fails midway frees its peer memory too
+            weights.send_weights(model_patcher, keys, self.device)
+            transport.send_tensors(patch_tensors, self.device)
+            if shards is not None:
+                weights.scatter_block_shards(model_patcher, shards, self.device)
+        except NotImplementedError as e:
+            # Not "this model cannot run in parallel" any more: the helpers wait inside the transfer, so the group
+            # cannot be used again and must end like any failed one.
+            raise HelperFailure(f"the weight transfer stopped midway: {e}") from e
         self._expect_all("loaded", time.monotonic() + collective_timeout_s())
         self.model_fingerprint = fingerprint
         self.diffusion_model = model_patcher.model.diffusion_model
