@@ -71,6 +71,31 @@ def test_scatter_then_gather_moves_every_element_like_the_all_to_all(seq_lens):
 
 
 
+def test_the_exchange_runs_the_same_inside_a_compiled_model():
+    """TorchCompileModel compiles ComfyUI's forward around our attention: the exchange is kept out of the graph and
+    moves the same elements (Triton's interpreter on CPU; dynamo with its eager backend)."""
+    seq_lens, batch, heads, dim = [6, 6], 1, 4, 16
+    members = simulated_group(seq_lens, batch, heads, dim, torch.float32)
+    torch.manual_seed(0)
+    inputs = [tuple(torch.randn(batch, heads, length, dim) for _ in range(3)) for length in seq_lens]
+    received = members[0]._shapes[next(iter(members[0]._shapes))].received   # shared by the simulated members
+    for i, m in enumerate(members):
+        m.scatter_heads(*inputs[i], seq_lens)
+    expected = [buffer.clone() for buffer in received]
+    for buffer in received:
+        buffer.fill_(float("nan"))
+
+    def block(member, q, k, v):
+        return member.scatter_heads(q * 1.0, k, v, seq_lens) + 0.0
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="eager")
+    for i, m in enumerate(members):
+        compiled(m, *inputs[i])
+    for buffer, reference in zip(received, expected):
+        assert torch.equal(buffer, reference)
+
+
 def test_every_group_of_a_process_uses_the_exchange_it_was_configured_with():
     """Through torch's symmetric memory, a second group in ComfyUI's process (after a failure or a settings change)
     waited for rendezvous keys its fresh helpers never wrote, so only the first used it (fifth session). With our

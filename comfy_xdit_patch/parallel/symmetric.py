@@ -237,6 +237,10 @@ class SymmetricUlysses:
         outputs = [memory.tensor(p, dtype, output, output_offset) for p in range(self.size)]
         return _Shape.of(memory, received, outputs, seq_lens, self.device)
 
+    # Under ComfyUI's TorchCompileModel the exchange stays outside the compiled graphs (a break at each side, as
+    # NCCL's all-to-all makes): it maps memory on a shape's first call, launches its own kernels from addresses, and
+    # its barrier must run exactly where the stream reaches it.
+    @torch.compiler.disable
     def scatter_heads(self, q, k, v, seq_lens):
         """q, k, v: (B, H, L_member, D). Returns (3, B, H / n, sum(seq_lens), D): this member's heads over the whole
         sequence, members' tokens in member order (as parallel/comm.py's all-to-all returns them). One kernel
@@ -253,6 +257,7 @@ class SymmetricUlysses:
         self._barrier()
         return shape.received[self.member]
 
+    @torch.compiler.disable
     def gather_heads(self, out, seq_lens):
         """out: (B, H / n, sum(seq_lens), D). Returns (B, L_member, H * D), token-major. The result lives in a buffer
         that the next call of the same shape overwrites: it is used by the block's projection right away."""
