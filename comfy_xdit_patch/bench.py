@@ -388,8 +388,8 @@ def main(argv=None):
             group = helpers.current_group()
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
             # VRAM or lowvram loading, say).
-            label = configured + (" (symmetric exchange)" if group is not None and group.exchange == "symmetric"
-                                  else "") + \
+            label = configured + (" (symmetric exchange)" if group is not None and
+                                  group.plan.ulysses_exchange == "symmetric" else "") + \
                 (" +graphs" if group is not None and group.graphs.entries else "")
             helper_peaks = group.helper_stats() if group is not None else {}
             base = baselines[res]
@@ -397,7 +397,7 @@ def main(argv=None):
             stepn = statistics.median(eachn)
             ratios = [b / n for b, n in zip(base["each"], eachn)]
             rows.append(dict(
-                parallelism=label, layout=group.plan.describe(group.exchange) if group else "1 device (fallback)",
+                parallelism=label, layout=group.plan.describe() if group else "1 device (fallback)",
                 res=res, tokens=(res // 16) ** 2 + text_tokens, step1=base["step"], stepn=stepn,
                 speedup=base["step"] / stepn, spread=(min(ratios), max(ratios)),
                 kernel_speedup=base["kernel_step"] / stepn if "kernel_step" in base else None,

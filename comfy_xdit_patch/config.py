@@ -25,7 +25,7 @@ class ParallelPlan:
     launcher: str = "local"     # "ray": helpers are Ray actors, possibly on other machines
     shard_weights: bool = False  # each rank holds 1/N of every block's weights (parallel/weight_shards.py)
     shard_gathers: str = "pull"  # with shard_weights: "pull" (copies from peer memory) or "all-gather" (a collective)
-    ulysses_exchange: str = "nccl"  # COMFY_XDIT_EXCHANGE: "symmetric" = parallel/symmetric.py instead of NCCL all-to-all
+    ulysses_exchange: str = "nccl"  # "symmetric": parallel/symmetric.py instead of NCCL's all-to-all (Ulysses > 1 only)
 
     @property
     def world_size(self):
@@ -44,8 +44,7 @@ class ParallelPlan:
     def backend(self):
         return "nccl" if self.device_type == "cuda" else "gloo"
 
-    def describe(self, exchange=None):
-        """``exchange``: the Ulysses exchange a started group actually uses, where it differs from the plan's."""
+    def describe(self):
         if self.launcher == "ray":
             where = ("CPU ranks" if self.device_type == "cpu" else "GPUs") + " via Ray"
         else:
@@ -53,9 +52,8 @@ class ParallelPlan:
         layout = f"ulysses {self.ulysses_degree} x ring {self.ring_degree}"
         if self.shard_weights:
             layout += ", weights sharded" + (" (all-gathered)" if self.shard_gathers == "all-gather" else "")
-        exchange = exchange or self.ulysses_exchange
-        if exchange != "nccl" and self.ulysses_degree > 1:
-            layout += f", {exchange} exchange"
+        if self.ulysses_exchange != "nccl":
+            layout += f", {self.ulysses_exchange} exchange"
         if self.replicas > 1:
             return f"{self.world_size} {where} ({self.replicas} groups of {layout}, {self.scheduling})"
         return f"{self.world_size} {where} ({layout})"
@@ -149,6 +147,8 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
         reason = unavailable_reason()
         if reason:
             raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: {reason}; unset it to use NCCL.")
+    if ulysses == 1:   # ring only: no Ulysses exchange to make
+        exchange = "nccl"
     return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), gathers,
                         exchange)
 
@@ -206,7 +206,7 @@ def check_peer_access(plan, can_access):
     cannot (NCCL's exchange, the all-gather); asked for, that is an error naming the setting."""
     if plan.device_type != "cuda":
         return plan
-    if plan.ulysses_exchange == "symmetric" and plan.ulysses_degree > 1:
+    if plan.ulysses_exchange == "symmetric":
         groups = [plan.device_indices[first:first + plan.ulysses_degree]
                   for first in range(0, plan.world_size, plan.ulysses_degree)]
         missing = _missing_access(groups, can_access)
@@ -240,7 +240,7 @@ def check_exchange_kernels(plan, build_problem):
     """The symmetric exchange's Triton kernels are compiled on first use, which needs a C compiler; a machine
     without one would fail every step. ``build_problem()`` says why they cannot be built and run here, or None.
     Returns the plan to run (NCCL's exchange when the symmetric one was chosen automatically)."""
-    if plan.ulysses_exchange != "symmetric" or plan.ulysses_degree == 1:
+    if plan.ulysses_exchange != "symmetric":
         return plan
     problem = build_problem()
     if problem is None:

@@ -96,18 +96,19 @@ def test_the_exchange_runs_the_same_inside_a_compiled_model():
         assert torch.equal(buffer, reference)
 
 
-def test_every_group_of_a_process_uses_the_exchange_it_was_configured_with():
+def test_every_group_of_a_process_uses_the_exchange_it_was_configured_with(monkeypatch):
     """Through torch's symmetric memory, a second group in ComfyUI's process (after a failure or a settings change)
     waited for rendezvous keys its fresh helpers never wrote, so only the first used it (fifth session). With our
-    own peer mapping every group does; a group without Ulysses (ring only) has no exchange to make."""
-    from comfy_xdit_patch.config import ParallelPlan
-    from comfy_xdit_patch.runtime import group
+    own peer mapping every group uses its plan's exchange; a group without Ulysses (ring only) has none to make."""
+    from comfy_xdit_patch.config import ParallelPlan, resolve_plan
+    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
+    cuda = torch.device("cuda", 0)
+    assert resolve_plan(2, "ring", 24, cuda, visible_cuda=2).ulysses_exchange == "nccl"
+    assert [resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2).ulysses_exchange for _ in range(3)] == \
+        ["symmetric"] * 3
     symmetric_plan = ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="symmetric")
-    assert group._exchange_for_this_group(ParallelPlan("cuda", (0, 1), 2, 1)) == "nccl"
-    assert group._exchange_for_this_group(ParallelPlan("cuda", (0, 1), 1, 2, ulysses_exchange="symmetric")) == "nccl"
-    assert [group._exchange_for_this_group(symmetric_plan) for _ in range(3)] == ["symmetric"] * 3
     assert "nccl" not in symmetric_plan.describe() and "symmetric exchange" in symmetric_plan.describe()
-    assert "symmetric" not in symmetric_plan.describe("nccl")
+    assert "symmetric" not in ParallelPlan("cuda", (0, 1), 2, 1).describe()
 
 
 def barrier_member(member, size=2):

@@ -80,9 +80,8 @@ class SequenceParallelMesh:
             sp_group=whole if sp_degree == world_size else sp_group,
         )
         mesh.ulysses_ranks = mesh.ulysses_group_of(rank)
-        if exchange == "symmetric" and ulysses_degree > 1:
+        if exchange == "symmetric":
             from .symmetric import SymmetricUlysses
             mesh.ulysses_exchange = SymmetricUlysses(mesh.ulysses_group, mesh.ulysses_ranks,
                                                      mesh.ulysses_ranks.index(rank), device)
         return mesh
-

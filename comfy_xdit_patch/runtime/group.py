@@ -72,7 +72,6 @@ class HelperGroup:
         self.processes = {}
         self.channels = {}
         self.mesh = None
-        self.exchange = plan.ulysses_exchange   # what the started group uses (_exchange_for_this_group)
         self.model_fingerprint = None
         self.diffusion_model = None   # rank 0's diffusion model the helpers currently mirror
         self.block_shards = None      # rank 0's share of the blocks' weights, with plan.shard_weights
@@ -109,7 +108,6 @@ class HelperGroup:
             raise HelperFailure("torch.distributed is already initialised in ComfyUI's process (by another custom "
                                 "node?); Enable Multi-GPU needs to create its own process group.")
         token = secrets.token_bytes(16)
-        self.exchange = _exchange_for_this_group(self.plan)
         listener = control.listen(rank0_host())
         host = rank0_host()
         if host == "127.0.0.1":
@@ -139,7 +137,7 @@ class HelperGroup:
             import comfy.cli_args
             for rank, channel in self.channels.items():
                 channel.send({"comfy_args": vars(comfy.cli_args.args), "plan": self.plan, "rank": rank,
-                              "store_host": host, "store_port": store_port, "exchange": self.exchange})
+                              "store_host": host, "store_port": store_port})
             self._expect_all("imported", deadline)
             # On NCCL, rank 0's pacer gives up on a stalled collective first; the process group's own watchdog
             # would end ComfyUI's whole process when its timeout passes.
@@ -148,7 +146,7 @@ class HelperGroup:
                                     timeout=timedelta(seconds=timeout))
             _owned_default_group = True
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree,
-                                                   timedelta(seconds=timeout), self.exchange, self.device)
+                                                   timedelta(seconds=timeout), self.plan.ulysses_exchange, self.device)
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
@@ -159,7 +157,7 @@ class HelperGroup:
         self.started_s = time.perf_counter() - t0
         threading.Thread(target=self._monitor, name="comfy-xdit-health", daemon=True).start()
         log.info("Enable Multi-GPU: started %d helper process(es) for %s in %.1f s",
-                 self.plan.world_size - 1, self.plan.describe(self.exchange), self.started_s)
+                 self.plan.world_size - 1, self.plan.describe(), self.started_s)
 
     def _spawn(self, address, token):
         """What a helper needs in its environment: where rank 0 is, the session token, the same ComfyUI and
@@ -479,11 +477,6 @@ def _release_default_group():
     _owned_default_group = dist.is_initialized() and _owned_default_group
 
 
-def _exchange_for_this_group(plan):
-    """The Ulysses exchange a new group uses: the plan's; a group without Ulysses (ring only) has none to make."""
-    return "nccl" if plan.ulysses_degree == 1 else plan.ulysses_exchange
-
-
 def ensure_group(plan):
     """The running helper group for ``plan``, started (or restarted with the new plan) when needed."""
     global _group
@@ -491,7 +484,7 @@ def ensure_group(plan):
         if _group is not None and _group.plan == plan and _group.alive():
             return _group
         if _group is not None:
-            log.info("Enable Multi-GPU: stopping helpers of %s", _group.plan.describe(_group.exchange))
+            log.info("Enable Multi-GPU: stopping helpers of %s", _group.plan.describe())
             _group.shutdown()
             _group = None
         group = HelperGroup(plan)
