@@ -202,28 +202,22 @@ SHARDED_EXTRA_FRACTION = 0.08
 def check_peer_access(plan, can_access):
     """Peer memory needs the GPUs that share it to reach each other (NVLink or PCIe peer access): the symmetric
     exchange every pair of a Ulysses group, pulled weight pieces every pair. ``can_access(a, b)`` is
-    torch.cuda.can_device_access_peer. Returns the plan to run: chosen automatically, each falls back where a pair
-    cannot (NCCL's exchange, the all-gather); asked for, that is an error naming the setting."""
+    torch.cuda.can_device_access_peer. Returns the plan to run (see ``_fall_back``)."""
     if plan.device_type != "cuda":
         return plan
     if plan.ulysses_exchange == "symmetric":
-        groups = [plan.device_indices[first:first + plan.ulysses_degree]
-                  for first in range(0, plan.world_size, plan.ulysses_degree)]
-        missing = _missing_access(groups, can_access)
+        missing = _missing_access([plan.device_indices[first:first + plan.ulysses_degree]
+                                   for first in range(0, plan.world_size, plan.ulysses_degree)], can_access)
         if missing:
-            if exchange_setting() != "auto":
-                raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: GPU {missing[0]} cannot access GPU {missing[1]}'s "
-                                 f"memory (no peer access between them); unset it to use NCCL.")
-            log.info("Enable Multi-GPU: GPU %d cannot access GPU %d's memory; the Ulysses exchange uses NCCL", *missing)
-            plan = dataclasses.replace(plan, ulysses_exchange="nccl")
+            plan = _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), "symmetric",
+                              f"GPU {missing[0]} cannot access GPU {missing[1]}'s memory (no peer access between them)",
+                              "NCCL's exchange", ulysses_exchange="nccl")
     if plan.shard_weights and plan.shard_gathers == "pull":
         missing = _missing_access([plan.device_indices], can_access)
         if missing:
-            if _env_choice("COMFY_XDIT_SHARD_GATHERS", SHARD_GATHERS) != "auto":
-                raise ValueError(f"COMFY_XDIT_SHARD_GATHERS=pull: GPU {missing[0]} cannot access GPU {missing[1]}'s "
-                                 f"memory (no peer access between them); unset it to all-gather.")
-            log.info("Enable Multi-GPU: GPU %d cannot access GPU %d's memory; sharded blocks are all-gathered", *missing)
-            plan = dataclasses.replace(plan, shard_gathers="all-gather")
+            plan = _fall_back(plan, "COMFY_XDIT_SHARD_GATHERS", _env_choice("COMFY_XDIT_SHARD_GATHERS", SHARD_GATHERS),
+                              "pull", f"GPU {missing[0]} cannot access GPU {missing[1]}'s memory (no peer access "
+                              "between them)", "the all-gather", shard_gathers="all-gather")
     return plan
 
 
@@ -239,18 +233,24 @@ def _missing_access(groups, can_access):
 def check_exchange_kernels(plan, build_problem):
     """The symmetric exchange's Triton kernels are compiled on first use, which needs a C compiler; a machine
     without one would fail every step. ``build_problem()`` says why they cannot be built and run here, or None.
-    Returns the plan to run (NCCL's exchange when the symmetric one was chosen automatically)."""
+    Returns the plan to run (see ``_fall_back``)."""
     if plan.ulysses_exchange != "symmetric":
         return plan
     problem = build_problem()
     if problem is None:
         return plan
-    if exchange_setting() != "auto":
-        raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: its Triton kernels cannot be built here ({problem}); unset "
-                         f"it to use NCCL.")
-    log.warning("Enable Multi-GPU: the symmetric exchange's Triton kernels cannot be built here (%s); the Ulysses "
-                "exchange uses NCCL", problem)
-    return dataclasses.replace(plan, ulysses_exchange="nccl")
+    return _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), "symmetric",
+                      f"its Triton kernels cannot be built here ({problem})", "NCCL's exchange",
+                      ulysses_exchange="nccl")
+
+
+def _fall_back(plan, setting, value, wanted, problem, instead, **change):
+    """``setting`` (now ``value``) led to ``wanted``, which cannot run here because of ``problem``. Chosen
+    automatically, the plan with ``change`` (``instead``) and a log line; asked for, an error naming the setting."""
+    if value != "auto":
+        raise ValueError(f"{setting}={wanted}: {problem}; unset it to use {instead}.")
+    log.warning("Enable Multi-GPU: %s; using %s (%s=auto)", problem, instead, setting)
+    return dataclasses.replace(plan, **change)
 
 
 def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):

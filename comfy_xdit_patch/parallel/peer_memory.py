@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 ALIGNMENT = 256   # every region handed out starts on this many bytes (the widest vector loads need 16)
 _held = {}        # device -> bytes this process allocated here and has not freed
-_unfreed = []     # PeerMemory whose mapping failed in a collective: never freed (see PeerMemory.__init__)
 
 
 def held_bytes(device):
@@ -40,6 +39,15 @@ def aligned(nbytes):
 
 def _current(device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def settle(device, group=None):
+    """Collective: once this member's device has finished what it queued, wait for every member of ``group`` to get
+    there too (NCCL's barrier runs on the current CUDA device, so ``device`` is made current for it)."""
+    with _current(device):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dist.barrier(group=group)
 
 
 class _Driver:
@@ -154,8 +162,7 @@ class PeerMemory:
                 dist.all_gather_object(problems, problem, group=group)
         except BaseException:
             # A collective failed: a peer may be gone and the device busy with the stuck collective, which
-            # freeing would wait for. The memory stays allocated (a leak, not a hang).
-            _unfreed.append(self)
+            # freeing would wait for. Not released: the memory stays allocated (a leak, not a hang).
             raise
         finally:
             # CPU: every member opened every file before it entered the second gather; the names can go.
@@ -201,10 +208,7 @@ class PeerMemory:
 
     def close(self):
         """Collective: frees the memory once no member can be using it any more."""
-        with _current(self.device):
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            dist.barrier(group=self.group)
+        settle(self.device, self.group)
         self.release()
 
     def release(self):

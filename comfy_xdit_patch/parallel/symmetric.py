@@ -28,9 +28,8 @@ import logging
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 
-from .peer_memory import PeerMemory, aligned
+from .peer_memory import PeerMemory, aligned, settle
 
 log = logging.getLogger(__name__)
 
@@ -204,15 +203,12 @@ class SymmetricUlysses:
         self.abort_flag = torch.zeros(1, dtype=torch.int32, pin_memory=True)
         _abort_flags.append(self.abort_flag)
         self._flags = PeerMemory(4 * self.size, device, group, member, self.size)
-        self._flags.tensor(member, torch.int32, (self.size,)).zero_()
+        self._own_flags = self._flags.tensor(member, torch.int32, (self.size,)).zero_()
         # Our slot in every peer's flags (peer p reads it as own_flags[member]).
         self._peer_flags = torch.tensor([self._flags.address(p, 4 * member) for p in range(self.size)],
                                         dtype=torch.int64, device=device)
-        self._own_flags = self._flags.tensor(member, torch.int32, (self.size,))
         self._shapes = {}   # key -> _Shape
-        torch.cuda.synchronize(device)
-        with torch.cuda.device(device):   # NCCL's barrier runs on the current CUDA device
-            dist.barrier(group=group)     # every member's flags are zero before anyone raises one
+        settle(device, group)   # every member's flags are zero before anyone raises one
 
     def _barrier(self):
         _, _, barrier = _kernels()

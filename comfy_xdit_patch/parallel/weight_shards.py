@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .comm import all_gather_single
-from .peer_memory import PeerMemory, aligned
+from .peer_memory import PeerMemory, aligned, settle
 
 BLOCK_LISTS = (("double_blocks", "double_block"), ("single_blocks", "single_block"))
 
@@ -118,6 +118,8 @@ class ShardedBlocks:
         self._piece_views = {}  # key -> every rank's piece, as tensors of this process
         self.shards = {}
         self._stream = torch.cuda.Stream(device) if pull and device.type == "cuda" else None
+        # Peers' pieces first, starting after this rank, so that ranks copy from different peers at once.
+        self._copy_order = [(rank + step) % world_size for step in range(1, world_size + 1)]
         self._buffers = [None, None]
         self._pending = {}     # key -> (buffer, gather handle)
         self._saved = {}       # key -> (the parameters, the LoRA functions) the block had before it was gathered
@@ -143,18 +145,13 @@ class ShardedBlocks:
     def publish(self):
         """Collective, after the last scatter: every rank's pieces are in place before any peer copies them."""
         if self.pull:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-                with torch.cuda.device(self.device):   # NCCL's barrier runs on the current CUDA device
-                    dist.barrier()
-            else:
-                dist.barrier()
+            settle(self.device)
 
     def close(self):
         """Collective (a new sync replaces these pieces): frees the peer memory once no rank can be copying it."""
         if self.pieces is not None:
             self.pieces.close()
-        self.pieces, self._piece_views, self.shards = None, {}, {}
+        self.release()
 
     def release(self):
         """Not collective (the group is over). Synchronizes the device: never while a kernel may be stuck."""
@@ -186,19 +183,17 @@ class ShardedBlocks:
             self._pending[key] = (buffer, all_gather_single(buffer, self.shards[key], async_op=True))
 
     def _copy_pieces(self, key, buffer):
-        """The gather as copies, the peers' pieces first (starting after this rank, so that ranks pull from
-        different peers at once), on the gather stream. That stream first waits for what is queued now: the block
-        that used ``buffer`` before."""
+        """The gather as copies (``_copy_order``) on the gather stream. That stream first waits for what is queued
+        now: the block that used ``buffer`` before."""
         numel = self.layouts[key].shard_numel
         views = self._piece_views[key]
-        order = [(self.rank + step) % self.world_size for step in range(1, self.world_size + 1)]
         if self._stream is None:
-            for rank in order:
+            for rank in self._copy_order:
                 buffer[rank * numel:(rank + 1) * numel].copy_(views[rank])
             return _CopiesDone()
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
-            for rank in order:
+            for rank in self._copy_order:
                 buffer[rank * numel:(rank + 1) * numel].copy_(views[rank], non_blocking=True)
             done = torch.cuda.Event()
             done.record(self._stream)
