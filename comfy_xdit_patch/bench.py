@@ -242,24 +242,60 @@ def _profile(model, latent_hw, text_tokens, device, label):
     print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
 
 
+# Kernel families of a FLUX step, by name (first match wins): where a step's GPU time goes.
+_KERNEL_FAMILIES = (("exchange", ("scatter_qkv", "gather_out")), ("barrier", ("barrier",)),
+                    ("attention", ("flash", "fmha", "attention", "sdpa")), ("nccl", ("nccl",)),
+                    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas")), ("copy", ("memcpy", "memset")))
+
+
+def _kernel_family(name):
+    name = name.lower()
+    return next((family for family, marks in _KERNEL_FAMILIES if any(m in name for m in marks)), "other")
+
+
 def _gpu_busy(model, latent_hw, text_tokens, device, steps=4):
-    """Rank 0's GPU: the time per step any kernel ran (their union) against the step's span, from CUDA activity
-    only (no CPU-op tracing, so the host runs nearly as fast as unprofiled). Busy well under the span means the GPU
-    waited for the host: launches, or the dispatch to the helpers."""
+    """Rank 0's GPU: the time per step any kernel ran (their union) against the step's span, and the time of each
+    kernel family (summed: kernels on two streams both count), from CUDA activity only (no CPU-op tracing, so the
+    host runs nearly as fast as unprofiled). Busy well under the span means the GPU waited for the host: launches,
+    or the dispatch to the helpers; barrier time is the wait for the peers plus their transfers."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     sample(model, latent_hw, 2, text_tokens, device)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         sample(model, latent_hw, steps, text_tokens, device)
-    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA
-                   and e.time_range.end > e.time_range.start)
+    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start]
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events)
     busy, reach = 0.0, float("-inf")   # the union of the kernels' intervals, in start order
     for start, end in spans:
         if end > reach:
             busy += end - max(start, reach)
             reach = end
     span = spans[-1][1] - spans[0][0] if spans else 0.0
-    return busy / 1e3 / steps, span / 1e3 / steps
+    families = {}
+    for e in events:
+        family = _kernel_family(e.name)
+        families[family] = families.get(family, 0.0) + (e.time_range.end - e.time_range.start) / 1e3 / steps
+    return busy / 1e3 / steps, span / 1e3 / steps, families
+
+
+def _prompt(model, latent_hw, steps, text_tokens, device, label):
+    """A whole warm prompt: (its seconds, the seconds outside its steps after the first, i.e. the first step, the
+    sampler's set-up and wind-down and the node's work around the sampling run). With COMFY_XDIT_HOST_PROFILE=1 the
+    prompt runs under cProfile and the host functions that took longest are printed."""
+    profiler = None
+    if os.environ.get("COMFY_XDIT_HOST_PROFILE") == "1":
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
+    _, step_times, total = sample(model, latent_hw, steps, text_tokens, device)
+    if profiler is not None:
+        import pstats
+        profiler.disable()
+        print(f"\n## host profile of a warm {steps}-step prompt on rank 0, {label}")
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        stats.sort_stats("cumulative").print_stats("comfy_xdit_patch", 25)   # the node's own work
+        stats.sort_stats("tottime").print_stats(15)                           # where the host thread sat
+    return total, total - sum(step_times)
 
 
 def _gpu_busy_or_none(*args):
@@ -295,6 +331,9 @@ def main(argv=None):
                         "time with sharded weights, e.g. pull,all-gather (copies from the peers' pieces, or NCCL's all-gather)")
     parser.add_argument("--exchange", default=None, help="comma list of COMFY_XDIT_EXCHANGE settings to time, e.g. "
                         "nccl,symmetric (the Ulysses all-to-all over NCCL or through peer memory; default auto); GPU only")
+    parser.add_argument("--exchange-chunks", default=None, help="comma list of COMFY_XDIT_EXCHANGE_CHUNKS settings "
+                        "to time, e.g. 1,2 (the symmetric exchange's head parts pipelined against the attention in "
+                        "graphed steps)")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
                         "(this torch.compile backend, e.g. inductor) to the model on both sides: 1 device and N devices")
     parser.add_argument("--dynamic-vram", action="store_true", help="ComfyUI's dynamic VRAM (its default on NVIDIA; "
@@ -363,19 +402,21 @@ def main(argv=None):
                                                          device)[1])
     e2e, busy = {}, {}
     if args.e2e_steps:
-        e2e["1 device"] = sample(model, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
+        e2e["1 device"] = _prompt(model, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device, "1 device")
 
     graph_settings = {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
     gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "auto")).split(",")
     # Gather settings only change sharded runs.
     exchange_settings = (args.exchange or os.environ.get("COMFY_XDIT_EXCHANGE", "auto")).split(",")
-    configurations = [(p, s, a, x, g) for p in args.parallelism.split(",") for s in shard_settings
+    chunk_settings = (args.exchange_chunks or os.environ.get("COMFY_XDIT_EXCHANGE_CHUNKS", "1")).split(",")
+    configurations = [(p, s, a, x, c, g) for p in args.parallelism.split(",") for s in shard_settings
                       for a in (gather_settings if s else ["auto"]) for x in exchange_settings
-                      for g in graph_settings]
-    for parallelism, shard_weights, gathers, exchange, graphs in configurations:
+                      for c in (chunk_settings if x != "nccl" else ["1"]) for g in graph_settings]
+    for parallelism, shard_weights, gathers, exchange, chunks, graphs in configurations:
         os.environ["COMFY_XDIT_SHARD_GATHERS"] = gathers     # read when the plan is made
         os.environ["COMFY_XDIT_EXCHANGE"] = exchange
+        os.environ["COMFY_XDIT_EXCHANGE_CHUNKS"] = chunks
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
         os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
         configured = parallelism + (" +sharded" if shard_weights else "") + \
@@ -388,8 +429,8 @@ def main(argv=None):
             group = helpers.current_group()
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
             # VRAM or lowvram loading, say).
-            label = configured + (" (symmetric exchange)" if group is not None and
-                                  group.plan.ulysses_exchange == "symmetric" else "") + \
+            label = configured + (" (symmetric exchange" + (f" in {chunks} head parts)" if chunks != "1" else ")")
+                                  if group is not None and group.plan.ulysses_exchange == "symmetric" else "") + \
                 (" +graphs" if group is not None and group.graphs.entries else "")
             helper_peaks = group.helper_stats() if group is not None else {}
             base = baselines[res]
@@ -409,7 +450,8 @@ def main(argv=None):
                 helper_weights=[s.get("weight_bytes") for s in helper_peaks.values()],
                 start_s=group.started_s if group else None))
         if args.e2e_steps:
-            e2e[label] = sample(patched, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device)[2]
+            e2e[label] = _prompt(patched, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device,
+                                 label)
         if args.profile:
             _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
         if args.gpu_busy and not cpu:
@@ -439,14 +481,17 @@ def main(argv=None):
               f"{' / '.join(gib(w) for w in r['helper_weights'])} | "
               f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
     print()
-    for name, (busy_ms, span_ms) in ((n, b) for n, b in busy.items() if b):
+    for name, (busy_ms, span_ms, families) in ((n, b) for n, b in busy.items() if b):
         print(f"rank 0's GPU at {resolutions[0]}, {name}: kernels ran {busy_ms:.1f} ms of each {span_ms:.1f} ms step "
-              f"({100 * busy_ms / span_ms:.0f}% busy)")
-    for name, seconds in e2e.items():
+              f"({100 * busy_ms / span_ms:.0f}% busy); by family, ms a step: " +
+              ", ".join(f"{f} {ms:.2f}" for f, ms in sorted(families.items(), key=lambda item: -item[1])))
+    (one_device, one_device_rest), = [e2e["1 device"]] if e2e else [(None, None)]
+    for name, (seconds, rest) in e2e.items():
         if name != "1 device":
-            print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {e2e['1 device']:.2f} s, "
-                  f"{name} {seconds:.2f} s, speed-up {e2e['1 device'] / seconds:.2f}x (warm: no model load, no "
-                  "helper start)")
+            print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {one_device:.2f} s, "
+                  f"{name} {seconds:.2f} s, speed-up {one_device / seconds:.2f}x (warm: no model load, no helper "
+                  f"start); outside the steps after the first: {one_device_rest * 1e3:.0f} ms (1 device), "
+                  f"{rest * 1e3:.0f} ms ({name})")
     sys.stdout.flush()   # the figures are out before the helpers are ended
     helpers.shutdown_group()
     return rows

@@ -237,6 +237,30 @@ def test_torch_compile_model_before_the_node(unet, conds):
     assert all(stats["compiled"] is None for stats in helpers.current_group().helper_stats().values())
 
 
+def test_torch_compile_model_compiles_nothing_per_step(unet, conds, monkeypatch):
+    """Rank 0's host work (dispatch to the helpers, graph replay, the wait for the step) runs inside the compiled
+    diffusion model but outside dynamo: traced, it was compiled again at every step (its guards held the step's
+    tensors), which on 2×H200 made a compiled parallel step 2.3× slower than one GPU. From a prompt's second step
+    on, nothing compiles. (With ComfyUI's GPU attention: its CPU one, sub-quadratic, is compiled again at every step
+    on one device too, as its guards hold the free memory.)"""
+    import comfy.ldm.flux.math
+    import comfy.ldm.modules.attention
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from torch._dynamo.utils import compilation_time_metrics
+    from comfy_xdit_patch.bench import run_sampler
+    monkeypatch.setattr(comfy.ldm.flux.math, "optimized_attention", comfy.ldm.modules.attention.attention_pytorch)
+    compiled = unet.clone()
+    set_torch_compile_wrapper(compiled, backend="eager")
+    parallel = enable_multigpu(compiled, gpus=2, parallelism="ulysses")
+    latent = empty_latent(16, 16)["samples"]
+    traced_by_step = []
+    run_sampler(parallel, latent, conds["positive"], conds["negative"], 4, torch.device("cpu"),
+                on_step=lambda step: traced_by_step.append(len(compilation_time_metrics["bytecode_tracing"])))
+    assert traced_by_step[0] > 0, "nothing was compiled: the test would prove nothing"
+    assert traced_by_step[1:] == [traced_by_step[0]] * 3, f"frames traced by step: {traced_by_step}"
+    assert helpers.current_group() is not None
+
+
 def test_redux_style_model_appends_image_tokens_to_the_text(unet, conds):
     """StyleModelLoader + StyleModelApply (Redux) with a CLIP-vision output given directly (no SigLIP weights here):
     729 image tokens join the 77 text tokens, and the longer context splits like any other."""

@@ -279,6 +279,7 @@ class HelperGroup:
             except Exception:
                 log.warning("Enable Multi-GPU: releasing the symmetric exchange failed", exc_info=True)
 
+    @torch.compiler.disable
     def wait_step(self):
         """Rank 0, after its share of a parallel call: wait until the step completed on the device, and raise if a
         helper failed or a collective stalled meanwhile, so that a broken step is never handed to the sampler."""
@@ -419,6 +420,7 @@ class HelperGroup:
         self.helper_stats()
         self.scheduler.learn(self.helper_report)
 
+    @torch.compiler.disable   # host work only; see multigpu.MultiGPU.diffusion_model_wrapper
     def dispatch_forward(self, call_args, allow_graph, compile_kwargs=None):
         """Send one model call (a dict of its arguments) to every helper; they start computing at once.
         ``compile_kwargs``: torch.compile settings the helpers apply to their model (None: eager).

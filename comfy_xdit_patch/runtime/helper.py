@@ -67,7 +67,7 @@ def main():
         from comfy_xdit_patch.runtime.speed import measure_speed
         link.send(("ready", measure_speed(device, rank)))
         with torch.inference_mode():
-            serve(link, mesh, device, plan.shard_weights, plan.shard_gathers)
+            serve(link, mesh, device, plan.shard_weights, plan.shard_gathers, plan.exchange_chunks)
     except control.ChannelClosed:
         pass
     except BaseException:
@@ -81,7 +81,7 @@ def main():
     os._exit(0)
 
 
-def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
+def serve(link, mesh, device, shard_weights=False, shard_gathers="pull", exchange_chunks=1):
     import collections
     import torch
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
@@ -89,7 +89,7 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     from comfy_xdit_patch.patches import flux
     from comfy_xdit_patch.runtime import gguf_weights, transport, weights
     from comfy_xdit_patch.parallel.weight_shards import ShardedBlocks, is_block_weight
-    from comfy_xdit_patch.runtime.step_graphs import StepGraphs
+    from comfy_xdit_patch.runtime.step_graphs import StepGraphs, head_chunks
 
     diffusion_model = loaded_spec = shards = replacements = None
     compiled = None     # (settings, torch.compile of diffusion_model) while rank 0 runs TorchCompileModel
@@ -148,7 +148,8 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
             def forward(inputs):
                 def shard(call_args, token_weights):
                     call_args = dict(call_args)
-                    call = SequenceParallelCall(mesh, token_weights, weight_shards=shards)
+                    call = SequenceParallelCall(mesh, token_weights, weight_shards=shards,
+                                                head_chunks=head_chunks(exchange_chunks, mode))
                     options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call,
                                                               replacements)
                     return model(**call_args, transformer_options=options)
