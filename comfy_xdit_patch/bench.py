@@ -242,40 +242,15 @@ def _profile(model, latent_hw, text_tokens, device, label):
     print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
 
 
-# Kernel families of a FLUX step, by name (first match wins): where a step's GPU time goes.
-_KERNEL_FAMILIES = (("exchange", ("scatter_qkv", "gather_out")), ("barrier", ("barrier",)),
-                    ("attention", ("flash", "fmha", "attention", "sdpa")), ("nccl", ("nccl",)),
-                    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas")), ("copy", ("memcpy", "memset")))
-
-
-def _kernel_family(name):
-    name = name.lower()
-    return next((family for family, marks in _KERNEL_FAMILIES if any(m in name for m in marks)), "other")
-
-
 def _gpu_busy(model, latent_hw, text_tokens, device, steps=4):
-    """Rank 0's GPU: the time per step any kernel ran (their union) against the step's span, and the time of each
-    kernel family (summed: kernels on two streams both count), from CUDA activity only (no CPU-op tracing, so the
-    host runs nearly as fast as unprofiled). Busy well under the span means the GPU waited for the host: launches,
-    or the dispatch to the helpers; barrier time is the wait for the peers plus their transfers."""
-    from torch.autograd import DeviceType
+    """Rank 0's GPU over ``steps`` steps (profiling.kernel_time), from CUDA activity only (no CPU-op tracing, so the
+    host runs nearly as fast as unprofiled)."""
     from torch.profiler import ProfilerActivity, profile
+    from comfy_xdit_patch.profiling import kernel_time
     sample(model, latent_hw, 2, text_tokens, device)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         sample(model, latent_hw, steps, text_tokens, device)
-    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start]
-    spans = sorted((e.time_range.start, e.time_range.end) for e in events)
-    busy, reach = 0.0, float("-inf")   # the union of the kernels' intervals, in start order
-    for start, end in spans:
-        if end > reach:
-            busy += end - max(start, reach)
-            reach = end
-    span = spans[-1][1] - spans[0][0] if spans else 0.0
-    families = {}
-    for e in events:
-        family = _kernel_family(e.name)
-        families[family] = families.get(family, 0.0) + (e.time_range.end - e.time_range.start) / 1e3 / steps
-    return busy / 1e3 / steps, span / 1e3 / steps, families
+    return kernel_time(prof, steps)
 
 
 def _prompt(model, latent_hw, steps, text_tokens, device, label):
@@ -331,9 +306,6 @@ def main(argv=None):
                         "time with sharded weights, e.g. pull,all-gather (copies from the peers' pieces, or NCCL's all-gather)")
     parser.add_argument("--exchange", default=None, help="comma list of COMFY_XDIT_EXCHANGE settings to time, e.g. "
                         "nccl,symmetric (the Ulysses all-to-all over NCCL or through peer memory; default auto); GPU only")
-    parser.add_argument("--exchange-chunks", default=None, help="comma list of COMFY_XDIT_EXCHANGE_CHUNKS settings "
-                        "to time, e.g. 1,2 (the symmetric exchange's head parts pipelined against the attention in "
-                        "graphed steps)")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
                         "(this torch.compile backend, e.g. inductor) to the model on both sides: 1 device and N devices")
     parser.add_argument("--dynamic-vram", action="store_true", help="ComfyUI's dynamic VRAM (its default on NVIDIA; "
@@ -365,6 +337,7 @@ def main(argv=None):
         sys.exit("--dynamic-vram: comfy-aimdo could not switch dynamic VRAM on here (it needs an NVIDIA GPU)")
     import comfy.model_management
     from comfy_xdit_patch.multigpu import enable_multigpu
+    from comfy_xdit_patch.profiling import describe
     from comfy_xdit_patch.runtime import group as helpers
 
     device = comfy.model_management.get_torch_device()
@@ -409,14 +382,12 @@ def main(argv=None):
     gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "auto")).split(",")
     # Gather settings only change sharded runs.
     exchange_settings = (args.exchange or os.environ.get("COMFY_XDIT_EXCHANGE", "auto")).split(",")
-    chunk_settings = (args.exchange_chunks or os.environ.get("COMFY_XDIT_EXCHANGE_CHUNKS", "1")).split(",")
-    configurations = [(p, s, a, x, c, g) for p in args.parallelism.split(",") for s in shard_settings
+    configurations = [(p, s, a, x, g) for p in args.parallelism.split(",") for s in shard_settings
                       for a in (gather_settings if s else ["auto"]) for x in exchange_settings
-                      for c in (chunk_settings if x != "nccl" else ["1"]) for g in graph_settings]
-    for parallelism, shard_weights, gathers, exchange, chunks, graphs in configurations:
+                      for g in graph_settings]
+    for parallelism, shard_weights, gathers, exchange, graphs in configurations:
         os.environ["COMFY_XDIT_SHARD_GATHERS"] = gathers     # read when the plan is made
         os.environ["COMFY_XDIT_EXCHANGE"] = exchange
-        os.environ["COMFY_XDIT_EXCHANGE_CHUNKS"] = chunks
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
         os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
         configured = parallelism + (" +sharded" if shard_weights else "") + \
@@ -429,8 +400,8 @@ def main(argv=None):
             group = helpers.current_group()
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
             # VRAM or lowvram loading, say).
-            label = configured + (" (symmetric exchange" + (f" in {chunks} head parts)" if chunks != "1" else ")")
-                                  if group is not None and group.plan.ulysses_exchange == "symmetric" else "") + \
+            label = configured + (" (symmetric exchange)" if group is not None and
+                                  group.plan.ulysses_exchange == "symmetric" else "") + \
                 (" +graphs" if group is not None and group.graphs.entries else "")
             helper_peaks = group.helper_stats() if group is not None else {}
             base = baselines[res]
@@ -482,9 +453,7 @@ def main(argv=None):
               f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
     print()
     for name, (busy_ms, span_ms, families) in ((n, b) for n, b in busy.items() if b):
-        print(f"rank 0's GPU at {resolutions[0]}, {name}: kernels ran {busy_ms:.1f} ms of each {span_ms:.1f} ms step "
-              f"({100 * busy_ms / span_ms:.0f}% busy); by family, ms a step: " +
-              ", ".join(f"{f} {ms:.2f}" for f, ms in sorted(families.items(), key=lambda item: -item[1])))
+        print(f"rank 0's GPU at {resolutions[0]}, {name}: {describe(busy_ms, span_ms, families)}")
     (one_device, one_device_rest), = [e2e["1 device"]] if e2e else [(None, None)]
     for name, (seconds, rest) in e2e.items():
         if name != "1 device":

@@ -26,7 +26,6 @@ class ParallelPlan:
     shard_weights: bool = False  # each rank holds 1/N of every block's weights (parallel/weight_shards.py)
     shard_gathers: str = "pull"  # with shard_weights: "pull" (copies from peer memory) or "all-gather" (a collective)
     ulysses_exchange: str = "nccl"  # "symmetric": parallel/symmetric.py instead of NCCL's all-to-all (Ulysses > 1 only)
-    exchange_chunks: int = 1    # symmetric exchange, graphed steps: head parts pipelined against the attention
 
     @property
     def world_size(self):
@@ -55,8 +54,6 @@ class ParallelPlan:
             layout += ", weights sharded" + (" (all-gathered)" if self.shard_gathers == "all-gather" else "")
         if self.ulysses_exchange != "nccl":
             layout += f", {self.ulysses_exchange} exchange"
-            if self.exchange_chunks > 1:
-                layout += f" in {self.exchange_chunks} head parts"
         if self.replicas > 1:
             return f"{self.world_size} {where} ({self.replicas} groups of {layout}, {self.scheduling})"
         return f"{self.world_size} {where} ({layout})"
@@ -152,11 +149,8 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
             raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: {reason}; unset it to use NCCL.")
     if ulysses == 1:   # ring only: no Ulysses exchange to make
         exchange = "nccl"
-    chunks = exchange_chunks_setting()   # checked whatever the exchange: a typo is named, not ignored
-    if exchange != "symmetric":
-        chunks = 1
     return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), gathers,
-                        exchange, chunks)
+                        exchange)
 
 
 def shard_gathers_setting(launcher="local"):
@@ -180,17 +174,6 @@ def exchange_setting():
     ``nccl``: NCCL's all-to-all, with a pack and an unpack pass each way. ``auto`` (default): symmetric where it was
     measured faster (``_automatic_exchange``), NCCL elsewhere."""
     return _env_choice("COMFY_XDIT_EXCHANGE", ("auto", "nccl", "symmetric"))
-
-
-def exchange_chunks_setting():
-    """COMFY_XDIT_EXCHANGE_CHUNKS: with the symmetric exchange, in how many parts a member's heads cross the link in
-    a graphed step, each part's transfer overlapping another part's attention (parallel/symmetric.py
-    ``attention``). 1 (default): no pipelining. Eager steps always use one part: each part costs kernel launches,
-    which is what an eager step is short of."""
-    value = os.environ.get("COMFY_XDIT_EXCHANGE_CHUNKS", "1")
-    if not value.isdigit() or not 1 <= int(value) <= 8:
-        raise ValueError(f"COMFY_XDIT_EXCHANGE_CHUNKS must be a whole number from 1 to 8, not '{value}'.")
-    return int(value)
 
 
 def _automatic_exchange(device_type, launcher, ulysses_degree):
@@ -228,7 +211,7 @@ def check_peer_access(plan, can_access):
         if missing:
             plan = _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), "symmetric",
                               f"GPU {missing[0]} cannot access GPU {missing[1]}'s memory (no peer access between them)",
-                              "NCCL's exchange", ulysses_exchange="nccl", exchange_chunks=1)
+                              "NCCL's exchange", ulysses_exchange="nccl")
     if plan.shard_weights and plan.shard_gathers == "pull":
         missing = _missing_access([plan.device_indices], can_access)
         if missing:
@@ -258,7 +241,7 @@ def check_exchange_kernels(plan, build_problem):
         return plan
     return _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), "symmetric",
                       f"its Triton kernels cannot be built here ({problem})", "NCCL's exchange",
-                      ulysses_exchange="nccl", exchange_chunks=1)
+                      ulysses_exchange="nccl")
 
 
 def _fall_back(plan, setting, value, wanted, problem, instead, **change):

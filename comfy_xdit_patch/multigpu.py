@@ -126,9 +126,8 @@ class MultiGPURun:
 
         def shard(args, token_weights):
             options = dict(transformer_options)
-            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(
-                group.mesh, token_weights, group.pacer, group.block_shards,
-                step_graphs.head_chunks(group.plan.exchange_chunks, mode))
+            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer,
+                                                                    group.block_shards)
             return executor(**dict(args, transformer_options=options))
 
         def forward(inputs):

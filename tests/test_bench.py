@@ -19,3 +19,28 @@ def test_main_job_command_prints_speedup_and_equivalence():
     assert re.fullmatch(r"\d+\.\d\dx", cells[6]), cells[6]
     assert float(cells[11]) <= 1e-5, f"relative error {cells[11]}"
     assert "end-to-end 3-step prompt at 256" in out.stdout
+
+
+def test_kernel_time_reports_busy_time_families_and_the_late_start_barrier():
+    """What ``bench --gpu-busy`` and COMFY_XDIT_PROFILE_HELPER print, from a made-up trace of two steps: the union of
+    kernel intervals (two streams overlap), each family's summed time, and the longest barrier of each step (a rank
+    that started late) apart from the others."""
+    from types import SimpleNamespace
+    from torch.autograd import DeviceType
+    from comfy_xdit_patch.profiling import kernel_family, kernel_time
+
+    def kernel(name, start_us, end_us):
+        return SimpleNamespace(name=name, device_type=DeviceType.CUDA,
+                               time_range=SimpleNamespace(start=start_us, end=end_us))
+
+    events = [kernel("nvjet_tst_128x256_h_bz_coopA", 0, 600), kernel("pytorch_flash::flash_fwd_kernel", 500, 900),
+              kernel("barrier", 900, 2900), kernel("scatter_qkv", 2900, 3000), kernel("barrier", 3000, 3010),
+              kernel("gather_out", 3010, 3050), kernel("barrier", 3050, 3070), kernel("triton_poi_fused_add", 3070, 3100),
+              kernel("Memcpy DtoD (Device -> Device)", 9000, 9100), kernel("barrier", 9100, 10100),
+              kernel("barrier", 10100, 10130), SimpleNamespace(name="cpu op", device_type=DeviceType.CPU,
+                                                              time_range=SimpleNamespace(start=0, end=99999))]
+    busy_ms, span_ms, families = kernel_time(SimpleNamespace(events=lambda: events), steps=2)
+    assert (busy_ms, span_ms) == (3.1 / 2 + 1.13 / 2, 10.13 / 2)
+    assert kernel_family("ncclDevKernel_AllGather_RING_LL") == "nccl" and families["gemm"] == 0.3
+    assert families["attention"] == 0.2 and families["exchange"] == 0.07 and families["copy"] == 0.05
+    assert families["barrier: longest a step"] == (2.0 + 1.0) / 2 and families["barrier: median µs"] == 20.0

@@ -70,84 +70,6 @@ def test_scatter_then_gather_moves_every_element_like_the_all_to_all(seq_lens):
     assert torch.equal(last, inputs[-1][0].transpose(1, 2).reshape(batch, seq_lens[-1], heads * dim))
 
 
-def test_head_parts_cover_every_head_once_as_evenly_as_they_come():
-    assert symmetric._head_parts(12, 1) == [(0, 12)]
-    assert symmetric._head_parts(12, 2) == [(0, 6), (6, 6)]
-    assert symmetric._head_parts(4, 3) == [(0, 2), (2, 1), (3, 1)]
-    assert symmetric._head_parts(2, 8) == [(0, 1), (1, 1)]
-
-
-class _Locked:
-    """A Triton kernel launched under a lock: the interpreter is not made for several threads at once."""
-
-    def __init__(self, kernel, lock):
-        self.kernel, self.lock = kernel, lock
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            with self.lock:
-                return self.kernel[grid](*args, **kwargs)
-        return launch
-
-
-@pytest.mark.parametrize("seq_lens,chunks", [([6, 6], 2), ([6, 6], 3), ([5, 3, 4], 3), ([5, 3, 4], 1)])
-def test_pipelined_attention_in_head_parts_equals_attention_over_the_whole_sequence(monkeypatch, seq_lens, chunks):
-    """Every member runs ``attention`` on a thread of its own, as on its own GPU: each part's scatter and gather end in
-    a barrier of all members (a threading barrier here, as the device barrier on GPUs), and each part's attention
-    sees only its heads. The result is attention over the whole sequence, token-major, for each member's tokens."""
-    import threading
-    batch, heads, dim = 2, 12, 16
-    members = simulated_group(seq_lens, batch, heads, dim, torch.float32)
-    everyone, lock = threading.Barrier(len(members)), threading.Lock()
-    kernels = symmetric._kernels()
-    monkeypatch.setattr(symmetric, "_kernels", lambda: tuple(_Locked(kernel, lock) for kernel in kernels))
-    for member in members:
-        member._barrier = everyone.wait
-    torch.manual_seed(0)
-    inputs = [tuple(torch.randn(batch, heads, length, dim) for _ in range(3)) for length in seq_lens]
-    seen_heads = []
-
-    def local_attention(q, k, v):
-        seen_heads.append(q.shape[1])
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-
-    results = [None] * len(members)
-
-    def run(i):
-        results[i] = members[i].attention(*inputs[i], seq_lens, local_attention, chunks)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(members))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    whole = torch.nn.functional.scaled_dot_product_attention(*(torch.cat(ts, dim=2) for ts in zip(*inputs)))
-    starts = [sum(seq_lens[:i]) for i in range(len(seq_lens))]
-    for i, length in enumerate(seq_lens):
-        expected = whole[:, :, starts[i]:starts[i] + length].transpose(1, 2).reshape(batch, length, heads * dim)
-        torch.testing.assert_close(results[i], expected)
-    local_heads = heads // len(seq_lens)
-    assert sorted(set(seen_heads)) == sorted({count for _, count in symmetric._head_parts(local_heads, chunks)})
-
-
-def test_head_parts_are_the_same_on_every_rank_and_only_in_graphed_steps(monkeypatch):
-    """The barriers are counted, so every rank must cut the heads alike: the plan carries the setting to the helpers,
-    and the step's mode (rank 0's choice, sent to every helper) decides whether it applies."""
-    from comfy_xdit_patch.config import ParallelPlan, resolve_plan
-    from comfy_xdit_patch.runtime.step_graphs import CAPTURE, EAGER, REPLAY, head_chunks
-    cuda = torch.device("cuda", 0)
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE_CHUNKS", "2")
-    plan = resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2)
-    assert plan.exchange_chunks == 2 and "in 2 head parts" in plan.describe()
-    assert plan != ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="symmetric")   # a new group when it changes
-    assert [head_chunks(2, mode) for mode in (EAGER, CAPTURE, REPLAY)] == [1, 2, 2]
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "nccl")
-    assert resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2).exchange_chunks == 1
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE_CHUNKS", "two")
-    with pytest.raises(ValueError, match="COMFY_XDIT_EXCHANGE_CHUNKS must be a whole number from 1 to 8"):
-        resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2)
-
 
 def test_the_exchange_runs_the_same_inside_a_compiled_model():
     """TorchCompileModel compiles ComfyUI's forward around our attention: the exchange is kept out of the graph and
@@ -251,11 +173,10 @@ def test_the_kernels_compile_for_hopper_gpus(monkeypatch):
                                         "d_w", "d_b", "d_h", "d_l")}
     triton.compile(ASTSource(fn=scatter, signature={
         "q": "*bf16", "k": "*bf16", "v": "*bf16", "destinations": "*i64", "length": "i32", "local_heads": "i32",
-        "chunk_heads": "i32", "first_head": "i32", "start": "i32", **strides, "DIM": "constexpr", "BLOCK": "constexpr"},
+        "start": "i32", **strides, "DIM": "constexpr", "BLOCK": "constexpr"},
         constexprs={"DIM": 128, "BLOCK": 64}), target=target)
     triton.compile(ASTSource(fn=gather, signature={
-        "out": "*bf16", "destinations": "*i64", "spans": "*i32", "local_heads": "i32", "chunk_heads": "i32",
-        "first_head": "i32", "member": "i32", "s_b": "i32",
+        "out": "*bf16", "destinations": "*i64", "spans": "*i32", "local_heads": "i32", "member": "i32", "s_b": "i32",
         "s_h": "i32", "s_l": "i32", "d_b": "i32", "d_l": "i32", "d_h": "i32", "DIM": "constexpr", "BLOCK": "constexpr"},
         constexprs={"DIM": 128, "BLOCK": 64}), target=target)
 

@@ -40,16 +40,12 @@ class AttentionLayout:
         self.ring_member = mesh.ring_ranks.index(mesh.rank)
 
 
-def sequence_parallel_attention(q, k, v, mesh, layout, local_attention, head_chunks=1):
+def sequence_parallel_attention(q, k, v, mesh, layout, local_attention):
     """``layout`` is the call's AttentionLayout. ``local_attention(q, k, v)`` is the single-device kernel for the
-    Ulysses-only case, so that it stays exactly the kernel ComfyUI would use. ``head_chunks``: with the symmetric
-    exchange and no ring, the heads cross the link in this many parts pipelined against the attention (the same on
-    every rank of the call)."""
+    Ulysses-only case, so that it stays exactly the kernel ComfyUI would use."""
     batch, heads, length, dim = q.shape
     # The symmetric exchange's kernels take a power-of-two head size (every FLUX variant: 128); others use NCCL.
     exchange = mesh.ulysses_exchange if mesh.ulysses_exchange is not None and dim & (dim - 1) == 0 else None
-    if exchange is not None and mesh.ring_degree == 1:
-        return exchange.attention(q, k, v, layout.u_lens, local_attention, head_chunks)
     if mesh.ulysses_degree > 1:
         if exchange is not None:
             qkv = exchange.scatter_heads(q, k, v, layout.u_lens)

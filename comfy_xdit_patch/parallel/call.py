@@ -18,9 +18,8 @@ class SequenceParallelCall:
     starts with generated-image tokens (FLUX's per-token modulation ranges rely on that), and only the generated part
     has to be gathered at the end."""
 
-    def __init__(self, mesh, token_weights=None, pacer=None, weight_shards=None, head_chunks=1):
+    def __init__(self, mesh, token_weights=None, pacer=None, weight_shards=None):
         self.mesh = mesh
-        self.head_chunks = head_chunks       # the symmetric exchange's pipelined head parts (same on every rank)
         self.token_weights = token_weights   # per sp_rank, for GPUs of different speed; None = even split
         self.pacer = pacer                   # rank 0: bounds how far its thread runs ahead (runtime/pacing.py)
         self.weight_shards = weight_shards   # ShardedBlocks when the blocks' weights are sharded

@@ -59,18 +59,17 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def scatter_qkv(q, k, v, destinations, length, local_heads, chunk_heads, first_head, start,
+    def scatter_qkv(q, k, v, destinations, length, local_heads, start,
                     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, d_w, d_b, d_h, d_l,
                     DIM: tl.constexpr, BLOCK: tl.constexpr):
         """For every member p (program_id(2) // 3) and each of q, k, v (program_id(2) % 3): this member's tokens
-        of p's heads ``first_head`` .. ``first_head + chunk_heads`` (of p's ``local_heads``), into p's receive
-        buffer (3, B, H / n, sum(seq_lens), D) from token ``start`` on. ``destinations``: every member's receive
-        buffer address; a peer's stores cross the link. q, k, v are (B, H, L, D) with any strides but a contiguous
-        last dimension."""
+        of p's heads, into p's receive buffer (3, B, H / n, sum(seq_lens), D) from token ``start`` on.
+        ``destinations``: every member's receive buffer address; a peer's stores cross the link. q, k, v are
+        (B, H, L, D) with any strides but a contiguous last dimension."""
         row = tl.program_id(1).to(tl.int64)
         target = tl.program_id(2).to(tl.int64)
         peer, which = target // 3, target % 3
-        b, h = row // chunk_heads, first_head + row % chunk_heads
+        b, h = row // local_heads, row % local_heads
         head = peer * local_heads + h
         tokens = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         cols = tl.arange(0, DIM)[None, :]
@@ -87,15 +86,14 @@ def _kernels():
         tl.store(base + which * d_w + b * d_b + h * d_h + (start + rows) * d_l + cols, values, mask=keep)
 
     @triton.jit
-    def gather_out(out, destinations, spans, local_heads, chunk_heads, first_head, member, s_b, s_h, s_l, d_b, d_l,
-                   d_h, DIM: tl.constexpr, BLOCK: tl.constexpr):
-        """For every member p (program_id(2)): ``out``'s heads (this member's heads ``first_head`` ..
-        ``first_head + chunk_heads``) of p's tokens (``spans[2p]``, ``spans[2p + 1]``: their start and count in the
-        gathered sequence), into p's output buffer (B, longest, H, D) at those heads. ``out`` is (B, chunk_heads,
-        sum(seq_lens), D) with a contiguous last dimension."""
+    def gather_out(out, destinations, spans, local_heads, member, s_b, s_h, s_l, d_b, d_l, d_h,
+                   DIM: tl.constexpr, BLOCK: tl.constexpr):
+        """For every member p (program_id(2)): this member's heads of p's tokens (``spans[2p]``, ``spans[2p + 1]``:
+        their start and count in the gathered sequence), into p's output buffer (B, longest, H, D) at this member's
+        heads. ``out`` is (B, H / n, sum(seq_lens), D) with a contiguous last dimension."""
         row = tl.program_id(1).to(tl.int64)
         peer = tl.program_id(2).to(tl.int64)
-        b, h = row // chunk_heads, row % chunk_heads
+        b, h = row // local_heads, row % local_heads
         start = tl.load(spans + 2 * peer).to(tl.int64)
         length = tl.load(spans + 2 * peer + 1)
         tokens = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -104,8 +102,7 @@ def _kernels():
         rows = tokens.to(tl.int64)[:, None]
         values = tl.load(out + b * s_b + h * s_h + (start + rows) * s_l + cols, mask=keep)
         base = tl.load(destinations + peer).to(tl.pointer_type(out.dtype.element_ty))
-        tl.store(base + b * d_b + rows * d_l + (member * local_heads + first_head + h) * d_h + cols, values,
-                 mask=keep)
+        tl.store(base + b * d_b + rows * d_l + (member * local_heads + h) * d_h + cols, values, mask=keep)
 
     @triton.jit
     def barrier(epoch, own_flags, peer_flags, abort_address, member, SIZE: tl.constexpr):
@@ -153,13 +150,12 @@ def _one_member_exchange(device):
     q, k, v = (torch.arange(256, dtype=torch.float32, device=device).reshape(1, 1, 16, 16) + 1000 * i
                for i in range(3))
     received = torch.full((3, 1, 1, 16, 16), -1.0, device=device)
-    destinations = torch.tensor([received.data_ptr()], dtype=torch.int64, device=device)
-    scatter[(1, 1, 3)](q, k, v, destinations, 16, 1, 1, 0, 0, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-                       *received.stride()[:4], DIM=16, BLOCK=16)
+    scatter[(1, 1, 3)](q, k, v, torch.tensor([received.data_ptr()], dtype=torch.int64, device=device), 16, 1, 0,
+                       *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *received.stride()[:4], DIM=16, BLOCK=16)
     out = received[0] * 2
     target = torch.full((1, 16, 1, 16), -1.0, device=device)
     gather[(1, 1, 1)](out, torch.tensor([target.data_ptr()], dtype=torch.int64, device=device),
-                      torch.tensor([0, 16], dtype=torch.int32, device=device), 1, 1, 0, 0, *out.stride()[:3],
+                      torch.tensor([0, 16], dtype=torch.int32, device=device), 1, 0, *out.stride()[:3],
                       *target.stride()[:3], DIM=16, BLOCK=16)
     epoch, flags = torch.zeros(1, dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
     abort_flag = torch.zeros(1, dtype=torch.int32, pin_memory=device.type == "cuda")
@@ -169,56 +165,6 @@ def _one_member_exchange(device):
     right = (torch.equal(received, torch.stack([q, k, v])) and torch.equal(target, out.transpose(1, 2))
              and epoch.item() == 1)
     return None if right else "a test exchange came out wrong"
-
-
-def _head_parts(local_heads, chunks):
-    """(first, count) of each of ``chunks`` parts of a member's heads, as even as they come (at most one per
-    head)."""
-    chunks = max(1, min(chunks, local_heads))
-    counts = [local_heads // chunks + (i < local_heads % chunks) for i in range(chunks)]
-    return [(sum(counts[:i]), count) for i, count in enumerate(counts)]
-
-
-class _Streams:
-    """The caller's (compute) stream and the exchange's own, for the pipelined attention. On a CPU device both are
-    the one thread: every call runs in program order."""
-
-    def __init__(self, compute, exchange):
-        self.compute, self.exchange = compute, exchange
-
-    @classmethod
-    def of(cls, exchange):
-        if exchange.device.type != "cuda":
-            return cls(None, None)
-        if exchange._stream is None:
-            # High priority: its few blocks go ahead of the attention's when both wait for a free SM.
-            exchange._stream = torch.cuda.Stream(exchange.device, priority=-1)
-        return cls(torch.cuda.current_stream(exchange.device), exchange._stream)
-
-    def fork(self):
-        if self.exchange is not None:
-            self.exchange.wait_stream(self.compute)   # q, k and v are ready
-
-    def join(self):
-        if self.exchange is not None:
-            self.compute.wait_stream(self.exchange)
-
-    def exchanging(self):
-        return torch.cuda.stream(self.exchange) if self.exchange is not None else contextlib.nullcontext()
-
-    def mark_exchange(self):
-        return self.exchange.record_event() if self.exchange is not None else None
-
-    def mark_compute(self):
-        return self.compute.record_event() if self.compute is not None else None
-
-    def wait_for_exchange(self, event):
-        if event is not None:
-            self.compute.wait_event(event)
-
-    def wait_for_compute(self, event):
-        if event is not None:
-            self.exchange.wait_event(event)
 
 
 def _block(dim):
@@ -262,7 +208,6 @@ class SymmetricUlysses:
         self._peer_flags = torch.tensor([self._flags.address(p, 4 * member) for p in range(self.size)],
                                         dtype=torch.int64, device=device)
         self._shapes = {}   # key -> _Shape
-        self._stream = None   # the pipelined attention's exchange stream, made on first use
         settle(device, group)   # every member's flags are zero before anyone raises one
 
     def _barrier(self):
@@ -296,8 +241,16 @@ class SymmetricUlysses:
         """q, k, v: (B, H, L_member, D). Returns (3, B, H / n, sum(seq_lens), D): this member's heads over the whole
         sequence, members' tokens in member order (as parallel/comm.py's all-to-all returns them). One kernel
         writes every member's part, this member's own included."""
-        shape, (q, k, v) = self._prepare(q, k, v, seq_lens)
-        self._scatter(q, k, v, shape, seq_lens, 0, q.shape[1] // self.size)
+        batch, heads, length, dim = q.shape
+        shape = self._buffers(batch, heads, dim, seq_lens, q.dtype)
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        local_heads, block = heads // self.size, _block(dim)
+        scatter, _, _ = _kernels()
+        grid = ((length + block - 1) // block, batch * local_heads, 3 * self.size)
+        scatter[grid](q, k, v, shape.received_at, length, local_heads, sum(seq_lens[:self.member]),
+                      *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *shape.received[0].stride()[:4],
+                      DIM=dim, BLOCK=block)
+        self._barrier()
         return shape.received[self.member]
 
     @torch.compiler.disable
@@ -306,75 +259,16 @@ class SymmetricUlysses:
         that the next call of the same shape overwrites: it is used by the block's projection right away."""
         batch, local_heads, _, dim = out.shape
         shape = self._buffers(batch, local_heads * self.size, dim, seq_lens, out.dtype)
-        self._gather(out, shape, seq_lens, local_heads, 0)
-        return self._result(shape, seq_lens, batch, local_heads * self.size * dim)
-
-    @torch.compiler.disable
-    def attention(self, q, k, v, seq_lens, local_attention, chunks):
-        """Ulysses attention with this member's heads in ``chunks`` parts, pipelined: while one part's attention
-        runs on the caller's stream, the next part's q, k, v and the previous part's output cross the link on a
-        stream of the exchange's own. Only the first part's scatter and the last part's gather are left exposed.
-        ``local_attention(q, k, v)`` returns (B, heads, L, D) for the heads it is given. Every member must pass the
-        same ``chunks`` (barriers are counted). One part (or a CPU device) is ``scatter_heads`` then
-        ``gather_heads``."""
-        batch, heads, _, dim = q.shape
-        local_heads = heads // self.size
-        parts = _head_parts(local_heads, chunks)
-        if len(parts) == 1:
-            qkv = self.scatter_heads(q, k, v, seq_lens)
-            return self.gather_heads(local_attention(qkv[0], qkv[1], qkv[2]), seq_lens)
-        shape, (q, k, v) = self._prepare(q, k, v, seq_lens)
-        streams = _Streams.of(self)
-        streams.fork()
-        scattered = []
-        with streams.exchanging():
-            for first, count in parts:
-                self._scatter(q, k, v, shape, seq_lens, first, count)
-                scattered.append(streams.mark_exchange())
-        received = shape.received[self.member]
-        outs = []   # alive until the exchange stream has read them (the join below)
-        for (first, count), ready in zip(parts, scattered):
-            streams.wait_for_exchange(ready)
-            part = received[:, :, first:first + count]
-            outs.append(local_attention(part[0], part[1], part[2]))
-            done = streams.mark_compute()
-            with streams.exchanging():
-                streams.wait_for_compute(done)
-                self._gather(outs[-1], shape, seq_lens, local_heads, first)
-        streams.join()
-        return self._result(shape, seq_lens, batch, heads * dim)
-
-    def _prepare(self, q, k, v, seq_lens):
-        batch, heads, _, dim = q.shape
-        shape = self._buffers(batch, heads, dim, seq_lens, q.dtype)
-        return shape, tuple(t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-
-    def _scatter(self, q, k, v, shape, seq_lens, first, count):
-        """Heads ``first`` .. ``first + count`` of every member's share, then the barrier."""
-        batch, heads, length, dim = q.shape
-        block = _block(dim)
-        scatter, _, _ = _kernels()
-        grid = ((length + block - 1) // block, batch * count, 3 * self.size)
-        scatter[grid](q, k, v, shape.received_at, length, heads // self.size, count, first,
-                      sum(seq_lens[:self.member]), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-                      *shape.received[0].stride()[:4], DIM=dim, BLOCK=block)
-        self._barrier()
-
-    def _gather(self, out, shape, seq_lens, local_heads, first):
-        """``out`` holds this member's heads ``first`` .. ``first + out.shape[1]``; then the barrier."""
         if out.stride(-1) != 1:
             out = out.contiguous()
-        batch, count, _, dim = out.shape
         block = _block(dim)
         _, gather, _ = _kernels()
-        grid = ((max(seq_lens) + block - 1) // block, batch * count, self.size)
-        gather[grid](out, shape.outputs_at, shape.spans, local_heads, count, first, self.member, *out.stride()[:3],
+        grid = ((max(seq_lens) + block - 1) // block, batch * local_heads, self.size)
+        gather[grid](out, shape.outputs_at, shape.spans, local_heads, self.member, *out.stride()[:3],
                      *shape.outputs[0].stride()[:3], DIM=dim, BLOCK=block)
         self._barrier()
-
-    def _result(self, shape, seq_lens, batch, width):
         length = seq_lens[self.member]
-        return shape.outputs[self.member][:, :length].reshape(batch, length, width)
+        return shape.outputs[self.member][:, :length].reshape(batch, length, local_heads * self.size * dim)
 
     def abort(self):
         """After a failure: every barrier of this process spinning now or later returns at once (their results are

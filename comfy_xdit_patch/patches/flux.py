@@ -120,9 +120,7 @@ def parallel_attention(func, q, k, v, heads, *args, **kwargs):
     def local_attention(q, k, v):
         return func(q, k, v, q.shape[1], skip_output_reshape=True, **kwargs)
 
-    # A mask may differ per head: the pipelined exchange's head parts would have to slice it, so it runs in one part.
-    chunks = call.head_chunks if mask is None else 1
-    out = sequence_parallel_attention(q, k, v, call.mesh, call.attention_layout, local_attention, chunks)
+    out = sequence_parallel_attention(q, k, v, call.mesh, call.attention_layout, local_attention)
     call.collective_issued()
     if skip_output_reshape:
         batch, length, _ = out.shape

@@ -67,7 +67,7 @@ def main():
         from comfy_xdit_patch.runtime.speed import measure_speed
         link.send(("ready", measure_speed(device, rank)))
         with torch.inference_mode():
-            serve(link, mesh, device, plan.shard_weights, plan.shard_gathers, plan.exchange_chunks)
+            serve(link, mesh, device, plan.shard_weights, plan.shard_gathers)
     except control.ChannelClosed:
         pass
     except BaseException:
@@ -81,7 +81,7 @@ def main():
     os._exit(0)
 
 
-def serve(link, mesh, device, shard_weights=False, shard_gathers="pull", exchange_chunks=1):
+def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     import collections
     import torch
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
@@ -89,7 +89,8 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull", exchang
     from comfy_xdit_patch.patches import flux
     from comfy_xdit_patch.runtime import gguf_weights, transport, weights
     from comfy_xdit_patch.parallel.weight_shards import ShardedBlocks, is_block_weight
-    from comfy_xdit_patch.runtime.step_graphs import StepGraphs, head_chunks
+    from comfy_xdit_patch.runtime.step_graphs import StepGraphs
+    from comfy_xdit_patch.profiling import HelperProfile
 
     diffusion_model = loaded_spec = shards = replacements = None
     compiled = None     # (settings, torch.compile of diffusion_model) while rank 0 runs TorchCompileModel
@@ -100,6 +101,7 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull", exchang
     group_ms = collections.deque(maxlen=200)   # this rank's group, its own rows only (placement strategies)
     # Test hook (tests/test_faults.py): stall inside the Nth call's first collective, as a stuck peer would.
     stall_at = int(os.environ.get("COMFY_XDIT_TEST_STALL_AT_FORWARD", "0"))
+    profiled = HelperProfile(os.environ.get("COMFY_XDIT_PROFILE_HELPER"))
     while True:
         message = link.recv()
         op = message[0]
@@ -148,19 +150,20 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull", exchang
             def forward(inputs):
                 def shard(call_args, token_weights):
                     call_args = dict(call_args)
-                    call = SequenceParallelCall(mesh, token_weights, weight_shards=shards,
-                                                head_chunks=head_chunks(exchange_chunks, mode))
+                    call = SequenceParallelCall(mesh, token_weights, weight_shards=shards)
                     options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call,
                                                               replacements)
                     return model(**call_args, transformer_options=options)
                 return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, mesh, device,
                                   group_ms if timed else None)
 
+            profiled.before(forwards, device, log)
             started = time.perf_counter()
             graphs.run(key, mode, forward, tensors)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)   # nothing else to do until the next call: time the step truly
             step_ms.append((time.perf_counter() - started) * 1e3)
+            profiled.after(forwards, mesh.rank, log)
         elif op == "stats":
             link.send(dict(_device_stats(device), step_ms=list(step_ms), group_ms=list(group_ms),
                            weight_bytes=_weight_bytes(diffusion_model, shards),

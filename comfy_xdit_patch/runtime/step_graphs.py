@@ -23,13 +23,6 @@ log = logging.getLogger(__name__)
 EAGER, CAPTURE, REPLAY = "eager", "capture", "replay"
 
 
-def head_chunks(exchange_chunks, mode):
-    """The symmetric exchange's head parts for a step run in ``mode`` (rank 0 chooses it and tells the helpers, so it
-    is the same on every rank, also where a capture failed and the rank ran eagerly): pipelining pays where the
-    launches are free, in a graph; an eager step keeps one part."""
-    return exchange_chunks if mode != EAGER else 1
-
-
 def enabled():
     return os.environ.get("COMFY_XDIT_CUDA_GRAPHS", "1") == "1"
 

@@ -1,0 +1,77 @@
+"""Where a step's GPU time goes, from a torch.profiler trace of CUDA activity: the bench's ``--gpu-busy`` on rank 0,
+and a helper's own figures with ``COMFY_XDIT_PROFILE_HELPER`` (runtime/helper.py)."""
+import statistics
+
+# Kernel families of a FLUX step, by name (first match wins).
+_FAMILIES = (("exchange", ("scatter_qkv", "gather_out")), ("barrier", ("barrier",)),
+             ("attention", ("flash", "fmha", "attention", "sdpa")), ("nccl", ("nccl",)),
+             ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas")), ("copy", ("memcpy", "memset")))
+
+
+def kernel_family(name):
+    name = name.lower()
+    return next((family for family, marks in _FAMILIES if any(mark in name for mark in marks)), "other")
+
+
+def kernel_time(prof, steps):
+    """(busy ms, span ms, {family: ms}) per step: the time any kernel ran (their union) against the trace's span, and
+    each family's summed kernel time (kernels on two streams both count). Busy well under the span means the GPU
+    waited for the host. Barrier time is the wait for the peers and their transfers: the longest barrier of each
+    step (where one rank started late) is reported apart from the median of the others."""
+    from torch.autograd import DeviceType
+    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start]
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events)
+    busy, reach = 0.0, float("-inf")   # the union of the kernels' intervals, in start order
+    for start, end in spans:
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    span = spans[-1][1] - spans[0][0] if spans else 0.0
+    families, barriers = {}, []
+    for e in events:
+        family = kernel_family(e.name)
+        duration = (e.time_range.end - e.time_range.start) / 1e3
+        families[family] = families.get(family, 0.0) + duration / steps
+        if family == "barrier":
+            barriers.append(duration)
+    if barriers:
+        barriers.sort(reverse=True)
+        families["barrier: longest a step"] = sum(barriers[:steps]) / steps
+        families["barrier: median µs"] = statistics.median(barriers[steps:] or barriers) * 1e3
+    return busy / 1e3 / steps, span / 1e3 / steps, families
+
+
+def describe(busy_ms, span_ms, families):
+    return (f"kernels ran {busy_ms:.1f} ms of each {span_ms:.1f} ms step ({100 * busy_ms / span_ms:.0f}% busy); by "
+            "family, ms a step: " + ", ".join(f"{f} {ms:.2f}" for f, ms in sorted(families.items(), key=lambda i: -i[1])))
+
+
+class HelperProfile:
+    """``COMFY_XDIT_PROFILE_HELPER=first,count``: a helper profiles its model calls ``first`` .. ``first + count - 1``
+    (counted from 1) and logs where their GPU time went, to set beside rank 0's ``bench --gpu-busy``. Off by
+    default; GPUs only. A profiler problem is logged, never raised: the helper's step matters more."""
+
+    def __init__(self, setting):
+        self.first, self.count = (int(x) for x in setting.split(",")) if setting else (0, 0)
+        self.profiler = None
+
+    def before(self, call, device, log):
+        if self.count and call == self.first and device.type == "cuda":
+            try:
+                from torch.profiler import ProfilerActivity, profile
+                self.profiler = profile(activities=[ProfilerActivity.CUDA])
+                self.profiler.__enter__()
+            except Exception:
+                log.warning("could not start the helper's profiler", exc_info=True)
+                self.profiler = None
+
+    def after(self, call, rank, log):
+        """After the call's work is synchronised."""
+        if self.profiler is not None and call == self.first + self.count - 1:
+            try:
+                self.profiler.__exit__(None, None, None)
+                log.info("helper rank %d's GPU over calls %d-%d: %s", rank, self.first, call,
+                         describe(*kernel_time(self.profiler, self.count)))
+            except Exception:
+                log.warning("could not read the helper's profile", exc_info=True)
+            self.profiler = None
