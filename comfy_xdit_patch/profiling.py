@@ -42,8 +42,11 @@ def kernel_time(prof, steps):
 
 
 def describe(busy_ms, span_ms, families):
+    if not span_ms:
+        return "no kernel was traced"
+    by_time = sorted(families.items(), key=lambda item: -item[1])
     return (f"kernels ran {busy_ms:.1f} ms of each {span_ms:.1f} ms step ({100 * busy_ms / span_ms:.0f}% busy); by "
-            "family, ms a step: " + ", ".join(f"{f} {ms:.2f}" for f, ms in sorted(families.items(), key=lambda i: -i[1])))
+            "family, ms a step: " + ", ".join(f"{family} {ms:.2f}" for family, ms in by_time))
 
 
 class HelperProfile:
@@ -51,9 +54,14 @@ class HelperProfile:
     (counted from 1) and logs where their GPU time went, to set beside rank 0's ``bench --gpu-busy``. Off by
     default; GPUs only. A profiler problem is logged, never raised: the helper's step matters more."""
 
-    def __init__(self, setting):
-        self.first, self.count = (int(x) for x in setting.split(",")) if setting else (0, 0)
+    def __init__(self, setting, log):
+        self.first = self.count = 0
         self.profiler = None
+        if setting:
+            try:
+                self.first, self.count = (int(x) for x in setting.split(","))
+            except ValueError:
+                log.warning("COMFY_XDIT_PROFILE_HELPER=%r is not 'first,count' (e.g. 5,4): no profile", setting)
 
     def before(self, call, device, log):
         if self.count and call == self.first and device.type == "cuda":

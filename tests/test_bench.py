@@ -35,7 +35,8 @@ def test_kernel_time_reports_busy_time_families_and_the_late_start_barrier():
 
     events = [kernel("nvjet_tst_128x256_h_bz_coopA", 0, 600), kernel("pytorch_flash::flash_fwd_kernel", 500, 900),
               kernel("barrier", 900, 2900), kernel("scatter_qkv", 2900, 3000), kernel("barrier", 3000, 3010),
-              kernel("gather_out", 3010, 3050), kernel("barrier", 3050, 3070), kernel("triton_poi_fused_add", 3070, 3100),
+              kernel("gather_out", 3010, 3050), kernel("barrier", 3050, 3070),
+              kernel("triton_poi_fused_add", 3070, 3100),
               kernel("Memcpy DtoD (Device -> Device)", 9000, 9100), kernel("barrier", 9100, 10100),
               kernel("barrier", 10100, 10130), SimpleNamespace(name="cpu op", device_type=DeviceType.CPU,
                                                               time_range=SimpleNamespace(start=0, end=99999))]
@@ -44,3 +45,13 @@ def test_kernel_time_reports_busy_time_families_and_the_late_start_barrier():
     assert kernel_family("ncclDevKernel_AllGather_RING_LL") == "nccl" and families["gemm"] == 0.3
     assert families["attention"] == 0.2 and families["exchange"] == 0.07 and families["copy"] == 0.05
     assert families["barrier: longest a step"] == (2.0 + 1.0) / 2 and families["barrier: median µs"] == 20.0
+
+
+def test_a_helper_profile_setting_it_cannot_read_is_named_not_raised(caplog):
+    import logging
+    from comfy_xdit_patch.profiling import HelperProfile, describe
+    log = logging.getLogger("comfy_xdit_patch.test")
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch.test"):
+        profile = HelperProfile("5", log)
+    assert profile.count == 0 and "is not 'first,count'" in caplog.text
+    assert HelperProfile("5,4", log).first == 5 and describe(0.0, 0.0, {}) == "no kernel was traced"

@@ -420,7 +420,7 @@ class HelperGroup:
         self.helper_stats()
         self.scheduler.learn(self.helper_report)
 
-    @torch.compiler.disable   # host work only; see multigpu.MultiGPU.diffusion_model_wrapper
+    @torch.compiler.disable   # host work only; see multigpu.MultiGPURun.diffusion_model_wrapper
     def dispatch_forward(self, call_args, allow_graph, compile_kwargs=None):
         """Send one model call (a dict of its arguments) to every helper; they start computing at once.
         ``compile_kwargs``: torch.compile settings the helpers apply to their model (None: eager).

@@ -101,7 +101,7 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     group_ms = collections.deque(maxlen=200)   # this rank's group, its own rows only (placement strategies)
     # Test hook (tests/test_faults.py): stall inside the Nth call's first collective, as a stuck peer would.
     stall_at = int(os.environ.get("COMFY_XDIT_TEST_STALL_AT_FORWARD", "0"))
-    profiled = HelperProfile(os.environ.get("COMFY_XDIT_PROFILE_HELPER"))
+    profiled = HelperProfile(os.environ.get("COMFY_XDIT_PROFILE_HELPER"), log)
     while True:
         message = link.recv()
         op = message[0]
