@@ -25,6 +25,7 @@ from .parallel.placement import run_placed
 from .patches import flux
 from .runtime import group as helpers
 from .runtime import step_graphs, transport
+from .runtime.resident_weights import ResidentWeights
 from . import monitor
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class MultiGPURun:
         self.reasons_logged = set()
         self.blocked = None   # why this sampling run cannot be parallel at all, decided in on_pre_run
         self.graphs_allowed = False
+        self.resident_weights = None   # dynamic VRAM: what a graph's capture and replays check (resident_weights.py)
         self.compile_kwargs = None   # TorchCompileModel's settings on rank 0: the helpers compile the same way
 
     def _one_gpu(self, reason):
@@ -70,8 +72,10 @@ class MultiGPURun:
             group.sync_model(model_patcher)
             if group.block_shards is not None:
                 _offload_blocks(model_patcher, group.block_shards)
-            self.graphs_allowed = _graph_safe(model_patcher, group)
-            group.new_sampling_run(_weight_addresses(model_patcher) if self.graphs_allowed else None)
+            self.graphs_allowed, self.resident_weights = _graph_safe(model_patcher, group)
+            # Dynamic VRAM: graphs are captured anew every prompt (a LoRA change rewrites weights in place).
+            keep_graphs = self.graphs_allowed and self.resident_weights is None
+            group.new_sampling_run(_weight_addresses(model_patcher) if keep_graphs else None)
             self.compile_kwargs = _torch_compile_settings(model_patcher)
         except NotImplementedError as e:
             self.blocked = str(e)       # every call of this run goes to one GPU, with this one reason logged
@@ -116,41 +120,54 @@ class MultiGPURun:
         comfy.model_management.throw_exception_if_processing_interrupted()
         call_args = dict(arguments, transformer_options=flux.helper_transformer_options(transformer_options))
         try:
-            skeleton, tensors, key, mode, placement = group.dispatch_forward(call_args, self.graphs_allowed,
-                                                                             self.compile_kwargs)
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
-            self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
-            return one_gpu()
-        except helpers.HelperFailure as e:
-            return self._recover(e, one_gpu)
+            try:
+                skeleton, tensors, key, mode, placement = group.dispatch_forward(
+                    call_args, self.graphs_allowed, self.compile_kwargs, self._graph_ready)
+            except (pickle.PicklingError, TypeError, AttributeError) as e:
+                self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
+                return one_gpu()
+            except helpers.HelperFailure as e:
+                return self._recover(e, one_gpu)
 
-        def shard(args, token_weights):
-            options = dict(transformer_options)
-            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer,
-                                                                    group.block_shards)
-            return executor(**dict(args, transformer_options=options))
+            def shard(args, token_weights):
+                options = dict(transformer_options)
+                options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer,
+                                                                        group.block_shards)
+                return executor(**dict(args, transformer_options=options))
 
-        def forward(inputs):
-            return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, group.mesh, group.device,
-                              group.scheduler.group_ms if group.times_groups else None)
+            def forward(inputs):
+                return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, group.mesh,
+                                  group.device, group.scheduler.group_ms if group.times_groups else None)
 
-        started = time.perf_counter()
-        try:
-            if mode == step_graphs.EAGER:
-                out = forward(tensors)
-            else:
-                # The graph's output buffer is overwritten by the next replay: the sampler gets a copy.
-                out = group.graphs.run(key, mode, forward, [t.to(group.device) for t in tensors]).clone()
-            group.wait_step()
-            group.step_ms.append((time.perf_counter() - started) * 1e3)
-            return out
-        except comfy.model_management.InterruptProcessingException:
-            # ComfyUI checks Cancel inside every layer: rank 0 left this step midway while the helpers wait in
-            # its collectives. They cannot be brought back in step, so they end; the next prompt starts new ones.
-            helpers.shutdown_group("cancelled in the middle of a step", graceful=False)
-            raise
-        except Exception as e:
-            return self._recover(e, one_gpu)
+            started = time.perf_counter()
+            try:
+                if mode == step_graphs.EAGER:
+                    out = forward(tensors)
+                else:
+                    # The graph's output buffer is overwritten by the next replay: the sampler gets a copy.
+                    out = group.graphs.run(key, mode, forward, [t.to(group.device) for t in tensors]).clone()
+                group.wait_step()
+                group.step_ms.append((time.perf_counter() - started) * 1e3)
+                return out
+            except comfy.model_management.InterruptProcessingException:
+                # ComfyUI checks Cancel inside every layer: rank 0 left this step midway while the helpers wait in
+                # its collectives. They cannot be brought back in step, so they end; the next prompt starts new ones.
+                helpers.shutdown_group("cancelled in the middle of a step", graceful=False)
+                raise
+            except Exception as e:
+                return self._recover(e, one_gpu)
+        finally:
+            if self.resident_weights is not None:
+                self.resident_weights.unpin()   # pinned for a capture or replay (_graph_ready)
+
+    def _graph_ready(self, mode):
+        """Dynamic VRAM: the weights' pages are where a capture (CAPTURE) or the captured graphs (REPLAY) need them.
+        Classic loading: always (its weights stay put while the graphs are kept)."""
+        if self.resident_weights is None:
+            return True
+        if mode == step_graphs.CAPTURE:
+            return self.resident_weights.pin_for_capture()
+        return self.resident_weights.pin_for_replay()
 
     def _recover(self, error, one_gpu):
         log.error("Enable Multi-GPU: the parallel step failed (%s: %s); stopping the helpers and finishing this "
@@ -190,12 +207,18 @@ def _weight_addresses(model_patcher):
 
 
 def _graph_safe(model_patcher, group):
-    """CUDA graphs bake in the weights' addresses: only for a classic ModelPatcher whose weights are all resident on
-    rank 0's GPU. Dynamic VRAM and lowvram loading move weights during a step, so those run eagerly."""
-    if group.device.type != "cuda" or not step_graphs.enabled() or model_patcher.is_dynamic():
-        return False
-    return model_patcher.model.model_lowvram is False and \
-        model_patcher.loaded_size() >= model_patcher.model_size()
+    """Whether the parallel step may be replayed as a CUDA graph, which bakes in the weights' addresses, and for
+    ComfyUI's dynamic VRAM the weights' range that every capture and replay checks (runtime/resident_weights.py),
+    else None. Graphs for a classic ModelPatcher whose weights are all resident on rank 0's GPU, and for a dynamic
+    one whose weights live in one vbar (replicated weights: sharded blocks under dynamic VRAM run eagerly, not yet
+    measured graphed); lowvram loading moves weights during a step, so it runs eagerly."""
+    if group.device.type != "cuda" or not step_graphs.enabled():
+        return False, None
+    if model_patcher.is_dynamic():
+        resident = ResidentWeights.of(model_patcher.model.diffusion_model) if group.block_shards is None else None
+        return resident is not None, resident
+    return (model_patcher.model.model_lowvram is False and
+            model_patcher.loaded_size() >= model_patcher.model_size()), None
 
 
 def _visible_cuda():

@@ -142,3 +142,91 @@ def test_graphs_that_cannot_be_destroyed_leave_the_group_and_later_prompts_run_o
         assert not released
     finally:
         never.set()
+
+
+def test_a_refused_replay_drops_every_ranks_graphs_and_a_refused_capture_waits(monkeypatch):
+    """Dynamic VRAM: rank 0 asks before each capture and replay whether its weights are where the graph needs them
+    (``graph_ready``). A refused capture runs eagerly and is tried again next call; a refused replay (a weight page
+    was evicted since the capture) runs eagerly and starts a new generation, so every rank captures anew."""
+    import types
+    import torch
+    group = helpers.HelperGroup(ParallelPlan("cpu", (None, None), 2, 1))
+    sent = []
+    monkeypatch.setattr(group, "_broadcast_message", sent.append)
+    monkeypatch.setattr(helpers.transport, "send_tensors", lambda tensors, device: None)
+    group.scheduler = types.SimpleNamespace(placement=lambda batch: None)   # one sequence-parallel group
+    group.new_sampling_run(None)
+    answers = {CAPTURE: [False, True, True], REPLAY: [True, False]}
+    asked = []
+
+    def graph_ready(mode):
+        asked.append(mode)
+        return answers[mode].pop(0)
+
+    def call():
+        _, _, key, mode, _ = group.dispatch_forward({"x": torch.zeros(1, 2)}, True, None, graph_ready)
+        if mode == CAPTURE:
+            group.graphs.entries[key] = object()   # what a successful capture leaves behind
+        return mode, sent[-1][3][0]                # the mode and the generation the helpers were sent
+
+    generation = group.generation
+    assert [call() for _ in range(5)] == [(EAGER, generation), (EAGER, generation), (CAPTURE, generation),
+                                          (REPLAY, generation), (EAGER, generation + 1)]
+    assert asked == [CAPTURE, CAPTURE, REPLAY, REPLAY] and not group.graphs.entries
+    assert call() == (CAPTURE, generation + 1)   # the refused replay's eager call was the new graph's warm-up
+
+
+class _FakeVbar:
+    """comfy-aimdo's ModelVBAR as ResidentWeights uses it: pages of 32 MB, each with a signature that changes when
+    the page is evicted and faulted back; fault pins, unpin unpins."""
+    PAGE = 32 << 20
+
+    def __init__(self):
+        self.generation = {}
+        self.pins = 0
+
+    def evict(self, address):
+        page = address // self.PAGE
+        self.generation[page] = self.generation.get(page, 0) + 1
+
+    def fault(self, address, size):
+        self.pins += 1
+        return [self.generation.get(page, 0) for page in range(address // self.PAGE,
+                                                               (address + size - 1) // self.PAGE + 1)]
+
+    def unpin(self, address, size):
+        self.pins -= 1
+
+
+def test_resident_weights_pin_for_capture_and_replay_only_while_no_page_moved(monkeypatch):
+    import sys
+    import types
+    import torch
+    from comfy_xdit_patch.runtime.resident_weights import ResidentWeights
+    vbar = _FakeVbar()
+    model_vbar = types.SimpleNamespace(vbar_fault=lambda alloc: alloc[0].fault(alloc[1], alloc[2]),
+                                       vbar_unpin=lambda alloc: alloc[0].unpin(alloc[1], alloc[2]),
+                                       vbar_signature_compare=lambda a, b: a is not None and b is not None and a == b)
+    monkeypatch.setitem(sys.modules, "comfy_aimdo", types.SimpleNamespace(model_vbar=model_vbar))
+    monkeypatch.setitem(sys.modules, "comfy_aimdo.model_vbar", model_vbar)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.ReLU())
+    assert ResidentWeights.of(model) is None                       # classic loading: no vbar weights
+    page = _FakeVbar.PAGE
+    model[0]._v, model[1]._v = (vbar, 0, page), (vbar, page + 512, page)
+    resident = ResidentWeights.of(model)
+    assert (resident.start, resident.size) == (0, 2 * page + 512) and len(resident.modules) == 2
+    assert not resident.pin_for_capture() and vbar.pins == 0      # ComfyUI never copied them in yet
+    for module in (model[0], model[1]):                            # what ComfyUI's cast path leaves behind
+        module._v_signature = vbar.fault(*module._v[1:])
+        vbar.unpin(0, 0)
+    assert resident.pin_for_capture() and vbar.pins == 1
+    resident.unpin()
+    assert vbar.pins == 0 and resident.pin_for_replay() and vbar.pins == 1
+    resident.unpin()
+    resident.unpin()                                               # once: a second unpin does nothing
+    assert vbar.pins == 0
+    vbar.evict(page + 1024)                                        # the second weight's page went and came back
+    assert not resident.pin_for_replay() and vbar.pins == 0
+    other = _FakeVbar()
+    model[1]._v = (other, 0, page)
+    assert ResidentWeights.of(model) is None                       # two ranges: eager

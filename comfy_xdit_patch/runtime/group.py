@@ -27,7 +27,7 @@ from . import channel as control
 from . import gguf_weights, transport, versions, weights
 from .pacing import LaunchPacer
 from .speed import measure_speed
-from .step_graphs import EAGER, StepGraphs
+from .step_graphs import EAGER, REPLAY, StepGraphs
 
 log = logging.getLogger(__name__)
 
@@ -404,10 +404,14 @@ class HelperGroup:
         weights_state = None if weight_addresses is None else (self.model_fingerprint, self.weight_syncs,
                                                                weight_addresses)
         if weights_state is None or weights_state != self._graph_weights_state:
-            self.generation += 1
-            self.graphs.reset(self.generation)
-            self.graph_keys.clear()
+            self._drop_graphs()
         self._graph_weights_state = weights_state
+
+    def _drop_graphs(self):
+        """Every rank's step graphs go: rank 0's now, the helpers' with the next call (a new generation)."""
+        self.generation += 1
+        self.graphs.reset(self.generation)
+        self.graph_keys.clear()
 
     @property
     def times_groups(self):
@@ -421,9 +425,11 @@ class HelperGroup:
         self.scheduler.learn(self.helper_report)
 
     @torch.compiler.disable   # host work only; see multigpu.MultiGPURun.diffusion_model_wrapper
-    def dispatch_forward(self, call_args, allow_graph, compile_kwargs=None):
+    def dispatch_forward(self, call_args, allow_graph, compile_kwargs=None, graph_ready=None):
         """Send one model call (a dict of its arguments) to every helper; they start computing at once.
         ``compile_kwargs``: torch.compile settings the helpers apply to their model (None: eager).
+        ``graph_ready(mode)``: whether rank 0's weights allow capturing (CAPTURE) or replaying (REPLAY) now; when it
+        says no, the call runs eagerly, and a refused replay drops every rank's graphs to be captured anew.
         Returns ``(skeleton, tensors, key, mode, placement)`` for rank 0's own share of the call."""
         tensors = []
         skeleton = transport.extract_tensors(call_args, tensors)
@@ -434,6 +440,12 @@ class HelperGroup:
             structure = pickle.dumps((graph_structure(skeleton), tensor_layout), protocol=pickle.HIGHEST_PROTOCOL)
             key = self.graph_keys.setdefault(structure, len(self.graph_keys))
             mode = self.graphs.choose(key)
+            if mode != EAGER and graph_ready is not None and not graph_ready(mode):
+                if mode == REPLAY:   # the weights moved under the graphs: every rank captures anew
+                    self._drop_graphs()
+                    key = self.graph_keys.setdefault(structure, len(self.graph_keys))
+                    self.graphs.choose(key)   # this eager call is the new graph's warm-up
+                mode = EAGER
         # Pickling errors surface here, before any helper sees anything.
         self._broadcast_message(("forward", skeleton, tensor_layout, (self.generation, key), mode, placement,
                                  self.times_groups, compile_kwargs))
