@@ -320,13 +320,16 @@ def main(argv=None):
     parser.add_argument("--parallelism", default="auto")
     parser.add_argument("--shard-weights", action="store_true",
                         help="the node's shard_weights (COMFY_XDIT_SHARD_GATHERS picks how blocks are gathered)")
+    parser.add_argument("--dynamic-vram", action="store_true", help="ComfyUI's dynamic VRAM for the model (always on "
+                        "for the 'dynamic' scenario); GPU only")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
     cpu = args.cpu or not torch.cuda.is_available()
-    setup_comfy(cpu, dynamic_vram=args.scenario == "dynamic")
-    if args.scenario == "dynamic":
+    dynamic_vram = args.scenario == "dynamic" or args.dynamic_vram
+    setup_comfy(cpu, dynamic_vram=dynamic_vram)
+    if dynamic_vram:
         logging.info("dynamic VRAM: %s", "on" if enable_dynamic_vram() else "not available (classic ModelPatcher)")
     import comfy.model_management
     from .runtime import group as helpers
@@ -339,7 +342,7 @@ def main(argv=None):
     tokens = 77 if cpu else 512
     # formats and devices load their own models: no FLUX.1-dev-size model beside them
     model = None if args.scenario in ("formats", "devices") else load_random_flux(
-        size, dtype, device, from_host=args.scenario == "dynamic")
+        size, dtype, device, from_host=dynamic_vram)
     try:
         rows = SCENARIOS[args.scenario](args, model, device, size, dtype, res, tokens)
     finally:
