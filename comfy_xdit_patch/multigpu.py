@@ -22,6 +22,7 @@ from .config import check_exchange_kernels, check_helper_memory, check_peer_acce
 from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
 from .parallel import symmetric
 from .parallel.placement import run_placed
+from .parallel.weight_shards import blocks
 from .patches import flux
 from .runtime import group as helpers
 from .runtime import step_graphs, transport
@@ -210,12 +211,15 @@ def _graph_safe(model_patcher, group):
     """Whether the parallel step may be replayed as a CUDA graph, which bakes in the weights' addresses, and for
     ComfyUI's dynamic VRAM the weights' range that every capture and replay checks (runtime/resident_weights.py),
     else None. Graphs for a classic ModelPatcher whose weights are all resident on rank 0's GPU, and for a dynamic
-    one whose weights live in one vbar (replicated weights: sharded blocks under dynamic VRAM run eagerly, not yet
-    measured graphed); lowvram loading moves weights during a step, so it runs eagerly."""
+    one whose weights live in one vbar (sharded blocks left out: the step reads their weights from our gather
+    buffers). Lowvram loading moves weights during a step, and classic loading with sharded weights has moved
+    ComfyUI's copy off the GPU, so those run eagerly."""
     if group.device.type != "cuda" or not step_graphs.enabled():
         return False, None
     if model_patcher.is_dynamic():
-        resident = ResidentWeights.of(model_patcher.model.diffusion_model) if group.block_shards is None else None
+        diffusion_model = model_patcher.model.diffusion_model
+        sharded = [block for _, block in blocks(diffusion_model)] if group.block_shards is not None else ()
+        resident = ResidentWeights.of(diffusion_model, excluded=sharded)
         return resident is not None, resident
     return (model_patcher.model.model_lowvram is False and
             model_patcher.loaded_size() >= model_patcher.model_size()), None

@@ -227,6 +227,8 @@ def test_resident_weights_pin_for_capture_and_replay_only_while_no_page_moved(mo
     assert vbar.pins == 0
     vbar.evict(page + 1024)                                        # the second weight's page went and came back
     assert not resident.pin_for_replay() and vbar.pins == 0
+    only_first = ResidentWeights.of(model, excluded=[model[1]])   # sharded blocks: gathered, not read from the vbar
+    assert only_first.modules == [model[0]] and only_first.size == page
     other = _FakeVbar()
     model[1]._v = (other, 0, page)
     assert ResidentWeights.of(model) is None                       # two ranges: eager

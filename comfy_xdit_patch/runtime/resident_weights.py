@@ -23,9 +23,12 @@ class ResidentWeights:
         self.pinned = False
 
     @classmethod
-    def of(cls, diffusion_model):
-        """None for a model without vbar weights (classic loading), or whose weights span several vbars."""
-        modules = [m for m in diffusion_model.modules() if getattr(m, "_v", None) is not None]
+    def of(cls, diffusion_model, excluded=()):
+        """None for a model without vbar weights (classic loading), or whose weights span several vbars.
+        ``excluded``: submodules whose weights the step does not read from the vbar (sharded blocks: their weights
+        are gathered into buffers of our own)."""
+        skip = {id(m) for part in excluded for m in part.modules()}
+        modules = [m for m in diffusion_model.modules() if getattr(m, "_v", None) is not None and id(m) not in skip]
         if not modules:
             return None
         vbars = {id(m._v[0]) for m in modules}
