@@ -166,9 +166,14 @@ class MultiGPURun:
         Classic loading: always (its weights stay put while the graphs are kept)."""
         if self.resident_weights is None:
             return True
-        if mode == step_graphs.CAPTURE:
-            return self.resident_weights.pin_for_capture()
-        return self.resident_weights.pin_for_replay()
+        try:
+            if mode == step_graphs.CAPTURE:
+                return self.resident_weights.pin_for_capture()
+            return self.resident_weights.pin_for_replay()
+        except Exception as e:   # comfy-aimdo refused the fault: this step runs eagerly, as ComfyUI's own would
+            log.warning("Enable Multi-GPU: could not check where the weights are (%s: %s); this step runs eagerly",
+                        type(e).__name__, e)
+            return False
 
     def _recover(self, error, one_gpu):
         log.error("Enable Multi-GPU: the parallel step failed (%s: %s); stopping the helpers and finishing this "

@@ -232,3 +232,21 @@ def test_resident_weights_pin_for_capture_and_replay_only_while_no_page_moved(mo
     other = _FakeVbar()
     model[1]._v = (other, 0, page)
     assert ResidentWeights.of(model) is None                       # two ranges: eager
+
+
+def test_a_weight_check_that_fails_runs_the_step_eagerly(caplog):
+    """comfy-aimdo may refuse a fault (it raises for anything but success or out-of-memory): the step then runs
+    eagerly with a warning, never fails the prompt."""
+    import logging
+    import types
+    from comfy_xdit_patch.multigpu import MultiGPURun
+
+    def refuse():
+        raise RuntimeError("Fault failed: 2")
+
+    run = MultiGPURun(ParallelPlan("cpu", (None, None), 2, 1))
+    assert run._graph_ready(CAPTURE) and run._graph_ready(REPLAY)          # classic loading: nothing to check
+    run.resident_weights = types.SimpleNamespace(pin_for_capture=refuse, pin_for_replay=lambda: True)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        assert run._graph_ready(CAPTURE) is False and run._graph_ready(REPLAY) is True
+    assert "could not check where the weights are (RuntimeError: Fault failed: 2)" in caplog.text
