@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Seventh session, call 6 (2×H200, ≤6 min): sharded weights under dynamic VRAM replayed as step graphs (the blocks
-# left out of the residency check: their weights come from our gather buffers), and call 5's kill under dynamic VRAM.
+# Next device session, call 0 (2×H200, ≤6 min; written in the seventh session, whose 2-GPU machine was withdrawn):
+# sharded weights under dynamic VRAM replayed as step graphs (the blocks left out of the residency check: their
+# weights come from our gather buffers), and a helper killed while rank 0 replays graphs under dynamic VRAM.
 # Predictions (written before the run): replicated ≈102 ms graphed; sharded graphed ≈104–108 ms (within 10% of
 # replicated, issue 8's goal; 116.0 eager in call 2), both at 12.5–12.6 GiB sharded, error 5.47e-3; the kill: prompt
 # finished on one GPU, the next prompt graphed again.
