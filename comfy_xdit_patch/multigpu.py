@@ -179,6 +179,9 @@ class MultiGPURun:
         log.error("Enable Multi-GPU: the parallel step failed (%s: %s); stopping the helpers and finishing this "
                   "prompt on one GPU. New helpers start with the next prompt.", type(error).__name__, error)
         helpers.shutdown_group("a parallel step failed", graceful=False)
+        if self.resident_weights is not None:
+            # The aborted step no longer reads them; ComfyUI's own step below faults and unpins weight by weight.
+            self.resident_weights.unpin()
         return one_gpu()
 
 

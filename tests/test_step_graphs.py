@@ -250,3 +250,15 @@ def test_a_weight_check_that_fails_runs_the_step_eagerly(caplog):
     with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
         assert run._graph_ready(CAPTURE) is False and run._graph_ready(REPLAY) is True
     assert "could not check where the weights are (RuntimeError: Fault failed: 2)" in caplog.text
+
+
+def test_a_failed_step_unpins_the_weights_before_comfyui_reruns_it(monkeypatch):
+    """After a failed parallel step under dynamic VRAM, ComfyUI's own 1-GPU step faults and unpins weight by weight:
+    the range pinned for the replay is let go first."""
+    import types
+    from comfy_xdit_patch.multigpu import MultiGPURun
+    monkeypatch.setattr(helpers, "shutdown_group", lambda reason, graceful=True: None)
+    state = types.SimpleNamespace(pinned=True)
+    run = MultiGPURun(ParallelPlan("cpu", (None, None), 2, 1))
+    run.resident_weights = types.SimpleNamespace(unpin=lambda: setattr(state, "pinned", False))
+    assert run._recover(RuntimeError("helper died"), lambda: "pinned" if state.pinned else "unpinned") == "unpinned"
