@@ -179,9 +179,9 @@ def _peak(device):
     import torch
     if device.type != "cuda":
         return None
-    from comfy_xdit_patch.parallel.peer_memory import held_bytes
+    from comfy_xdit_patch.parallel.peer_memory import memory_in_use
     torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) + held_bytes(device)   # peer memory is not torch's
+    _, peak = memory_in_use(device)
     torch.cuda.reset_peak_memory_stats(device)
     return peak
 
@@ -320,11 +320,12 @@ def main(argv=None):
                         "at the first resolution (e.g. 28), 1 device vs N, excluding model load and helper start")
     args = parser.parse_args(argv)
     # Checked before the minutes of 1-device baselines, not when the first parallel run makes its plan.
+    from comfy_xdit_patch.config import EXCHANGES, SHARD_GATHERS
     if args.shard_gathers and (args.shard_weights == "off" or
-                               not set(args.shard_gathers.split(",")) <= {"auto", "pull", "all-gather"}):
-        parser.error("--shard-gathers takes pull and/or all-gather, and needs --shard-weights on or both")
-    if args.exchange and not set(args.exchange.split(",")) <= {"auto", "nccl", "symmetric"}:
-        parser.error("--exchange takes auto, nccl and/or symmetric")
+                               not set(args.shard_gathers.split(",")) <= set(SHARD_GATHERS)):
+        parser.error(f"--shard-gathers takes {', '.join(SHARD_GATHERS)}, and needs --shard-weights on or both")
+    if args.exchange and not set(args.exchange.split(",")) <= set(EXCHANGES):
+        parser.error(f"--exchange takes {', '.join(EXCHANGES)}")
     if args.dynamic_vram and args.graph_baseline:
         parser.error("--dynamic-vram: no graph baseline (a graphed step needs weights that stay put, which dynamic "
                      "VRAM does not promise); leave out --graph-baseline")
@@ -454,7 +455,7 @@ def main(argv=None):
     print()
     for name, (busy_ms, span_ms, families) in ((n, b) for n, b in busy.items() if b):
         print(f"rank 0's GPU at {resolutions[0]}, {name}: {describe(busy_ms, span_ms, families)}")
-    (one_device, one_device_rest), = [e2e["1 device"]] if e2e else [(None, None)]
+    one_device, one_device_rest = e2e.get("1 device", (None, None))
     for name, (seconds, rest) in e2e.items():
         if name != "1 device":
             print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {one_device:.2f} s, "

@@ -11,6 +11,7 @@ PARALLELISMS = ("auto", "ulysses", "ring", "usp")
 SCHEDULINGS = ("round_robin", "least_loaded", "weighted_round_robin", "adaptive")
 LAUNCHERS = ("local", "ray")
 SHARD_GATHERS = ("auto", "pull", "all-gather")
+EXCHANGES = ("auto", "nccl", "symmetric")
 CPU_DEFAULT_RANKS = 2
 
 
@@ -173,7 +174,7 @@ def exchange_setting():
     straight into each other's receive buffers in peer memory (parallel/symmetric.py), GPUs of one machine only.
     ``nccl``: NCCL's all-to-all, with a pack and an unpack pass each way. ``auto`` (default): symmetric where it was
     measured faster (``_automatic_exchange``), NCCL elsewhere."""
-    return _env_choice("COMFY_XDIT_EXCHANGE", ("auto", "nccl", "symmetric"))
+    return _env_choice("COMFY_XDIT_EXCHANGE", EXCHANGES)
 
 
 def _automatic_exchange(device_type, launcher, ulysses_degree):

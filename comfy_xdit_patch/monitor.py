@@ -9,9 +9,7 @@ import statistics
 import threading
 import time
 
-import torch
-
-from .parallel.peer_memory import held_bytes
+from .parallel.peer_memory import memory_in_use
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +50,7 @@ def status():
              "step_ms_median": _median(rank0_steps[-50:]), "step_ms_last": round(rank0_steps[-1], 2) if rank0_steps
              else None, "steps": len(rank0_steps)}
     if group.device.type == "cuda":
-        peer = held_bytes(group.device)   # peer memory (sharded weights, the exchange's buffers) is not torch's
-        rank0["memory_allocated"] = torch.cuda.memory_allocated(group.device) + peer
-        rank0["memory_peak"] = torch.cuda.max_memory_allocated(group.device) + peer
+        rank0["memory_allocated"], rank0["memory_peak"] = memory_in_use(group.device)
     ranks = [rank0]
     report = group.helper_report
     for rank, process in sorted(group.processes.items()):

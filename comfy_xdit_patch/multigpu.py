@@ -121,45 +121,49 @@ class MultiGPURun:
         comfy.model_management.throw_exception_if_processing_interrupted()
         call_args = dict(arguments, transformer_options=flux.helper_transformer_options(transformer_options))
         try:
-            try:
-                skeleton, tensors, key, mode, placement = group.dispatch_forward(
-                    call_args, self.graphs_allowed, self.compile_kwargs, self._graph_ready)
-            except (pickle.PicklingError, TypeError, AttributeError) as e:
-                self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
-                return one_gpu()
-            except helpers.HelperFailure as e:
-                return self._recover(e, one_gpu)
-
-            def shard(args, token_weights):
-                options = dict(transformer_options)
-                options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer,
-                                                                        group.block_shards)
-                return executor(**dict(args, transformer_options=options))
-
-            def forward(inputs):
-                return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, group.mesh,
-                                  group.device, group.scheduler.group_ms if group.times_groups else None)
-
-            started = time.perf_counter()
-            try:
-                if mode == step_graphs.EAGER:
-                    out = forward(tensors)
-                else:
-                    # The graph's output buffer is overwritten by the next replay: the sampler gets a copy.
-                    out = group.graphs.run(key, mode, forward, [t.to(group.device) for t in tensors]).clone()
-                group.wait_step()
-                group.step_ms.append((time.perf_counter() - started) * 1e3)
-                return out
-            except comfy.model_management.InterruptProcessingException:
-                # ComfyUI checks Cancel inside every layer: rank 0 left this step midway while the helpers wait in
-                # its collectives. They cannot be brought back in step, so they end; the next prompt starts new ones.
-                helpers.shutdown_group("cancelled in the middle of a step", graceful=False)
-                raise
-            except Exception as e:
-                return self._recover(e, one_gpu)
+            return self._parallel_step(group, executor, call_args, transformer_options, one_gpu)
         finally:
             if self.resident_weights is not None:
                 self.resident_weights.unpin()   # pinned for a capture or replay (_graph_ready)
+
+    @torch.compiler.disable(recursive=False)   # as the wrapper: our host work stays out of dynamo
+    def _parallel_step(self, group, executor, call_args, transformer_options, one_gpu):
+        try:
+            skeleton, tensors, key, mode, placement = group.dispatch_forward(
+                call_args, self.graphs_allowed, self.compile_kwargs, self._graph_ready)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
+            return one_gpu()
+        except helpers.HelperFailure as e:
+            return self._recover(e, one_gpu)
+
+        def shard(args, token_weights):
+            options = dict(transformer_options)
+            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer,
+                                                                    group.block_shards)
+            return executor(**dict(args, transformer_options=options))
+
+        def forward(inputs):
+            return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, group.mesh, group.device,
+                              group.scheduler.group_ms if group.times_groups else None)
+
+        started = time.perf_counter()
+        try:
+            if mode == step_graphs.EAGER:
+                out = forward(tensors)
+            else:
+                # The graph's output buffer is overwritten by the next replay: the sampler gets a copy.
+                out = group.graphs.run(key, mode, forward, [t.to(group.device) for t in tensors]).clone()
+            group.wait_step()
+            group.step_ms.append((time.perf_counter() - started) * 1e3)
+            return out
+        except comfy.model_management.InterruptProcessingException:
+            # ComfyUI checks Cancel inside every layer: rank 0 left this step midway while the helpers wait in
+            # its collectives. They cannot be brought back in step, so they end; the next prompt starts new ones.
+            helpers.shutdown_group("cancelled in the middle of a step", graceful=False)
+            raise
+        except Exception as e:
+            return self._recover(e, one_gpu)
 
     def _graph_ready(self, mode):
         """Dynamic VRAM: the weights' pages are where a capture (CAPTURE) or the captured graphs (REPLAY) need them.

@@ -17,6 +17,7 @@ The memory bypasses torch's allocator: ``held_bytes`` says how much this process
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import secrets
 
@@ -31,6 +32,13 @@ _held = {}        # device -> bytes this process allocated here and has not free
 
 def held_bytes(device):
     return _held.get(str(torch.device(device)), 0)
+
+
+def memory_in_use(device):
+    """(allocated, peak allocated) bytes of this process on a CUDA ``device``: torch's figures plus the peer memory
+    it holds, which torch's allocator does not count."""
+    peer = held_bytes(device)
+    return torch.cuda.memory_allocated(device) + peer, torch.cuda.max_memory_allocated(device) + peer
 
 
 def aligned(nbytes):
@@ -125,7 +133,8 @@ class PeerMemory:
     ``release`` frees it (not collective; ``close`` is the collective way)."""
 
     def __init__(self, nbytes, device, group, member, size):
-        self.nbytes, self.device, self.group, self.member, self.size = aligned(max(nbytes, 1)), device, group, member, size
+        self.nbytes = aligned(max(nbytes, 1))
+        self.device, self.group, self.member, self.size = device, group, member, size
         self._addresses = [None] * size
         self._storages = [None] * size   # CPU: the mapped files
         self._released = False
@@ -151,6 +160,8 @@ class PeerMemory:
             _held[str(device)] = _held.get(str(device), 0) + self.nbytes
             self._addresses[member] = own
             self._storages[member] = own_storage
+        # If a gather below fails, a peer may be gone and the device busy with the stuck collective, which freeing
+        # would wait for: nothing is released then (a leak, not a hang).
         try:
             with _current(device):   # NCCL's object collectives run on the current CUDA device
                 handles = [None] * size
@@ -160,10 +171,6 @@ class PeerMemory:
                 # some waiting in the next collective for members that gave up.
                 problems = [None] * size
                 dist.all_gather_object(problems, problem, group=group)
-        except BaseException:
-            # A collective failed: a peer may be gone and the device busy with the stuck collective, which
-            # freeing would wait for. Not released: the memory stays allocated (a leak, not a hang).
-            raise
         finally:
             # CPU: every member opened every file before it entered the second gather; the names can go.
             if device.type != "cuda" and exported is not None:
@@ -197,10 +204,7 @@ class PeerMemory:
     def tensor(self, member, dtype, shape, offset=0):
         """A tensor of ``member``'s memory at ``offset`` bytes, usable on this process's device (a peer's memory
         is reached over the link). It does not keep the memory alive: nothing may use it after ``release``."""
-        numel = 1
-        for extent in shape:
-            numel *= extent
-        nbytes = numel * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if offset % ALIGNMENT or offset + nbytes > self.nbytes:
             raise ValueError(f"{nbytes} bytes at offset {offset} do not fit an aligned region of {self.nbytes}")
         storage = torch._C._construct_storage_from_data_pointer(self.address(member, offset), self.device, nbytes)

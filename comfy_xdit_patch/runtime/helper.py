@@ -184,13 +184,11 @@ def _weight_bytes(diffusion_model, shards):
 
 def _device_stats(device):
     import torch
-    from comfy_xdit_patch.parallel.peer_memory import held_bytes
+    from comfy_xdit_patch.parallel.peer_memory import memory_in_use
     stats = {"pid": os.getpid(), "device": str(device)}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        peer = held_bytes(device)   # peer memory (sharded weights, the exchange's buffers) is not torch's
-        stats["peak_allocated"] = torch.cuda.max_memory_allocated(device) + peer
-        stats["allocated"] = torch.cuda.memory_allocated(device) + peer
+        stats["allocated"], stats["peak_allocated"] = memory_in_use(device)
         torch.cuda.reset_peak_memory_stats(device)
     return stats
 
