@@ -12,6 +12,7 @@ import itertools
 import logging
 import pickle
 import time
+import weakref
 
 import torch
 
@@ -22,10 +23,11 @@ from .config import check_exchange_kernels, check_helper_memory, check_peer_acce
 from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
 from .parallel import symmetric
 from .parallel.placement import run_placed
-from .parallel.weight_shards import blocks
+from .parallel.weight_shards import blocks, check_shardable
 from .patches import flux
 from .runtime import group as helpers
 from .runtime import step_graphs, transport
+from .runtime.offloaded_blocks import OffloadedBlocks, resident_outside_blocks
 from .runtime.resident_weights import ResidentWeights
 from . import monitor
 
@@ -44,6 +46,9 @@ class MultiGPURun:
         self.graphs_allowed = False
         self.resident_weights = None   # dynamic VRAM: what a graph's capture and replays check (resident_weights.py)
         self.compile_kwargs = None   # TorchCompileModel's settings on rank 0: the helpers compile the same way
+        # Classic loading with sharded weights: ComfyUI's copy of the blocks stays off rank 0's GPU.
+        self.offloaded = OffloadedBlocks() if plan.shard_weights else None
+        self.sampling_patcher = lambda: None   # weak: the ModelPatcher of the current sampling run (on_pre_run)
 
     def _one_gpu(self, reason):
         if reason not in self.reasons_logged:
@@ -62,17 +67,22 @@ class MultiGPURun:
 
     def on_pre_run(self, model_patcher):
         self.reasons_logged.clear()
+        self.sampling_patcher = weakref.ref(model_patcher)
         monitor.new_run(self.plan)
         foreign = flux.foreign_object_patches(model_patcher)
         self.blocked = ("another node replaced parts of the diffusion model (" + ", ".join(foreign) + ")"
                         if foreign else None)
         if self.blocked:
+            self._restore_blocks(model_patcher)
             return
         try:
             group = helpers.ensure_group(self.plan)
+            if self.offloaded is not None:
+                # Before the pieces are made, so that they find room on a GPU that ComfyUI's load filled; only once
+                # the blocks are known to shard (NotImplementedError otherwise), since they then stay off.
+                check_shardable(model_patcher.model.diffusion_model)
+                self.offloaded.offload(model_patcher)
             group.sync_model(model_patcher)
-            if group.block_shards is not None:
-                _offload_blocks(model_patcher, group.block_shards)
             self.graphs_allowed, self.resident_weights = _graph_safe(model_patcher, group)
             # Dynamic VRAM: graphs are captured anew every prompt (a LoRA change rewrites weights in place).
             keep_graphs = self.graphs_allowed and self.resident_weights is None
@@ -81,12 +91,19 @@ class MultiGPURun:
         except NotImplementedError as e:
             self.blocked = str(e)       # every call of this run goes to one GPU, with this one reason logged
             self._one_gpu(self.blocked)
+            self._restore_blocks(model_patcher)
         except Exception as e:
             log.error("Enable Multi-GPU: could not prepare the helpers (%s); this prompt runs on one GPU.", e)
             # The failure path (abort first): a helper that failed or hung may have left a collective queued that
             # never completes, and freeing the group's peer memory would wait for it. An abort with nothing stuck
             # returns at once.
             helpers.shutdown_group("start-up failed", graceful=False)
+            self._restore_blocks(model_patcher)
+
+    def _restore_blocks(self, model_patcher):
+        """A run that goes to one GPU computes with ComfyUI's copy of the blocks: it comes back to the GPU."""
+        if self.offloaded is not None:
+            self.offloaded.restore(model_patcher)
 
     # Under TorchCompileModel this wrapper runs inside the compiled diffusion model. Our host work (the dispatch to
     # the helpers, graph capture and replay, the wait for the step) stays out of dynamo: traced, it was recompiled at
@@ -183,22 +200,13 @@ class MultiGPURun:
         log.error("Enable Multi-GPU: the parallel step failed (%s: %s); stopping the helpers and finishing this "
                   "prompt on one GPU. New helpers start with the next prompt.", type(error).__name__, error)
         helpers.shutdown_group("a parallel step failed", graceful=False)
+        model_patcher = self.sampling_patcher()
+        if model_patcher is not None:
+            self._restore_blocks(model_patcher)
         if self.resident_weights is not None:
             # The aborted step no longer reads them; ComfyUI's own step below faults and unpins weight by weight.
             self.resident_weights.unpin()
         return one_gpu()
-
-
-def _offload_blocks(model_patcher, shards):
-    """With sharded weights rank 0 computes with gathered blocks too, so ComfyUI's own GPU copy of them is not
-    needed while sampling: ComfyUI's partial unload moves it to the offload device (host RAM), keeping ComfyUI's
-    bookkeeping right. ComfyUI loads the model again for the next prompt; this runs again then."""
-    device = model_patcher.load_device
-    if device.type != "cuda" or model_patcher.offload_device == device or model_patcher.is_dynamic():
-        return
-    freed = model_patcher.partially_unload(model_patcher.offload_device, memory_to_free=shards.full_bytes())
-    log.info("Enable Multi-GPU: shard_weights: moved %.1f GiB of ComfyUI's copy of the model off %s; it keeps "
-             "1/%d of the blocks (%.1f GiB)", freed / 2**30, device, shards.world_size, shards.shard_bytes() / 2**30)
 
 
 def _torch_compile_settings(model_patcher):
@@ -222,10 +230,10 @@ def _weight_addresses(model_patcher):
 def _graph_safe(model_patcher, group):
     """Whether the parallel step may be replayed as a CUDA graph, which bakes in the weights' addresses, and for
     ComfyUI's dynamic VRAM the weights' range that every capture and replay checks (runtime/resident_weights.py),
-    else None. Graphs for a classic ModelPatcher whose weights are all resident on rank 0's GPU, and for a dynamic
-    one whose weights live in one vbar (sharded blocks left out: the step reads their weights from our gather
-    buffers). Lowvram loading moves weights during a step, and classic loading with sharded weights has moved
-    ComfyUI's copy off the GPU, so those run eagerly."""
+    else None. With sharded weights the step reads the blocks' weights from our gather buffers, so only the rest of
+    ComfyUI's copy must stay put: for a classic ModelPatcher every weight it reads resident on rank 0's GPU (with
+    sharded weights ComfyUI's copy of the blocks is in host RAM, runtime/offloaded_blocks.py), for a dynamic one in
+    one vbar. Lowvram loading moves weights during a step, so it runs eagerly."""
     if group.device.type != "cuda" or not step_graphs.enabled():
         return False, None
     if model_patcher.is_dynamic():
@@ -233,6 +241,8 @@ def _graph_safe(model_patcher, group):
         sharded = [block for _, block in blocks(diffusion_model)] if group.block_shards is not None else ()
         resident = ResidentWeights.of(diffusion_model, excluded=sharded)
         return resident is not None, resident
+    if group.block_shards is not None:
+        return resident_outside_blocks(model_patcher), None
     return (model_patcher.model.model_lowvram is False and
             model_patcher.loaded_size() >= model_patcher.model_size()), None
 
@@ -263,6 +273,8 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
     run = MultiGPURun(plan)
     clone.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, KEY, run.diffusion_model_wrapper)
     clone.add_callback_with_key(ext.CallbacksMP.ON_PRE_RUN, KEY, run.on_pre_run)
+    if run.offloaded is not None:
+        clone.add_wrapper_with_key(ext.WrappersMP.PREPARE_SAMPLING, KEY, run.offloaded.prepare_sampling_wrapper)
     clone.add_callback_with_key(ext.CallbacksMP.ON_CLEANUP, KEY, run.on_cleanup)
     log.info("Enable Multi-GPU: %s", plan.describe())
     return clone

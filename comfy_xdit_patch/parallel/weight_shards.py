@@ -32,6 +32,12 @@ def blocks(diffusion_model):
             yield (kind, index), module
 
 
+def check_shardable(diffusion_model):
+    """Raises NotImplementedError naming why these blocks cannot be sharded; nothing is allocated or moved."""
+    for _, module in blocks(diffusion_model):
+        BlockLayout(module, 1)
+
+
 def block_prefix(key):
     kind, index = key
     return f"{kind}s.{index}."
