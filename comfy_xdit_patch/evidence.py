@@ -7,6 +7,7 @@
     python -m comfy_xdit_patch.evidence formats     # scaled-fp8 checkpoint (+ weight patches), fp8_e4m3fn_fast
     python -m comfy_xdit_patch.evidence dynamic     # weight patches on a model loaded under ComfyUI's dynamic VRAM
     python -m comfy_xdit_patch.evidence devices     # drop-in VAE / CLIP loaders on another GPU vs the native ones
+    python -m comfy_xdit_patch.evidence offload     # one GPU: classic loading keeps ComfyUI's copy of the blocks off
 
 Without CUDA they run on CPU ranks with the tiny FLUX (``--cpu``), which is how the tests keep them working.
 """
@@ -307,8 +308,84 @@ def devices(args, model, device, size, dtype, res, tokens):
     return rows
 
 
+def offload(args, model, device, size, dtype, res, tokens):
+    """One GPU, no helpers: what shard_weights does to ComfyUI's own copy of the model under classic loading
+    (runtime/offloaded_blocks.py), with 8 weight patches. After ComfyUI's first load the blocks leave the GPU and
+    only the rest stays; a warm prompt's loader moves nothing; ComfyUI's own step on the offloaded blocks (what a
+    fallback would run before ``restore``) and after ``restore`` computes what the plain model does. Raises where
+    one of these does not hold."""
+    import torch
+    import comfy.model_patcher
+    import comfy.patcher_extension as ext
+    from .runtime.offloaded_blocks import OffloadedBlocks, resident_outside_blocks
+    if device.type != "cuda":
+        raise SystemExit("offload: needs a GPU (the CPU path is tests/test_offloaded_blocks.py)")
+    latent, positive, negative = _prompt(res, tokens)
+    patched = _with_weight_patches(model)
+    reference, ref_times, _ = run_sampler(patched, latent, positive, negative, args.steps, device)
+    ours = patched.clone()
+    kept = OffloadedBlocks()
+    seen = {}
+
+    def on_pre_run(model_patcher):
+        sync_device(device)
+        seen["before"] = torch.cuda.memory_allocated(device)
+        start = time.perf_counter()
+        seen["moved"] = kept.offload(model_patcher)
+        sync_device(device)
+        seen["offload_s"], seen["after"] = time.perf_counter() - start, torch.cuda.memory_allocated(device)
+
+    ours.add_callback_with_key(ext.CallbacksMP.ON_PRE_RUN, "evidence", on_pre_run)
+    ours.add_wrapper_with_key(ext.WrappersMP.PREPARE_SAMPLING, "evidence", kept.prepare_sampling_wrapper)
+    loads = []
+    original_load = comfy.model_patcher.ModelPatcher.load
+
+    def counted_load(self, *a, **k):
+        loads.append(type(self).__name__)
+        return original_load(self, *a, **k)
+
+    comfy.model_patcher.ModelPatcher.load = counted_load
+    try:
+        first, first_times, first_s = run_sampler(ours, latent, positive, negative, args.steps, device)
+        first_seen, resident = dict(seen), resident_outside_blocks(ours)
+        loads.clear()
+        warm, warm_times, warm_s = run_sampler(ours, latent, positive, negative, args.steps, device)
+        warm_loads, warm_seen = list(loads), dict(seen)
+    finally:
+        comfy.model_patcher.ModelPatcher.load = original_load
+    sync_device(device)
+    start = time.perf_counter()
+    kept.restore(ours)
+    sync_device(device)
+    restore_s, restored_bytes = time.perf_counter() - start, torch.cuda.memory_allocated(device)
+    plain, plain_times, _ = run_sampler(ours, latent, positive, negative, args.steps, device)
+    gib = 2 ** 30
+    rows = [
+        ("first prompt: ComfyUI loads, then its copy of the blocks leaves the GPU", res, _median_ms(ref_times),
+         _median_ms(first_times), _err(first, reference),
+         f"allocated {first_seen['before'] / gib:.1f} -> {first_seen['after'] / gib:.2f} GiB, "
+         f"{first_seen['moved'] / gib:.1f} GiB moved in {first_seen['offload_s']:.1f} s; the rest resident: "
+         f"{resident}; prompt {first_s:.1f} s; ComfyUI's step casts the blocks from host RAM"),
+        ("warm prompt", res, _median_ms(ref_times), _median_ms(warm_times), _err(warm, reference),
+         f"ModelPatcher.load calls: {len(warm_loads)}; allocated at the run's start {warm_seen['before'] / gib:.2f} "
+         f"GiB; prompt {warm_s:.1f} s"),
+        ("restore (a run that goes to one GPU), then a prompt", res, _median_ms(ref_times),
+         _median_ms(plain_times), _err(plain, reference),
+         f"restored in {restore_s:.1f} s, allocated {restored_bytes / gib:.1f} GiB"),
+    ]
+    problems = [problem for problem, failed in (
+        ("the blocks did not leave the GPU", first_seen["after"] > first_seen["before"] / 4),
+        ("weights outside the blocks left the GPU", not resident),
+        ("ComfyUI loaded the model again for the warm prompt", warm_loads),
+        ("the warm prompt started with the blocks on the GPU", warm_seen["before"] > first_seen["before"] / 4),
+        ("a result differs from the plain model's", max(row[4] for row in rows) > 2e-2)) if failed]
+    if problems:
+        raise AssertionError("offload: " + "; ".join(problems) + f" ({rows})")
+    return rows
+
+
 SCENARIOS = {"spotcheck": spotcheck, "kill": kill, "stall": stall, "groups": groups, "formats": formats, "dynamic": dynamic,
-             "devices": devices}
+             "devices": devices, "offload": offload}
 
 
 def main(argv=None):
