@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Next device session, call 0 (2×H200, ≤6 min; written in the seventh session, whose 2-GPU machine was withdrawn):
+# Next 2-GPU session, call 0 (2×H200, ≤6 min; written in the seventh session as s8_call0, whose 2-GPU machine was
+# withdrawn; the eighth session was lent one GPU only, so it is still unrun):
 # sharded weights under dynamic VRAM replayed as step graphs (the blocks left out of the residency check: their
 # weights come from our gather buffers), and a helper killed while rank 0 replays graphs under dynamic VRAM.
 # Predictions (written before the run): replicated ≈102 ms graphed; sharded graphed ≈104–108 ms (within 10% of
