@@ -175,6 +175,15 @@ def sample(model, latent_hw, steps, text_tokens, device, seed=7):
                        conditioning(text_tokens, 2), steps, device, seed=seed)
 
 
+def settle(model, resolutions, text_tokens, device):
+    """One step at each resolution, unmeasured. ComfyUI's first prompt in a process computes slightly differently
+    from every later one (FLUX.1-dev size at 1024² on an H200: 6.93e-3 against the second prompt, which every later
+    one equals bit for bit: tools/repeat_probe.py, eighth session), so no figure may come from the first prompt: a
+    1-GPU reference taken there would count that difference as the parallel run's error."""
+    for res in resolutions:
+        sample(model, (res // 8, res // 8), 1, text_tokens, device)
+
+
 def _peak(device):
     import torch
     if device.type != "cuda":
@@ -359,6 +368,7 @@ def main(argv=None):
         model = model.clone()
         set_torch_compile_wrapper(model, backend=args.torch_compile)
 
+    settle(model, resolutions, text_tokens, device)
     rows = []
     baselines = {}
     median = lambda times: statistics.median(times[args.warmup:] or times)
