@@ -102,8 +102,13 @@ class MultiGPURun:
 
     def _restore_blocks(self, model_patcher):
         """A run that goes to one GPU computes with ComfyUI's copy of the blocks: it comes back to the GPU."""
-        if self.offloaded is not None:
+        if self.offloaded is None:
+            return
+        try:
             self.offloaded.restore(model_patcher)
+        except Exception:   # on a failure path already: the run still works, casting the blocks layer by layer
+            log.warning("Enable Multi-GPU: could not bring ComfyUI's copy of the blocks back to the GPU; this run "
+                        "casts them from host RAM layer by layer", exc_info=True)
 
     # Under TorchCompileModel this wrapper runs inside the compiled diffusion model. Our host work (the dispatch to
     # the helpers, graph capture and replay, the wait for the step) stays out of dynamo: traced, it was recompiled at
