@@ -314,7 +314,8 @@ def main(argv=None):
     parser.add_argument("--shard-gathers", default=None, help="comma list of COMFY_XDIT_SHARD_GATHERS settings to "
                         "time with sharded weights, e.g. pull,all-gather (copies from the peers' pieces, or NCCL's all-gather)")
     parser.add_argument("--exchange", default=None, help="comma list of COMFY_XDIT_EXCHANGE settings to time, e.g. "
-                        "nccl,symmetric (the Ulysses all-to-all over NCCL or through peer memory; default auto); GPU only")
+                        "nccl,symmetric,copy-engine (the Ulysses all-to-all over NCCL, or through peer memory by "
+                        "kernels or by the copy engines; copy-engine:P in P head parts; default auto); GPU only")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
                         "(this torch.compile backend, e.g. inductor) to the model on both sides: 1 device and N devices")
     parser.add_argument("--dynamic-vram", action="store_true", help="ComfyUI's dynamic VRAM (its default on NVIDIA; "
@@ -333,8 +334,8 @@ def main(argv=None):
     if args.shard_gathers and (args.shard_weights == "off" or
                                not set(args.shard_gathers.split(",")) <= set(SHARD_GATHERS)):
         parser.error(f"--shard-gathers takes {', '.join(SHARD_GATHERS)}, and needs --shard-weights on or both")
-    if args.exchange and not set(args.exchange.split(",")) <= set(EXCHANGES):
-        parser.error(f"--exchange takes {', '.join(EXCHANGES)}")
+    if args.exchange and not {x.partition(":")[0] for x in args.exchange.split(",")} <= set(EXCHANGES):
+        parser.error(f"--exchange takes {', '.join(EXCHANGES)} (copy-engine:P for P head parts)")
     if args.dynamic_vram and args.graph_baseline:
         parser.error("--dynamic-vram: no graph baseline (a graphed step needs weights that stay put, which dynamic "
                      "VRAM does not promise); leave out --graph-baseline")
@@ -398,7 +399,9 @@ def main(argv=None):
                       for g in graph_settings]
     for parallelism, shard_weights, gathers, exchange, graphs in configurations:
         os.environ["COMFY_XDIT_SHARD_GATHERS"] = gathers     # read when the plan is made
-        os.environ["COMFY_XDIT_EXCHANGE"] = exchange
+        os.environ["COMFY_XDIT_EXCHANGE"], _, parts = exchange.partition(":")
+        if parts:
+            os.environ["COMFY_XDIT_EXCHANGE_PARTS"] = parts
         patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
         os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
         configured = parallelism + (" +sharded" if shard_weights else "") + \
@@ -411,8 +414,8 @@ def main(argv=None):
             group = helpers.current_group()
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
             # VRAM or lowvram loading, say).
-            label = configured + (" (symmetric exchange)" if group is not None and
-                                  group.plan.ulysses_exchange == "symmetric" else "") + \
+            label = configured + (f" ({group.plan.ulysses_exchange} exchange)" if group is not None and
+                                  group.plan.ulysses_exchange != "nccl" else "") + \
                 (" +graphs" if group is not None and group.graphs.entries else "")
             helper_peaks = group.helper_stats() if group is not None else {}
             base = baselines[res]

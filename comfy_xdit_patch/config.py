@@ -11,7 +11,8 @@ PARALLELISMS = ("auto", "ulysses", "ring", "usp")
 SCHEDULINGS = ("round_robin", "least_loaded", "weighted_round_robin", "adaptive")
 LAUNCHERS = ("local", "ray")
 SHARD_GATHERS = ("auto", "pull", "all-gather")
-EXCHANGES = ("auto", "nccl", "symmetric")
+EXCHANGES = ("auto", "nccl", "symmetric", "copy-engine")
+PEER_EXCHANGES = ("symmetric", "copy-engine")   # through peer memory: CUDA GPUs of one machine, Triton's barrier
 CPU_DEFAULT_RANKS = 2
 
 
@@ -27,6 +28,7 @@ class ParallelPlan:
     shard_weights: bool = False  # each rank holds 1/N of every block's weights (parallel/weight_shards.py)
     shard_gathers: str = "pull"  # with shard_weights: "pull" (copies from peer memory) or "all-gather" (a collective)
     ulysses_exchange: str = "nccl"  # "symmetric": parallel/symmetric.py instead of NCCL's all-to-all (Ulysses > 1 only)
+    exchange_parts: int = 1         # "copy-engine": head parts pipelined against the attention (parallel/copy_engine.py)
 
     @property
     def world_size(self):
@@ -55,6 +57,8 @@ class ParallelPlan:
             layout += ", weights sharded" + (" (all-gathered)" if self.shard_gathers == "all-gather" else "")
         if self.ulysses_exchange != "nccl":
             layout += f", {self.ulysses_exchange} exchange"
+            if self.ulysses_exchange == "copy-engine":
+                layout += f" in {self.exchange_parts} head part{'s' if self.exchange_parts > 1 else ''}"
         if self.replicas > 1:
             return f"{self.world_size} {where} ({self.replicas} groups of {layout}, {self.scheduling})"
         return f"{self.world_size} {where} ({layout})"
@@ -140,18 +144,19 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
     exchange = exchange_setting()
     if exchange == "auto":
         exchange = _automatic_exchange(device_type, launcher, ulysses)
-    elif exchange == "symmetric":
+    elif exchange in PEER_EXCHANGES:
         if device_type != "cuda" or launcher != "local":
-            raise ValueError("COMFY_XDIT_EXCHANGE=symmetric needs the CUDA GPUs of one machine (launcher 'local'); "
+            raise ValueError(f"COMFY_XDIT_EXCHANGE={exchange} needs the CUDA GPUs of one machine (launcher 'local'); "
                              "unset it (or set it to nccl) for CPU ranks or Ray.")
         from .parallel.symmetric import unavailable_reason
         reason = unavailable_reason()
         if reason:
-            raise ValueError(f"COMFY_XDIT_EXCHANGE=symmetric: {reason}; unset it to use NCCL.")
+            raise ValueError(f"COMFY_XDIT_EXCHANGE={exchange}: {reason}; unset it to use NCCL.")
     if ulysses == 1:   # ring only: no Ulysses exchange to make
         exchange = "nccl"
+    parts = exchange_parts_setting(heads // ulysses) if exchange == "copy-engine" else 1
     return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), gathers,
-                        exchange)
+                        exchange, parts)
 
 
 def shard_gathers_setting(launcher="local"):
@@ -172,9 +177,23 @@ def shard_gathers_setting(launcher="local"):
 def exchange_setting():
     """COMFY_XDIT_EXCHANGE: how the Ulysses all-to-all moves q, k, v and the output. ``symmetric``: peers write
     straight into each other's receive buffers in peer memory (parallel/symmetric.py), GPUs of one machine only.
+    ``copy-engine``: the same buffers filled by the copy engines, in head parts pipelined against the attention
+    (parallel/copy_engine.py; not yet timed on two GPUs, so never chosen by ``auto``).
     ``nccl``: NCCL's all-to-all, with a pack and an unpack pass each way. ``auto`` (default): symmetric where it was
     measured faster (``_automatic_exchange``), NCCL elsewhere."""
     return _env_choice("COMFY_XDIT_EXCHANGE", EXCHANGES)
+
+
+def exchange_parts_setting(local_heads):
+    """COMFY_XDIT_EXCHANGE_PARTS (default 2), for COMFY_XDIT_EXCHANGE=copy-engine: in how many head parts each
+    member's attention runs, part j + 1 crossing while part j is computed; it must divide the heads each member
+    computes (``local_heads``)."""
+    value = os.environ.get("COMFY_XDIT_EXCHANGE_PARTS", "2")
+    fits = _divisors(local_heads)
+    if not value.isdigit() or int(value) not in fits:
+        raise ValueError(f"COMFY_XDIT_EXCHANGE_PARTS must divide the {local_heads} heads each GPU computes: one of "
+                         f"{', '.join(map(str, fits))}, not '{value}'.")
+    return int(value)
 
 
 def _automatic_exchange(device_type, launcher, ulysses_degree):
@@ -206,13 +225,13 @@ def check_peer_access(plan, can_access):
     torch.cuda.can_device_access_peer. Returns the plan to run (see ``_fall_back``)."""
     if plan.device_type != "cuda":
         return plan
-    if plan.ulysses_exchange == "symmetric":
+    if plan.ulysses_exchange in PEER_EXCHANGES:
         missing = _missing_access([plan.device_indices[first:first + plan.ulysses_degree]
                                    for first in range(0, plan.world_size, plan.ulysses_degree)], can_access)
         if missing:
-            plan = _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), "symmetric",
+            plan = _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), plan.ulysses_exchange,
                               f"GPU {missing[0]} cannot access GPU {missing[1]}'s memory (no peer access between them)",
-                              "NCCL's exchange", ulysses_exchange="nccl")
+                              "NCCL's exchange", ulysses_exchange="nccl", exchange_parts=1)
     if plan.shard_weights and plan.shard_gathers == "pull":
         missing = _missing_access([plan.device_indices], can_access)
         if missing:
@@ -235,14 +254,14 @@ def check_exchange_kernels(plan, build_problem):
     """The symmetric exchange's Triton kernels are compiled on first use, which needs a C compiler; a machine
     without one would fail every step. ``build_problem()`` says why they cannot be built and run here, or None.
     Returns the plan to run (see ``_fall_back``)."""
-    if plan.ulysses_exchange != "symmetric":
+    if plan.ulysses_exchange not in PEER_EXCHANGES:
         return plan
     problem = build_problem()
     if problem is None:
         return plan
-    return _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), "symmetric",
+    return _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), plan.ulysses_exchange,
                       f"its Triton kernels cannot be built here ({problem})", "NCCL's exchange",
-                      ulysses_exchange="nccl")
+                      ulysses_exchange="nccl", exchange_parts=1)
 
 
 def _fall_back(plan, setting, value, wanted, problem, instead, **change):

@@ -85,7 +85,7 @@ def test_a_helper_gpu_without_room_for_the_model_is_refused_before_any_work():
 
 def test_symmetric_exchange_setting_is_checked_before_any_work(monkeypatch):
     monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "nvlink")
-    with pytest.raises(ValueError, match="COMFY_XDIT_EXCHANGE must be 'auto' or 'nccl' or 'symmetric', not 'nvlink'"):
+    with pytest.raises(ValueError, match="COMFY_XDIT_EXCHANGE must be 'auto' or 'nccl' or 'symmetric' or 'copy-engine', not 'nvlink'"):
         resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2)
     monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
     with pytest.raises(ValueError, match="needs the CUDA GPUs of one machine.*unset it"):

@@ -23,7 +23,7 @@ class SequenceParallelMesh:
     sp_ranks: list = field(default_factory=list)
     ulysses_group: object = None
     sp_group: object = None
-    ulysses_exchange: object = None  # parallel/symmetric.py's SymmetricUlysses; None: NCCL's all-to-all (comm.py)
+    ulysses_exchange: object = None  # SymmetricUlysses (or CopyEngineUlysses); None: NCCL's all-to-all (comm.py)
 
     @property
     def sp_degree(self):
@@ -48,10 +48,11 @@ class SequenceParallelMesh:
         return list(range(first, first + self.ulysses_degree))
 
     @classmethod
-    def build(cls, ulysses_degree, ring_degree, timeout=None, exchange="nccl", device=None):
+    def build(cls, ulysses_degree, ring_degree, timeout=None, exchange="nccl", device=None, exchange_parts=1):
         """Collective: every rank of the default group calls this with the same degrees. ``timeout``: the default
         group's (a new group would otherwise get torch's own: 30 min on gloo, 10 on NCCL). ``exchange``:
-        "symmetric" maps the Ulysses group's receive buffers on ``device`` (config.exchange_setting)."""
+        "symmetric" and "copy-engine" map the Ulysses group's receive buffers on ``device`` (config.exchange_setting;
+        ``exchange_parts``: the copy engine's head parts)."""
         rank, world_size = dist.get_rank(), dist.get_world_size()
         sp_degree = ulysses_degree * ring_degree
         if world_size % sp_degree:
@@ -84,4 +85,8 @@ class SequenceParallelMesh:
             from .symmetric import SymmetricUlysses
             mesh.ulysses_exchange = SymmetricUlysses(mesh.ulysses_group, mesh.ulysses_ranks,
                                                      mesh.ulysses_ranks.index(rank), device)
+        elif exchange == "copy-engine":
+            from .copy_engine import CopyEngineUlysses
+            mesh.ulysses_exchange = CopyEngineUlysses(mesh.ulysses_group, mesh.ulysses_ranks,
+                                                      mesh.ulysses_ranks.index(rank), device, exchange_parts)
         return mesh

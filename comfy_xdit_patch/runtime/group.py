@@ -146,7 +146,8 @@ class HelperGroup:
                                     timeout=timedelta(seconds=timeout))
             _owned_default_group = True
             self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree,
-                                                   timedelta(seconds=timeout), self.plan.ulysses_exchange, self.device)
+                                                   timedelta(seconds=timeout), self.plan.ulysses_exchange, self.device,
+                                                   self.plan.exchange_parts)
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:

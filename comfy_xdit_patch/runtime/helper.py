@@ -63,7 +63,8 @@ def main():
         from comfy_xdit_patch.runtime.group import collective_timeout_s
         timeout = timedelta(seconds=collective_timeout_s())
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size, timeout=timeout)
-        mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, timeout, plan.ulysses_exchange, device)
+        mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, timeout, plan.ulysses_exchange, device,
+                                          plan.exchange_parts)
         from comfy_xdit_patch.runtime.speed import measure_speed
         link.send(("ready", measure_speed(device, rank)))
         with torch.inference_mode():
