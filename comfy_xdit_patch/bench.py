@@ -251,14 +251,15 @@ def _profile(model, latent_hw, text_tokens, device, label):
     print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
 
 
-def _gpu_busy(model, latent_hw, text_tokens, device, steps=4):
+def _gpu_busy(model, latent_hw, text_tokens, device, tag, steps=4):
     """Rank 0's GPU over ``steps`` steps (profiling.kernel_time), from CUDA activity only (no CPU-op tracing, so the
-    host runs nearly as fast as unprofiled)."""
-    from torch.profiler import ProfilerActivity, profile
-    from comfy_xdit_patch.profiling import kernel_time
+    host runs nearly as fast as unprofiled), unless COMFY_XDIT_TRACE_DIR asks for a trace of the host's CUDA calls."""
+    from torch.profiler import profile
+    from comfy_xdit_patch.profiling import export_trace, kernel_time, profiler_activities
     sample(model, latent_hw, 2, text_tokens, device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=profiler_activities()) as prof:
         sample(model, latent_hw, steps, text_tokens, device)
+    export_trace(prof, 0, tag)
     return kernel_time(prof, steps)
 
 
@@ -440,11 +441,11 @@ def main(argv=None):
         if args.profile:
             _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
         if args.gpu_busy and not cpu:
-            busy[label] = _gpu_busy_or_none(patched, (resolutions[0] // 8,) * 2, text_tokens, device)
+            busy[label] = _gpu_busy_or_none(patched, (resolutions[0] // 8,) * 2, text_tokens, device, "")
     if args.profile:
         _profile(model, (resolutions[0] // 8,) * 2, text_tokens, device, "1 device")
     if args.gpu_busy and not cpu:
-        busy["1 device"] = _gpu_busy_or_none(model, (resolutions[0] // 8,) * 2, text_tokens, device)
+        busy["1 device"] = _gpu_busy_or_none(model, (resolutions[0] // 8,) * 2, text_tokens, device, "-1device")
 
     gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
     print()

@@ -1,5 +1,11 @@
 """Where a step's GPU time goes, from a torch.profiler trace of CUDA activity: the bench's ``--gpu-busy`` on rank 0,
-and a helper's own figures with ``COMFY_XDIT_PROFILE_HELPER`` (runtime/helper.py)."""
+and a helper's own figures with ``COMFY_XDIT_PROFILE_HELPER`` (runtime/helper.py). With ``COMFY_XDIT_TRACE_DIR`` both
+also record the host's CUDA calls and write their traces there (``rank<N>.json.gz``), for ``step_starts`` and
+tools/trace_lag.py: when each rank launched each graphed step and when its GPU started and ended it, on the one clock
+the processes of a machine share."""
+import gzip
+import json
+import os
 import statistics
 
 # Kernel families of a FLUX step, by name (first match wins).
@@ -49,6 +55,46 @@ def describe(busy_ms, span_ms, families):
             "family, ms a step: " + ", ".join(f"{family} {ms:.2f}" for family, ms in by_time))
 
 
+def trace_dir():
+    """COMFY_XDIT_TRACE_DIR: where profiled ranks write their traces, or None (off)."""
+    return os.environ.get("COMFY_XDIT_TRACE_DIR") or None
+
+
+def profiler_activities():
+    from torch.profiler import ProfilerActivity
+    return [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if trace_dir() else [])
+
+
+def export_trace(prof, rank, tag=""):
+    """Writes ``prof``'s trace as rank<rank><tag>.json.gz into the trace directory, if one is set; returns its
+    path."""
+    if not trace_dir():
+        return None
+    os.makedirs(trace_dir(), exist_ok=True)
+    path = os.path.join(trace_dir(), f"rank{rank}{tag}.json.gz")
+    prof.export_chrome_trace(path)
+    return path
+
+
+def step_starts(path):
+    """From a trace of ``export_trace``: per graphed step (one ``cudaGraphLaunch``), (launch µs, first kernel µs,
+    last kernel end µs), all on the machine's clock (the trace's base time added)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        trace = json.load(f)
+    base = trace.get("baseTimeNanoseconds", 0) / 1e3
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    launches = sorted(base + e["ts"] for e in events if e.get("name") == "cudaGraphLaunch")
+    kernels = sorted((base + e["ts"], base + e["ts"] + e.get("dur", 0)) for e in events if e.get("cat") == "kernel")
+    steps = []
+    for index, launch in enumerate(launches):
+        until = launches[index + 1] if index + 1 < len(launches) else float("inf")
+        inside = [k for k in kernels if launch <= k[0] < until]
+        if inside:
+            steps.append((launch, inside[0][0], max(end for _, end in inside)))
+    return steps
+
+
 class HelperProfile:
     """``COMFY_XDIT_PROFILE_HELPER=first,count``: a helper profiles its model calls ``first`` .. ``first + count - 1``
     (counted from 1) and logs where their GPU time went, to set beside rank 0's ``bench --gpu-busy``. Off by
@@ -66,8 +112,8 @@ class HelperProfile:
     def before(self, call, device, log):
         if self.count and call == self.first and device.type == "cuda":
             try:
-                from torch.profiler import ProfilerActivity, profile
-                self.profiler = profile(activities=[ProfilerActivity.CUDA])
+                from torch.profiler import profile
+                self.profiler = profile(activities=profiler_activities())
                 self.profiler.__enter__()
             except Exception:
                 log.warning("could not start the helper's profiler", exc_info=True)
@@ -80,6 +126,7 @@ class HelperProfile:
                 self.profiler.__exit__(None, None, None)
                 log.info("helper rank %d's GPU over calls %d-%d: %s", rank, self.first, call,
                          describe(*kernel_time(self.profiler, self.count)))
+                export_trace(self.profiler, rank)
             except Exception:
                 log.warning("could not read the helper's profile", exc_info=True)
             self.profiler = None

@@ -74,3 +74,21 @@ def test_no_figure_comes_from_the_processs_first_prompt(monkeypatch, capsys):
     bench.main(["--cpu", "--res", "128,192", "--steps", "2", "--parallelism", "ulysses"])
     assert calls[:3] == [((16, 16), 1), ((24, 24), 1), ((16, 16), 2)], calls
     assert "| ulysses |" in capsys.readouterr().out
+
+
+def test_step_starts_pairs_each_graph_launch_with_its_kernels(tmp_path):
+    """COMFY_XDIT_TRACE_DIR's traces (torch's chrome format, gzipped): per cudaGraphLaunch, the launch, the first
+    kernel after it and the last kernel's end before the next launch, on the machine's clock (base time added)."""
+    import gzip
+    import json
+    from comfy_xdit_patch.profiling import step_starts
+    events = [{"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 100, "dur": 5},
+              {"ph": "X", "cat": "kernel", "name": "gemm", "ts": 110, "dur": 50},
+              {"ph": "X", "cat": "kernel", "name": "flash", "ts": 160, "dur": 30},
+              {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 300, "dur": 5},
+              {"ph": "X", "cat": "kernel", "name": "gemm", "ts": 320, "dur": 10},
+              {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 400, "dur": 5}]
+    path = str(tmp_path / "rank0.json.gz")
+    with gzip.open(path, "wt") as f:
+        json.dump({"baseTimeNanoseconds": 1_000_000, "traceEvents": events}, f)
+    assert step_starts(path) == [(1100, 1110, 1190), (1300, 1320, 1330)]
