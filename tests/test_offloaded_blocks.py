@@ -116,3 +116,27 @@ def test_a_failed_step_brings_the_blocks_back_for_one_gpu(tiny_flux, classic_cpu
     assert relative_error(got, expected) <= 1e-5
     assert any("blocks is back" in r.getMessage() for r in caplog.records)
     assert all(loaded for _, loaded in layer_states(parallel)), "the one-GPU step ran on offloaded blocks"
+
+
+def test_comfyuis_bookkeeping_comes_back_when_its_loader_fails(tiny_flux, classic_cpu):
+    """The model reads as fully loaded only while ComfyUI prepares the run; a loader that raises (out of memory,
+    say) still leaves ComfyUI's own figures as they were."""
+    import comfy.model_management
+    model_patcher = tiny_flux.clone()
+    comfy.model_management.load_models_gpu([model_patcher])
+    kept = offloaded_blocks.OffloadedBlocks()
+    kept.offload(model_patcher)
+    before = (model_patcher.model.model_lowvram, model_patcher.model.model_loaded_weight_memory)
+    assert before[0] and kept.as_left(model_patcher)
+    seen = []
+
+    def failing_loader(patcher, *args, **kwargs):
+        seen.append((patcher.model.model_lowvram, patcher.model.model_loaded_weight_memory))
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        kept.prepare_sampling_wrapper(failing_loader, model_patcher)
+    assert seen == [(False, model_patcher.model_size())]
+    assert (model_patcher.model.model_lowvram, model_patcher.model.model_loaded_weight_memory) == before
+    kept.restore(model_patcher)   # the shared model goes back as the other tests expect it
+    assert not model_patcher.model.model_lowvram and all(loaded for _, loaded in layer_states(model_patcher))
