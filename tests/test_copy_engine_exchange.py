@@ -37,7 +37,7 @@ def attention(q, k, v):
 
 
 @pytest.mark.parametrize("seq_lens,parts,batch", [([6, 6], 1, 1), ([6, 6], 2, 2), ([5, 7], 3, 1),
-                                                  ([5, 3, 4], 2, 1)])
+                                                  ([5, 3, 4], 2, 1), ([3, 4, 5, 4], 3, 2)])
 def test_every_member_gets_the_attention_over_the_whole_sequence(seq_lens, parts, batch):
     heads, dim = 12, 16
     members = simulated_group(seq_lens, batch, heads, dim, parts)
