@@ -11,9 +11,9 @@ per block. Variants:
   symmetric the default exchange (parallel/symmetric.py): one kernel writes q, k, v into the peer's attention
             layout, a barrier; the attention; one kernel writes the output back, a barrier
   ce-P      parallel/copy_engine.py: the copy engine instead of SM kernels, in P head parts (P = 1: no overlap):
-            per part and peer, q, k and v are one 2-D copy each (cuMemcpy2DAsync: rows of a head's tokens, straight
-            into the peer's buffer, no pack or unpack pass; v is made head-major first) on a side stream, then the
-            barrier there; the attention of part j runs while part j + 1 crosses, and part j's output goes back by
+            per part and peer, q, k and v are one 2-D copy each (cuMemcpy2DAsync: rows of a head's tokens for q and
+            k, rows of a token's heads for the token-major v, straight into the peer's buffer, no pack or unpack
+            pass) on a side stream, then the barrier there; the attention of part j runs while part j + 1 crosses, and part j's output goes back by
             2-D copies while part j + 1 is computed
 Every ce variant's output is compared with the symmetric exchange's first (it must be bit-equal: the attention of a head does not
 depend on which other heads run with it). ``--same-gpu``: both ranks on GPU 0 over gloo, for checking the copies,

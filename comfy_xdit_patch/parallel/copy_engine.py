@@ -4,9 +4,10 @@ The symmetric exchange (symmetric.py) moves q, k, v and the output with SM kerne
 SMs while an attention kernel runs, so splitting the heads into parts to overlap them slowed the step (seventh
 session). A copy engine needs no SM. Here the buffers, their layout and the barrier are the symmetric exchange's; the
 data moves by 2-D copies (``cuMemcpy2DAsync``) straight into each member's receive buffer, with no pack or unpack
-pass: per member and head part, q, k and v are one copy each, rows of a head's tokens into rows of the whole
-sequence (q, k, v are made head-major first where they are not: one pass over this member's tokens), and the output
-goes back as rows of a token's heads. With ``parts`` > 1 the copies and the barriers run on a stream of their own:
+pass: per member and head part, q, k and v are one copy each — rows of a head's tokens where they are head-major (a
+double block's), rows of a token's heads where they are token-major (a single block's views of its fused
+projection), each into a slot of the same layout that the attention then reads in place — and the output goes back as
+rows of a token's heads. With ``parts`` > 1 the copies and the barriers run on a stream of their own:
 part j + 1 crosses while part j's attention runs, and part j's output goes back while part j + 1 is computed.
 
 Checked on one H200 with both ranks on it (tools/ce_exchange_probe.py, eighth session): bit-equal to the symmetric
@@ -74,23 +75,29 @@ class CopyEngineUlysses(SymmetricUlysses):
     def _on_side(self):
         return torch.cuda.stream(self.side) if self.side is not None else contextlib.nullcontext()
 
-    def _send(self, shape, q, k, v, first, count, start):
+    def _send(self, shape, tensors, token_major, first, count, start):
         """This member's tokens of heads ``first`` .. ``first + count - 1`` of every member's share (counted within
-        a share), into that member's receive buffer. q, k, v: (B, H, L_member, D), contiguous."""
-        batch, heads, length, dim = q.shape
-        local, item = heads // self.size, q.element_size()
-        row = length * dim * item
-        received = shape.received[0]   # every member's buffer has this layout (3, B, H / n, L, D)
+        a share), into that member's receive buffer. ``tensors``: q, k, v (B, H, L_member, D); a token-major one
+        (a token's heads adjacent) goes as rows of a token's heads into a token-major slot, any other (made
+        contiguous) as rows of a head's tokens."""
+        batch, heads, length, dim = tensors[0].shape
+        local, item = heads // self.size, tensors[0].element_size()
+        received = shape.received[0]   # every member's buffer has this layout: (3, B, H / n, L, D) slots
+        total = received.shape[3]
         for peer in range(self.size):
-            destination = shape.received[peer].data_ptr()
-            for which, source in enumerate((q, k, v)):
+            for which, (source, by_token) in enumerate(zip(tensors, token_major)):
+                slot = shape.received[peer].data_ptr() + which * received.stride(0) * item
+                head = peer * local + first
                 for b in range(batch):
-                    head = peer * local + first
-                    copy_2d(self.device,
-                            destination + (which * received.stride(0) + b * received.stride(1) +
-                                           first * received.stride(2) + start * received.stride(3)) * item,
-                            received.stride(2) * item,
-                            source.data_ptr() + (b * heads + head) * row, row, row, count, self.side)
+                    base = source.data_ptr() + (b * source.stride(0) + head * source.stride(1)) * item
+                    if by_token:   # the slot as (B, L, H / n, D)
+                        copy_2d(self.device, slot + ((b * total + start) * local + first) * dim * item,
+                                local * dim * item, base, source.stride(2) * item, count * dim * item, length,
+                                self.side)
+                    else:          # the slot as (B, H / n, L, D)
+                        copy_2d(self.device, slot + ((b * local + first) * total + start) * dim * item,
+                                total * dim * item, base, source.stride(1) * item, length * dim * item, count,
+                                self.side)
 
     def _return(self, shape, out, first, count, seq_lens):
         """``out``: this member's heads ``first`` .. ``first + count - 1`` (of its share) over the whole sequence,
@@ -114,8 +121,16 @@ class CopyEngineUlysses(SymmetricUlysses):
         """Ulysses attention of this member's tokens: q, k, v (B, H, L_member, D); ``local_attention(q, k, v)`` the
         single-device kernel on (B, heads, L, D). Returns (B, L_member, H * D)."""
         batch, heads, length, dim = q.shape
+        if min(seq_lens) < 2:
+            # A single token's layout cannot be told apart, and every member must read a slot the way its peers
+            # wrote it.
+            raise ValueError("the copy-engine exchange needs at least two tokens on every GPU")
         shape = self._buffers(batch, heads, dim, seq_lens, q.dtype)
-        q, k, v = (t.contiguous() for t in (q, k, v))
+        # A single block's q, k, v are views of one fused projection, its tokens' heads adjacent: they travel as
+        # rows of a token's heads and are read in place (a pass making them head-major cost 67 µs a block and
+        # tensor at 2048², eighth session); a double block's are contiguous, head by head.
+        token_major = [t.stride(1) == dim and t.stride(-1) == 1 for t in (q, k, v)]
+        tensors = [t if by_token or t.is_contiguous() else t.contiguous() for t, by_token in zip((q, k, v), token_major)]
         local = heads // self.size
         span = local // self.parts
         start = sum(seq_lens[:self.member])
@@ -125,16 +140,15 @@ class CopyEngineUlysses(SymmetricUlysses):
             self.side.wait_stream(compute)   # q, k, v are ready, and the last call's output was read
         with self._on_side():
             for part in range(self.parts):
-                self._send(shape, q, k, v, part * span, span, start)
+                self._send(shape, tensors, token_major, part * span, span, start)
                 self._barrier()
                 arrived.append(self._event())
-        received = shape.received[self.member]
+        received = [self._slot(shape, which, by_token) for which, by_token in enumerate(token_major)]
         for part in range(self.parts):
             if compute is not None:
                 compute.wait_event(arrived[part])
             heads_of_part = slice(part * span, (part + 1) * span)
-            out = local_attention(received[0][:, heads_of_part], received[1][:, heads_of_part],
-                                  received[2][:, heads_of_part]).transpose(1, 2)
+            out = local_attention(*(slot[:, heads_of_part] for slot in received)).transpose(1, 2)
             outs.append(out if out.is_contiguous() else out.contiguous())   # rows of a token's heads
             computed.append(self._event())
         with self._on_side():
@@ -147,6 +161,14 @@ class CopyEngineUlysses(SymmetricUlysses):
             # The parts' outputs are freed on the compute stream after this, i.e. after the copies that read them.
             compute.wait_stream(self.side)
         return shape.outputs[self.member][:, :length].reshape(batch, length, heads * dim)
+
+    def _slot(self, shape, which, token_major):
+        """This member's received q, k or v as (B, H / n, L, D): a view of its slot in either layout."""
+        slot = shape.received[self.member][which]
+        if not token_major:
+            return slot
+        batch, local, total, dim = slot.shape
+        return slot.as_strided((batch, local, total, dim), (total * local * dim, dim, local * dim, 1))
 
     def _event(self):
         if self.side is None:
