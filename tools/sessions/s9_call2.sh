@@ -4,7 +4,8 @@
 # (checked for output and capture on one GPU in the eighth session, calls 5–6), then the bench times whole steps. The fifth session's probe: floor 231–235 / 2792–2842 µs a block, the product's exchange with the
 # attention 354 / 3244 µs (1024² / 2048²).
 # Predictions (written before the run): ce-1 (copies, no overlap) ≈300–320 / ≈3150; ce-2 ≈290–310 / ≈3000–3050;
-# ce-3 no better than ce-2 at 1024², ≈2950–3000 at 2048²; every ce row bit-equal to the product. A 2048² gain of
+# ce-3 worse at 1024² (its attention alone costs +51% on one GPU, eighth session call 9), ≈2950–3050 at 2048²;
+# every ce row bit-equal to the symmetric exchange. A 2048² gain of
 # ≥200 µs a block (≈11 ms a step, 534 → ≈523 ms) would make it worth the default. Steps (bench, same errors as
 # symmetric): 1024² ≈98–100 ms with 2 parts (101.4 symmetric), 2048² ≈518–525 ms (534.1).
 source tools/gpu_env.sh || exit 1
