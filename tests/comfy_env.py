@@ -200,3 +200,18 @@ def ksample(model, latent_hw=(18, 14), steps=2, cfg=1.0, text_tokens=77):
 
 def relative_error(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def attention_inputs(seq_lens, batch, heads, dim, seed=0):
+    """q, k, v of every member's tokens as ComfyUI's FLUX blocks hand them to the attention: q token-major (a single
+    block's permuted view), k contiguous, v a view into a packed qkv tensor (the last dimension contiguous in every
+    case)."""
+    import torch
+    torch.manual_seed(seed)
+    inputs = []
+    for length in seq_lens:
+        q = torch.randn(batch, length, heads, dim).transpose(1, 2)
+        k = torch.randn(batch, heads, length, dim)
+        v = torch.randn(batch, length, 3, heads, dim)[:, :, 2].transpose(1, 2)
+        inputs.append((q, k, v))
+    return inputs

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from comfy_env import attention_inputs
 from comfy_xdit_patch.parallel import copy_engine, symmetric
 
 
@@ -41,14 +42,7 @@ def attention(q, k, v):
 def test_every_member_gets_the_attention_over_the_whole_sequence(seq_lens, parts, batch):
     heads, dim = 12, 16
     members = simulated_group(seq_lens, batch, heads, dim, parts)
-    torch.manual_seed(0)
-    inputs = []
-    for length in seq_lens:
-        # As ComfyUI hands them over: q a single block's token-major view, k contiguous, v a view into packed qkv.
-        q = torch.randn(batch, length, heads, dim).transpose(1, 2)
-        k = torch.randn(batch, heads, length, dim)
-        v = torch.randn(batch, length, 3, heads, dim)[:, :, 2].transpose(1, 2)
-        inputs.append((q, k, v))
+    inputs = attention_inputs(seq_lens, batch, heads, dim)   # q and v token-major, k head-major: both paths
     results = [None] * len(members)
 
     def run(member):

@@ -8,6 +8,7 @@ on 2×H200 (docs/benchmarks.md).
 import pytest
 import torch
 
+from comfy_env import attention_inputs
 from comfy_xdit_patch.parallel import symmetric
 
 
@@ -44,15 +45,7 @@ def simulated_group(seq_lens, batch, heads, dim, dtype):
 def test_scatter_then_gather_moves_every_element_like_the_all_to_all(seq_lens):
     batch, heads, dim, dtype = 2, 6, 16, torch.float32
     members = simulated_group(seq_lens, batch, heads, dim, dtype)
-    torch.manual_seed(0)
-    inputs = []
-    for length in seq_lens:
-        # As ComfyUI hands them over: q token-major (a single block's permuted view), k contiguous, v a view into a
-        # packed qkv tensor (last dimension contiguous in every case).
-        q = torch.randn(batch, length, heads, dim).transpose(1, 2)
-        k = torch.randn(batch, heads, length, dim)
-        v = torch.randn(batch, length, 3, heads, dim)[:, :, 2].transpose(1, 2)
-        inputs.append((q, k, v))
+    inputs = attention_inputs(seq_lens, batch, heads, dim)
     gathered = [m.scatter_heads(*inputs[i], seq_lens) for i, m in enumerate(members)]
     local_heads = heads // len(seq_lens)
     for member, qkv in enumerate(gathered):
