@@ -94,3 +94,28 @@ def test_the_copy_engine_exchange_is_only_used_when_asked_for_and_its_parts_are_
     with pytest.raises(ValueError, match=r"COMFY_XDIT_EXCHANGE=copy-engine: GPU 0 cannot access GPU 1's memory"):
         check_peer_access(ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="copy-engine", exchange_parts=2),
                           lambda a, b: False)
+
+
+def test_ulysses_attention_hands_the_whole_call_to_the_copy_engine_exchange():
+    """parallel/attention.py: with a copy-engine exchange and no ring, the exchange runs the attention itself (its
+    parts pipelined); the result is the attention over the whole sequence."""
+    from types import SimpleNamespace
+    from comfy_xdit_patch.parallel.attention import sequence_parallel_attention
+    seq_lens, batch, heads, dim = [6, 5], 1, 12, 16
+    members = simulated_group(seq_lens, batch, heads, dim, parts=2)
+    inputs = attention_inputs(seq_lens, batch, heads, dim, seed=3)
+    layout = SimpleNamespace(u_lens=seq_lens)
+    results = [None] * len(members)
+
+    def run(member):
+        mesh = SimpleNamespace(ulysses_exchange=members[member], ulysses_degree=2, ring_degree=1)
+        results[member] = sequence_parallel_attention(*inputs[member], mesh, layout, attention).clone()
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in range(len(members))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    expected = attention(*[torch.cat(ts, dim=2) for ts in zip(*inputs)]).transpose(1, 2).reshape(
+        batch, sum(seq_lens), heads * dim)
+    torch.testing.assert_close(torch.cat(results, dim=1), expected, rtol=1e-5, atol=1e-5)
