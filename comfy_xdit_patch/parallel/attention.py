@@ -46,8 +46,8 @@ def sequence_parallel_attention(q, k, v, mesh, layout, local_attention):
     batch, heads, length, dim = q.shape
     # The symmetric exchange's kernels take a power-of-two head size (every FLUX variant: 128); others use NCCL.
     exchange = mesh.ulysses_exchange if mesh.ulysses_exchange is not None and dim & (dim - 1) == 0 else None
-    if exchange is not None and mesh.ring_degree == 1 and hasattr(exchange, "attention"):
-        return exchange.attention(q, k, v, layout.u_lens, local_attention)   # the exchange pipelined with it
+    if exchange is not None and mesh.ring_degree == 1:   # Ulysses alone: the exchange runs the whole call
+        return exchange.attention(q, k, v, layout.u_lens, local_attention)
     if mesh.ulysses_degree > 1:
         if exchange is not None:
             qkv = exchange.scatter_heads(q, k, v, layout.u_lens)

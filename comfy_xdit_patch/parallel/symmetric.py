@@ -270,6 +270,13 @@ class SymmetricUlysses:
         length = seq_lens[self.member]
         return shape.outputs[self.member][:, :length].reshape(batch, length, local_heads * self.size * dim)
 
+    def attention(self, q, k, v, seq_lens, local_attention):
+        """Ulysses attention of this member's tokens, q, k, v (B, H, L_member, D), with ``local_attention(q, k, v)``
+        the single-device kernel on (B, heads, L, D). Returns (B, L_member, H * D). (copy_engine.py pipelines the
+        exchange with the attention behind the same call.)"""
+        qkv = self.scatter_heads(q, k, v, seq_lens)
+        return self.gather_heads(local_attention(qkv[0], qkv[1], qkv[2]), seq_lens)
+
     def abort(self):
         """After a failure: every barrier of this process spinning now or later returns at once (their results are
         garbage; the group is not used again). A host store: no CUDA call (see the module's docstring). The failure
