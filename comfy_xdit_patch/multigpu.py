@@ -23,7 +23,7 @@ from .config import check_exchange_kernels, check_helper_memory, check_peer_acce
 from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
 from .parallel import symmetric
 from .parallel.placement import run_placed
-from .parallel.weight_shards import blocks, check_shardable
+from .parallel.weight_shards import blocks
 from .patches import flux
 from .runtime import group as helpers
 from .runtime import step_graphs, transport
@@ -78,9 +78,7 @@ class MultiGPURun:
         try:
             group = helpers.ensure_group(self.plan)
             if self.offloaded is not None:
-                # Before the pieces are made, so that they find room on a GPU that ComfyUI's load filled; only once
-                # the blocks are known to shard (NotImplementedError otherwise), since they then stay off.
-                check_shardable(model_patcher.model.diffusion_model)
+                # Before the pieces are made, so that they find room on a GPU that ComfyUI's load filled.
                 self.offloaded.offload(model_patcher)
             group.sync_model(model_patcher)
             self.graphs_allowed, self.resident_weights = _graph_safe(model_patcher, group)

@@ -23,7 +23,7 @@ import logging
 
 import comfy.model_management
 
-from ..parallel.weight_shards import blocks
+from ..parallel.weight_shards import blocks, check_shardable
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class OffloadedBlocks:
 
     def offload(self, model_patcher):
         """Moves ComfyUI's copy of the blocks to the offload device; the rest stays loaded. Returns the bytes moved
-        (0 where there was nothing to move or classic loading does not apply)."""
+        (0 where there was nothing to move or classic loading does not apply). Raises NotImplementedError, before
+        anything moves, for blocks that cannot be sharded: they would then stay off for nothing."""
         if not applies(model_patcher):
             return 0
         model = model_patcher.model
@@ -62,6 +63,7 @@ class OffloadedBlocks:
                      if parameter.device == model_patcher.load_device]
         freed = 0
         if on_device:
+            check_shardable(model.diffusion_model)
             block_bytes = sum(parameter.nbytes for parameter in on_device)
             others = [module for module in model.modules()
                       if id(module) not in inside and getattr(module, "comfy_patched_weights", False)]
@@ -104,7 +106,6 @@ class OffloadedBlocks:
                     and _blocks_on(model_patcher, model_patcher.offload_device)):
                 model.model_lowvram, model.model_loaded_weight_memory = True, loaded
 
-
     def restore(self, model_patcher):
         """For a sampling run that goes to one GPU (the helpers failed, or cannot run this model): the blocks come
         back the way ComfyUI's loader brings offloaded layers back, as many as fit."""
@@ -120,5 +121,6 @@ class OffloadedBlocks:
 def resident_outside_blocks(model_patcher):
     """Whether every weight outside the blocks is on rank 0's GPU (what a sharded step reads of ComfyUI's copy)."""
     inside = set(map(id, _block_modules(model_patcher)))
-    return all(parameter.device == model_patcher.load_device for module in model_patcher.model.diffusion_model.modules()
-               if id(module) not in inside for parameter in module.parameters(recurse=False))
+    outside = [module for module in model_patcher.model.diffusion_model.modules() if id(module) not in inside]
+    return all(parameter.device == model_patcher.load_device
+               for module in outside for parameter in module.parameters(recurse=False))
