@@ -130,7 +130,8 @@ class CopyEngineUlysses(SymmetricUlysses):
         # rows of a token's heads and are read in place (a pass making them head-major cost 67 µs a block and
         # tensor at 2048², eighth session); a double block's are contiguous, head by head.
         token_major = [t.stride(1) == dim and t.stride(-1) == 1 for t in (q, k, v)]
-        tensors = [t if by_token or t.is_contiguous() else t.contiguous() for t, by_token in zip((q, k, v), token_major)]
+        tensors = [t if by_token or t.is_contiguous() else t.contiguous()
+                   for t, by_token in zip((q, k, v), token_major)]
         local = heads // self.size
         span = local // self.parts
         start = sum(seq_lens[:self.member])
