@@ -101,9 +101,12 @@ class XDiTKSampler(io.ComfyNode):
 
 
 def _device_input(options):
+    """The device choice, its tooltip naming exactly what the list offers: ComfyUI offers "cpu" for text encoders but
+    not for the VAE (its Select VAE Device passes a VAE asked for the CPU through unchanged)."""
+    choices = "default, cpu, or gpu:N" if "cpu" in options else "default or gpu:N"
     return io.Combo.Input("device", options=options, default="default", optional=True,
-                          tooltip="Where this model runs: default, cpu, or gpu:N (e.g. a helper GPU, so that the "
-                                  "diffusion model keeps GPU 0's memory).")
+                          tooltip=f"Where this model runs: {choices} (gpu:N listed when there are several GPUs; e.g. "
+                                  "a helper GPU, so that the diffusion model keeps GPU 0's memory).")
 
 
 class XDiTVAELoader(io.ComfyNode):

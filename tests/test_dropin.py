@@ -72,3 +72,27 @@ def test_clip_loaders_equal_the_native_ones_on_any_device(model_files):
     ours_dual = XDiTDualCLIPLoader.execute(clip_name1="tiny_clip_l.safetensors", clip_name2="tiny_clip_l.safetensors",
                                            type="sd3", device="cpu").result[0]
     assert torch.equal(encode(ours_dual), native_dual)
+
+
+def test_device_lists_and_tooltips_agree():
+    """Each loader offers the devices ComfyUI's own Select*Device node honours and its tooltip names exactly those:
+    the VAE no 'cpu' (ComfyUI passes a VAE asked for the CPU through unchanged), the text encoders 'cpu' too."""
+    import comfy.model_management
+    for node, options in [(XDiTVAELoader, comfy.model_management.get_gpu_device_options_no_cpu()),
+                          (XDiTCLIPLoader, comfy.model_management.get_gpu_device_options()),
+                          (XDiTDualCLIPLoader, comfy.model_management.get_gpu_device_options())]:
+        device = next(i for i in node.GET_SCHEMA().inputs if i.id == "device")
+        assert device.options == options and device.default == "default", node
+        named = device.tooltip.split(":", 1)[1].split("(")[0].replace(" or ", ",").split(",")
+        named = {choice.strip() for choice in named if choice.strip()}
+        assert named == {"default", "gpu:N"} | ({"cpu"} if "cpu" in options else set()), (node, device.tooltip)
+        assert all(o in named or o.startswith("gpu:") for o in options), node
+
+
+def test_vae_loader_runs_on_every_device_it_offers(model_files):
+    latent = {"samples": torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))}
+    native = nodes.VAEDecode().decode(nodes.VAELoader().load_vae("tiny_vae.safetensors")[0], latent)[0]
+    device = next(i for i in XDiTVAELoader.GET_SCHEMA().inputs if i.id == "device")
+    for option in device.options:
+        ours = XDiTVAELoader.execute(vae_name="tiny_vae.safetensors", device=option).result[0]
+        assert torch.equal(nodes.VAEDecode().decode(ours, latent)[0], native), option
