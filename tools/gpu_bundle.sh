@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Build the ignored folder .gpu/ that travels with the work tree to the GPU machine
-# (which has no network and a 64 MiB transfer limit for the tree + carried folders):
+# Build the ignored folder .gpu/ that travels with the work tree to an offline GPU machine
+# (no network there; the tree and the carried folders may take 64 MiB together):
 #   .gpu/ComfyUI/  trimmed copy of ComfyUI (no tests, blueprints, big tokenizer data)
 #   .gpu/whl/      cp312 manylinux wheels the GPU image lacks (comfy_kitchen repacked w/o HIP)
 #   .gpu/stubs/    import-only stand-in for PyAV (av, ~35 MB, is imported at module level by
 #                  comfy_api but never used for image diffusion); gpu_env.sh uses it only if
 #                  no real av is importable.
-# Run here (the dev machine, with PyPI access); idempotent: downloaded wheels are cached in
+# Run it on a machine with PyPI access; idempotent: downloaded wheels are cached in
 # $GPU_BUNDLE_CACHE and reused. Usage: bash tools/gpu_bundle.sh
 # Env: COMFYUI_SRC (default /opt/ComfyUI), GPU_BUNDLE_CACHE (default ~/.cache/gpu_bundle),
 #      GPU_BUNDLE_AV=1 to ship the real av wheel instead of the stub (too big for 64 MiB!),
@@ -104,7 +104,7 @@ PY
     *) cmp -s "$whl" "$dst" || cp "$whl" "$dst" ;;
   esac
 done
-# drop wheels left over from earlier runs with other versions
+# drop wheels of other versions left in .gpu/whl
 for f in "$OUT"/whl/*; do
   [[ " ${WANT[*]} " == *" $(basename "$f") "* ]] || { echo "removing stale $f"; rm -rf "$f"; }
 done

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Set up the offline GPU machine for running the plugin against the bundled ComfyUI.
-# SOURCE it from the repo root (after tools/gpu_bundle.sh made .gpu/ on the dev machine):
+# SOURCE it from the repo root (after tools/gpu_bundle.sh made .gpu/ on a machine with PyPI access):
 #     source tools/gpu_env.sh && python3 ...
 # It installs .gpu/whl/*.whl into $GPU_SITE (default /tmp/site; skipped when the same
 # wheels are already installed there), puts that first on PYTHONPATH, adds the av stub
@@ -22,7 +22,7 @@ _gpu_env_setup() {
   py="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
   [[ "$py" == 3.12 ]] || echo "gpu_env: warning: python3 is $py, the bundled wheels are for 3.12" >&2
   [[ -f "$root/.gpu/ComfyUI/nodes.py" ]] \
-    || { echo "gpu_env: $root/.gpu/ComfyUI missing; run tools/gpu_bundle.sh on the dev machine and carry .gpu" >&2; return 1; }
+    || { echo "gpu_env: $root/.gpu/ComfyUI missing; run tools/gpu_bundle.sh where PyPI is reachable and carry .gpu" >&2; return 1; }
   whls=("$root"/.gpu/whl/*.whl)
   [[ -f "${whls[0]}" ]] || { echo "gpu_env: no wheels in $root/.gpu/whl" >&2; return 1; }
 
