@@ -14,6 +14,7 @@ Without CUDA they run on CPU ranks with the tiny FLUX (``--cpu``), which is how 
 import argparse
 import logging
 import os
+import sys
 import signal
 import statistics
 import time
@@ -121,10 +122,16 @@ def stall(args, model, device, size, dtype, res, tokens):
     staying alive: rank 0 gives up after COMFY_XDIT_COLLECTIVE_TIMEOUT (10 s here) and finishes on one device."""
     latent, positive, negative = _prompt(res, tokens)
     one, t1, total1 = run_sampler(model, latent, positive, negative, args.steps, device)
+    # The helpers start through the tests' fault-injecting entry point (the product has no test hooks).
+    from comfy_xdit_patch.runtime import launchers
+    hooks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "helper_hooks.py")
+    command = launchers.HELPER
+    launchers.HELPER = [sys.executable, hooks]
     os.environ.update(COMFY_XDIT_TEST_STALL_AT_FORWARD="3", COMFY_XDIT_COLLECTIVE_TIMEOUT="10")
     try:
         got, tn, totaln = run_sampler(_parallel(args, model), latent, positive, negative, args.steps, device)
     finally:
+        launchers.HELPER = command
         for name in ("COMFY_XDIT_TEST_STALL_AT_FORWARD", "COMFY_XDIT_COLLECTIVE_TIMEOUT"):
             os.environ.pop(name)
     stalled = max(tn)

@@ -12,6 +12,7 @@ import pytest
 import comfy.model_management
 import comfy.sample
 from comfy_env import REPO, empty_latent, flux_conditioning, relative_error
+from helper_hooks import use_hooked_helpers
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.runtime import group as helpers
 
@@ -74,7 +75,7 @@ def test_dead_helper_is_noticed_within_a_second(tiny_flux, fresh_helpers):
 def test_stalled_helper_is_bounded_by_the_collective_timeout(tiny_flux, fresh_helpers, monkeypatch):
     expected = sample(tiny_flux, steps=3)
     monkeypatch.setenv("COMFY_XDIT_COLLECTIVE_TIMEOUT", "3")
-    monkeypatch.setenv("COMFY_XDIT_TEST_STALL_AT_FORWARD", "2")
+    use_hooked_helpers(monkeypatch, STALL_AT_FORWARD=2)
     start = time.monotonic()
     got = sample(enable_multigpu(tiny_flux, gpus=2, parallelism="ulysses"), steps=3)
     elapsed = time.monotonic() - start
@@ -167,7 +168,7 @@ def test_helper_killed_inside_a_step_is_rerun_on_one_gpu(tiny_flux, fresh_helper
 
 
 def test_a_helper_of_another_version_is_refused_with_a_message(tiny_flux, fresh_helpers, monkeypatch, caplog):
-    monkeypatch.setenv("COMFY_XDIT_TEST_HELPER_VERSION", "0.0.1")
+    use_hooked_helpers(monkeypatch, VERSION="0.0.1")
     expected = sample(tiny_flux, steps=1)
     with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):
         got = sample(enable_multigpu(tiny_flux, gpus=2, parallelism="ring"), steps=1)

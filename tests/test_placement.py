@@ -7,7 +7,14 @@ from comfy_env import empty_latent, flux_conditioning, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.parallel.placement import assign_rows, weighted_split
 from comfy_xdit_patch.runtime import group as helpers
+from helper_hooks import use_hooked_helpers
 from test_community import ksample
+
+
+def inject_speeds(monkeypatch, speeds):
+    """GPUs of different speeds: every rank reports ``speeds[rank]`` instead of measuring."""
+    monkeypatch.setattr(helpers, "measure_speed", lambda device, rank: float(speeds.split(",")[rank]))
+    use_hooked_helpers(monkeypatch, SPEEDS=speeds)
 
 
 def test_strategies_place_rows_as_documented():
@@ -48,7 +55,7 @@ def test_cfg_branches_run_on_two_groups_at_once(unet, conds, fresh):
 
 
 def test_weighted_round_robin_gives_the_faster_group_more_rows(unet, conds, fresh):
-    fresh.setenv("COMFY_XDIT_TEST_DEVICE_SPEEDS", "1,1,3,3")
+    inject_speeds(fresh, "1,1,3,3")
     start = {"samples": torch.randn(4, 16, 16, 14, generator=torch.Generator().manual_seed(8))}
     expected = ksample(unet, latent=start, denoise=0.7, **conds)
     parallel = enable_multigpu(unet, gpus=4, parallelism="ring", sequence_degree=2, scheduling="weighted_round_robin")
@@ -58,7 +65,7 @@ def test_weighted_round_robin_gives_the_faster_group_more_rows(unet, conds, fres
 
 
 def test_tokens_split_by_speed_inside_one_group(unet, conds, fresh):
-    fresh.setenv("COMFY_XDIT_TEST_DEVICE_SPEEDS", "1,3")
+    inject_speeds(fresh, "1,3")
     expected = ksample(unet, latent=empty_latent(18, 14), **conds)
     got = ksample(enable_multigpu(unet, gpus=2, parallelism="ulysses", scheduling="weighted_round_robin"),
                   latent=empty_latent(18, 14), **conds)
@@ -79,7 +86,7 @@ def test_adaptive_measures_group_speeds_after_each_run(unet, conds, fresh):
 
 def test_groups_with_controlnet_kontext_and_cfg(unet, conds, fresh):
     from test_community import controlnet_conds, kontext_conds
-    fresh.setenv("COMFY_XDIT_TEST_DEVICE_SPEEDS", "1,1,1,1")   # least_loaded weighs measured speeds: make them equal
+    inject_speeds(fresh, "1,1,1,1")   # least_loaded weighs measured speeds: make them equal
     positive, negative = controlnet_conds(conds, (18, 14))
     positive = kontext_conds({"positive": positive}, (8, 10))
     negative = kontext_conds({"positive": negative}, (8, 10), seed=6)

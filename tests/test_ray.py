@@ -11,6 +11,7 @@ import pytest
 from comfy_env import empty_latent, flux_conditioning, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.runtime import group as helpers
+from helper_hooks import use_hooked_helpers
 from test_community import ksample
 
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -73,7 +74,7 @@ def test_two_ranks_through_the_ray_launcher_equal_one(unet, ray_cluster):
 
 def test_a_ray_helper_of_another_version_is_refused(unet, ray_cluster, monkeypatch, caplog):
     import logging
-    monkeypatch.setenv("COMFY_XDIT_TEST_HELPER_VERSION", "9.9.9")
+    use_hooked_helpers(monkeypatch, VERSION="9.9.9")
     positive, negative = flux_conditioning(77, seed=1), flux_conditioning(77, seed=2)
     expected = ksample(unet, positive=positive, negative=negative, latent=empty_latent(16, 16), steps=1)
     with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):

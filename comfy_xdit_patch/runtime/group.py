@@ -9,7 +9,6 @@ import collections
 import logging
 import os
 import pickle
-import secrets
 import socket
 import subprocess
 import threading
@@ -21,7 +20,8 @@ import torch.distributed as dist
 
 from ..parallel.mesh import SequenceParallelMesh
 from ..parallel.weight_shards import ShardedBlocks, is_block_weight
-from .launchers import make_launcher, rank0_host
+from .. import envs
+from .launchers import make_launcher
 from .scheduler import Scheduler
 from . import channel as control
 from . import gguf_weights, transport, versions, weights
@@ -31,15 +31,6 @@ from .step_graphs import EAGER, REPLAY, StepGraphs
 
 log = logging.getLogger(__name__)
 
-
-
-def start_timeout_s():
-    return float(os.environ.get("COMFY_XDIT_START_TIMEOUT", "180"))
-
-
-def collective_timeout_s():
-    """Bounds a collective whose peer is stuck; helpers read the same variable (they inherit the environment)."""
-    return float(os.environ.get("COMFY_XDIT_COLLECTIVE_TIMEOUT", "300"))
 
 
 # Rendezvous and bootstrap stay on loopback unless the user chose an interface.
@@ -92,7 +83,7 @@ class HelperGroup:
         self._aborted = False
         self._collectives_aborted = False   # NCCL's abort returned: no collective kernel is left on the device
         cuda = self.device.type == "cuda"
-        self.pacer = LaunchPacer(lambda: self.failure, collective_timeout_s(), _recorded_event if cuda else None,
+        self.pacer = LaunchPacer(lambda: self.failure, envs.COMFY_XDIT_COLLECTIVE_TIMEOUT, _recorded_event if cuda else None,
                                  torch.cuda.is_current_stream_capturing if cuda else lambda: False)
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
@@ -107,9 +98,9 @@ class HelperGroup:
         if dist.is_initialized():
             raise HelperFailure("torch.distributed is already initialised in ComfyUI's process (by another custom "
                                 "node?); Enable Multi-GPU needs to create its own process group.")
-        token = secrets.token_bytes(16)
-        listener = control.listen(rank0_host())
-        host = rank0_host()
+        secret = control.new_secret()
+        host = envs.COMFY_XDIT_HOST
+        listener = control.listen(host)
         if host == "127.0.0.1":
             for name, value in _LOOPBACK_ENV.items():
                 os.environ.setdefault(name, value)
@@ -121,15 +112,20 @@ class HelperGroup:
         store_socket.bind((host, 0))
         store_socket.listen()
         store_port = store_socket.getsockname()[1]
+        acceptor = None
         store = dist.TCPStore(host, store_port, self.plan.world_size, True,
-                              timedelta(seconds=start_timeout_s()), wait_for_workers=False,
+                              timedelta(seconds=envs.COMFY_XDIT_START_TIMEOUT), wait_for_workers=False,
                               master_listen_fd=store_socket.detach(), use_libuv=True)
         try:
-            self._spawn(listener.getsockname(), token)
-            deadline = time.monotonic() + start_timeout_s()
+            self._spawn(listener.getsockname(), secret)
+            deadline = time.monotonic() + envs.COMFY_XDIT_START_TIMEOUT
+            acceptor = control.Acceptor(listener, secret)
             for _ in range(1, self.plan.world_size):
-                channel = self._accept(listener, token, deadline)
+                channel = self._accept(acceptor, deadline)
                 rank, helper_versions = channel.recv(timeout=10)
+                if type(rank) is not int or rank not in self.processes or rank in self.channels:
+                    channel.close()
+                    raise HelperFailure(f"a helper announced rank {rank!r}, which is not one this group started")
                 self.channels[rank] = channel
                 problem = versions.mismatch(self.versions, helper_versions)
                 if problem:
@@ -137,11 +133,12 @@ class HelperGroup:
             import comfy.cli_args
             for rank, channel in self.channels.items():
                 channel.send({"comfy_args": vars(comfy.cli_args.args), "plan": self.plan, "rank": rank,
-                              "store_host": host, "store_port": store_port})
+                              "store_host": host, "store_port": store_port,
+                              "collective_timeout_s": envs.COMFY_XDIT_COLLECTIVE_TIMEOUT})
             self._expect_all("imported", deadline)
             # On NCCL, rank 0's pacer gives up on a stalled collective first; the process group's own watchdog
             # would end ComfyUI's whole process when its timeout passes.
-            timeout = collective_timeout_s() if self.plan.backend == "gloo" else 2 * collective_timeout_s() + 30
+            timeout = envs.COMFY_XDIT_COLLECTIVE_TIMEOUT if self.plan.backend == "gloo" else 2 * envs.COMFY_XDIT_COLLECTIVE_TIMEOUT + 30
             dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
                                     timeout=timedelta(seconds=timeout))
             _owned_default_group = True
@@ -155,19 +152,21 @@ class HelperGroup:
             raise
         finally:
             listener.close()
+            if acceptor is not None:
+                acceptor.close()
         self.started_s = time.perf_counter() - t0
         threading.Thread(target=self._monitor, name="comfy-xdit-health", daemon=True).start()
         log.info("Enable Multi-GPU: started %d helper process(es) for %s in %.1f s",
                  self.plan.world_size - 1, self.plan.describe(), self.started_s)
 
-    def _spawn(self, address, token):
+    def _spawn(self, address, secret):
         """What a helper needs in its environment: where rank 0 is, the session token, the same ComfyUI and
         plugin, and this process's COMFY_XDIT_*, NCCL_*, GLOO_* and TORCH_* settings."""
         env = {k: v for k, v in os.environ.items() if k.startswith(("COMFY_XDIT_", "NCCL_", "GLOO_", "TORCH_"))}
         env["PYTHONPATH"] = os.pathsep.join([_plugin_root(), _comfy_root()] +
                                             [p for p in [os.environ.get("PYTHONPATH")] if p])
         env["COMFY_XDIT_CONTROL"] = f"{address[0]}:{address[1]}"
-        env["COMFY_XDIT_TOKEN"] = token.hex()
+        env["COMFY_XDIT_TOKEN"] = secret.hex()
         env["COMFY_XDIT_PARENT_PID"] = str(os.getpid())
         if self.plan.device_type == "cpu":
             env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
@@ -183,15 +182,14 @@ class HelperGroup:
                 raise HelperFailure(f"helper rank {rank} exited with code {code} (its log is above in ComfyUI's "
                                     "console)")
 
-    def _accept(self, listener, token, deadline):
+    def _accept(self, acceptor, deadline):
         while True:
             self._check_processes()
             if time.monotonic() > deadline:
-                raise HelperFailure(f"helpers did not connect within {start_timeout_s():.0f} s")
-            try:
-                return control.accept(listener, token, timeout=0.5)
-            except TimeoutError:
-                continue
+                raise HelperFailure(f"helpers did not connect within {envs.COMFY_XDIT_START_TIMEOUT:.0f} s")
+            channel = acceptor.accept(timeout=0.5)
+            if channel is not None:
+                return channel
 
     def _expect_all(self, what, deadline):
         """Waits for ``what`` (or a tuple starting with it) from every helper, in rank order; returns the replies."""
@@ -200,7 +198,7 @@ class HelperGroup:
             while True:
                 self._check_processes()
                 if time.monotonic() > deadline:
-                    raise HelperFailure(f"helper rank {rank} did not report '{what}' within {start_timeout_s():.0f} s")
+                    raise HelperFailure(f"helper rank {rank} did not report '{what}' within {envs.COMFY_XDIT_START_TIMEOUT:.0f} s")
                 try:
                     reply = channel.recv(timeout=0.5)
                 except TimeoutError:
@@ -380,7 +378,7 @@ class HelperGroup:
             # Not "this model cannot run in parallel" any more: the helpers wait inside the transfer, so the group
             # cannot be used again and must end like any failed one.
             raise HelperFailure(f"the weight transfer stopped midway: {e}") from e
-        self._expect_all("loaded", time.monotonic() + collective_timeout_s())
+        self._expect_all("loaded", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
         self.model_fingerprint = fingerprint
         self.diffusion_model = model_patcher.model.diffusion_model
         self.weight_syncs += 1

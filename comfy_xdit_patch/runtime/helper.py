@@ -46,7 +46,7 @@ def main():
 
     from comfy_xdit_patch.runtime import channel as control
     host, port = os.environ["COMFY_XDIT_CONTROL"].rsplit(":", 1)
-    link = control.connect((host, int(port)), bytes.fromhex(os.environ["COMFY_XDIT_TOKEN"]))
+    link = control.connect((host, int(port)), bytes.fromhex(os.environ.pop("COMFY_XDIT_TOKEN")))
     from comfy_xdit_patch.runtime.versions import local_versions
     link.send((rank, local_versions()))
     try:
@@ -60,8 +60,7 @@ def main():
         from comfy_xdit_patch.parallel.mesh import SequenceParallelMesh
         store = dist.TCPStore(setup["store_host"], setup["store_port"], plan.world_size, False,
                               timedelta(seconds=120))
-        from comfy_xdit_patch.runtime.group import collective_timeout_s
-        timeout = timedelta(seconds=collective_timeout_s())
+        timeout = timedelta(seconds=setup["collective_timeout_s"])
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size, timeout=timeout)
         mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, timeout, plan.ulysses_exchange, device,
                                           plan.exchange_parts)
@@ -100,8 +99,6 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     forwards = 0
     step_ms = collections.deque(maxlen=200)
     group_ms = collections.deque(maxlen=200)   # this rank's group, its own rows only (placement strategies)
-    # Test hook (tests/test_faults.py): stall inside the Nth call's first collective, as a stuck peer would.
-    stall_at = int(os.environ.get("COMFY_XDIT_TEST_STALL_AT_FORWARD", "0"))
     profiled = HelperProfile(os.environ.get("COMFY_XDIT_PROFILE_HELPER"), log)
     while True:
         message = link.recv()
@@ -143,8 +140,6 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
                     log.info("compiling the diffusion model like rank 0 (%s)", compile_kwargs)
                 model = compiled[1]
             forwards += 1
-            if forwards == stall_at:
-                time.sleep(3600)
             tensors = transport.receive_tensors(tensor_layout, device)
             graphs.reset(generation)
 

@@ -15,11 +15,6 @@ log = logging.getLogger(__name__)
 HELPER = [sys.executable, "-m", "comfy_xdit_patch.runtime.helper"]
 
 
-def rank0_host():
-    """The address helpers reach rank 0 on: loopback, unless a multi-machine setup names one (COMFY_XDIT_HOST)."""
-    return os.environ.get("COMFY_XDIT_HOST", "127.0.0.1")
-
-
 class LocalLauncher:
     def __init__(self, plan):
         self.plan = plan
@@ -62,7 +57,7 @@ class RayLauncher:
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank - 1),
         ).remote()
         self.actors.append(host)
-        return RayHelperProcess(self.ray, host, self.ray.get(host.start.remote(helper_env), timeout=120))
+        return RayHelperProcess(self.ray, host, self.ray.get(host.start.remote(HELPER, helper_env), timeout=120))
 
     def close(self):
         for actor in self.actors:
@@ -111,12 +106,12 @@ def _helper_host_class(ray):
     if _host_class is None:
         @ray.remote
         class HelperHost:
-            def start(self, helper_env):
+            def start(self, command, helper_env):
                 env = dict(os.environ, **helper_env)
                 env["COMFY_XDIT_PARENT_PID"] = str(os.getpid())      # the helper lives as long as this actor
                 if "CUDA_VISIBLE_DEVICES" in os.environ:              # Ray gave this actor one GPU
                     env["COMFY_XDIT_DEVICE_INDEX"] = "0"
-                self.process = subprocess.Popen(HELPER, env=env, stdin=subprocess.DEVNULL)
+                self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
                 return self.process.pid
 
             def poll(self):

@@ -6,9 +6,6 @@ import os
 def local_versions():
     import comfy_xdit_patch
     versions = {"comfy_xdit_patch": comfy_xdit_patch.__version__, "comfyui": _comfyui_version()}
-    override = os.environ.get("COMFY_XDIT_TEST_HELPER_VERSION")   # test hook: a helper from another install
-    if override:
-        versions["comfy_xdit_patch"] = override
     return versions
 
 

@@ -1,0 +1,105 @@
+"""Every environment variable the plugin reads: deployment settings of whoever starts ComfyUI, never of a workflow.
+
+Read as ``envs.COMFY_XDIT_START_TIMEOUT`` (parsed at each read, so a test or a server owner can change them). A bad
+value raises ValueError naming the variable and what it accepts, before any work.
+Settings that change results or speed are node inputs instead (comfy_xdit_patch/node_options.py).
+"""
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Variable:
+    default: str
+    parse: Callable[[str, str], Any]
+    meaning: str
+
+
+def _seconds(name, text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        raise ValueError(f"{name} must be a number of seconds above 0, not '{text}'.")
+    return value
+
+
+def _switch(name, text):
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0, not '{text}'.")
+
+
+def _text(name, text):
+    return text
+
+
+def _host(name, text):
+    """An address of this machine that helpers can reach: loopback by default. A wildcard would expose the ports
+    on every interface while naming none that helpers could connect to."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{name} must be this machine's IPv4 address on the network its helpers share (e.g. "
+                         f"10.0.0.5), not '{text}'.") from None
+    if address.version != 4:
+        raise ValueError(f"{name}: only IPv4 addresses are supported, not '{text}'.")
+    if address.is_unspecified:
+        raise ValueError(f"{name}={text} would listen on every interface and names no address helpers can reach; "
+                         "set it to this machine's address on the trusted network its helpers share.")
+    return text
+
+
+VARIABLES = {
+    "COMFY_XDIT_HOST": Variable(
+        "127.0.0.1", _host,
+        "The address rank 0's control port, rendezvous store and collectives' bootstrap listen on. Loopback unless "
+        "helpers run on other machines (launcher 'ray'); then this machine's address on a trusted, firewalled "
+        "network."),
+    "COMFY_XDIT_ALLOW_RAY": Variable(
+        "0", _switch,
+        "1: workflows may use launcher 'ray'. Off by default, so that no workflow can make the server start or join "
+        "a Ray cluster on its own."),
+    "COMFY_XDIT_RAY_ADDRESS": Variable(
+        "", _text,
+        "With launcher 'ray': the Ray cluster to join (e.g. 10.0.0.5:6379). Empty: start a Ray instance on this "
+        "machine, on loopback, with token authentication."),
+    "COMFY_XDIT_START_TIMEOUT": Variable(
+        "180", _seconds,
+        "Seconds the helpers have to start (connect, import ComfyUI, join the process group); past it the prompt "
+        "runs on one GPU."),
+    "COMFY_XDIT_COLLECTIVE_TIMEOUT": Variable(
+        "300", _seconds,
+        "Seconds a collective may wait for a stuck peer before the group is given up and the prompt finishes on one "
+        "GPU."),
+    "COMFY_XDIT_ABORT_TIMEOUT": Variable(
+        "10", _seconds,
+        "Seconds aborting a failed group's collectives may take; past it the group is set aside (prompts run on one "
+        "GPU until ComfyUI restarts) rather than waited for."),
+    "COMFY_XDIT_TRACE_DIR": Variable(
+        "", _text, "Profiling: where profiled ranks write their traces (bench --gpu-busy)."),
+    "COMFY_XDIT_PROFILE_HELPER": Variable(
+        "", _text, "Profiling: which helper forward calls to profile, e.g. '5-7' (bench --gpu-busy)."),
+}
+
+
+def get(name):
+    variable = VARIABLES[name]
+    return variable.parse(name, os.environ.get(name, variable.default))
+
+
+def __getattr__(name):
+    if name in VARIABLES:
+        return get(name)
+    raise AttributeError(name)
+
+
+def check_all():
+    """Parses every variable: a bad value is named when the plugin loads, not in the middle of a prompt."""
+    for name in VARIABLES:
+        get(name)

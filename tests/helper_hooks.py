@@ -1,0 +1,80 @@
+"""A helper rank with faults injected, for the fault tests: run as the helper's command in place of
+``python -m comfy_xdit_patch.runtime.helper`` (see ``use_hooked_helpers``). Each COMFY_XDIT_TEST_* variable turns on one
+fault; the product itself has no test hooks.
+
+- COMFY_XDIT_TEST_STALL_AT_FORWARD=N: sleep inside the Nth model call, before its tensors arrive (a stuck peer).
+- COMFY_XDIT_TEST_VERSION=V: report plugin version V when joining (a helper from another install).
+- COMFY_XDIT_TEST_CORRUPT_WEIGHTS=1: flip one byte of the received weights (a corrupted transfer).
+- COMFY_XDIT_TEST_EXIT_AT=init|sync: exit inside the process group's initialisation, or midway through the weight sync.
+- COMFY_XDIT_TEST_SPEEDS=a,b,...: the matrix-multiply speed each rank reports (GPUs of different speeds).
+"""
+import os
+import sys
+import time
+
+HERE = os.path.abspath(__file__)
+
+
+def use_hooked_helpers(monkeypatch, **faults):
+    """Test side: helpers start through this file, with ``faults`` (e.g. STALL_AT_FORWARD="2") in their env."""
+    from comfy_xdit_patch.runtime import launchers
+    monkeypatch.setattr(launchers, "HELPER", [sys.executable, HERE])
+    for name, value in faults.items():
+        monkeypatch.setenv("COMFY_XDIT_TEST_" + name, str(value))
+
+
+def _install():
+    from comfy_xdit_patch.runtime import transport, versions, weights
+    stall_at = int(os.environ.get("COMFY_XDIT_TEST_STALL_AT_FORWARD", "0"))
+    if stall_at:
+        original_receive = transport.receive_tensors
+        calls = [0]
+
+        def receive_tensors(layout, device):
+            if layout:
+                calls[0] += 1
+                if calls[0] == stall_at:
+                    time.sleep(3600)
+            return original_receive(layout, device)
+        transport.receive_tensors = receive_tensors
+
+    version = os.environ.get("COMFY_XDIT_TEST_VERSION")
+    if version:
+        original_versions = versions.local_versions
+        versions.local_versions = lambda: dict(original_versions(), comfy_xdit_patch=version)
+
+    original_weights = weights.receive_weights
+    if os.environ.get("COMFY_XDIT_TEST_CORRUPT_WEIGHTS"):
+        def receive_weights(diffusion_model, *args, **kwargs):
+            original_weights(diffusion_model, *args, **kwargs)
+            first = next(p for p in diffusion_model.parameters() if not p.is_meta)
+            first.data.view(-1)[0] += 1.0
+        weights.receive_weights = receive_weights
+
+    exit_at = os.environ.get("COMFY_XDIT_TEST_EXIT_AT")
+    if exit_at == "init":
+        import torch.distributed as dist
+        dist.init_process_group = lambda *args, **kwargs: os._exit(7)
+    elif exit_at == "sync":
+        import torch.distributed as dist
+        original_broadcast = dist.broadcast
+        seen = [0]
+
+        def broadcast(tensor, *args, **kwargs):
+            seen[0] += 1
+            if seen[0] == 3:
+                os._exit(7)
+            return original_broadcast(tensor, *args, **kwargs)
+        weights.dist.broadcast = broadcast
+
+    speeds = os.environ.get("COMFY_XDIT_TEST_SPEEDS")
+    if speeds:
+        from comfy_xdit_patch.runtime import speed
+        speed.measure_speed = lambda device, rank: float(speeds.split(",")[rank])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    _install()
+    from comfy_xdit_patch.runtime import helper
+    helper.main()
