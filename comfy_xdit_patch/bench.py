@@ -55,8 +55,8 @@ def weight_shapes():
 
 def _load_aimdo_library():
     """comfy-aimdo's library, loaded as ComfyUI's main.py does: before any ComfyUI module is imported, because
-    comfy_aimdo.host_buffer and its siblings copy ``control.lib`` when they are imported (session 4's GPU run, with
-    the library loaded afterwards, failed in HostBuffer with ``lib`` None)."""
+    comfy_aimdo.host_buffer and its siblings copy ``control.lib`` when they are imported (loaded afterwards, the
+    library is None in HostBuffer)."""
     import comfy.cli_args
     import comfy_aimdo.control   # ComfyUI 0.33 pins comfy-aimdo 0.4.13: its protocol only
     return comfy_aimdo.control.init(simple_vram_headroom=None,
@@ -124,8 +124,8 @@ def load_random_flux(size, dtype, device, seed=0, from_host=False):
     """A random FLUX loaded by ComfyUI's own diffusion-model loader. The weights are made on ``device`` (fast);
     ``from_host``: handed to the loader in host memory, as a file's weights are. Dynamic VRAM needs that: its layers
     stream a weight from the host and apply LoRA patches on the way (comfy/ops.py cast_bias_weight), but a weight
-    already on the GPU takes the classic path, which leaves those patches out. (Session 4's GPU run made the weights
-    on the GPU: ComfyUI's own 1-GPU result lacked the patches, the helpers' weights had them, rel. err 0.50.)"""
+    already on the GPU takes the classic path, which leaves those patches out (ComfyUI's own 1-GPU result would then
+    lack the patches that the helpers' weights have)."""
     import comfy.sd
     state = random_flux_state_dict(size, dtype, device, seed)
     if from_host:
@@ -178,8 +178,8 @@ def sample(model, latent_hw, steps, text_tokens, device, seed=7):
 def settle(model, resolutions, text_tokens, device):
     """One step at each resolution, unmeasured. ComfyUI's first prompt in a process computes slightly differently
     from every later one (FLUX.1-dev size at 1024² on an H200: 6.93e-3 against the second prompt, which every later
-    one equals bit for bit: tools/repeat_probe.py, eighth session), so no figure may come from the first prompt: a
-    1-GPU reference taken there would count that difference as the parallel run's error."""
+    one equals bit for bit; docs/benchmarks.md, "Correctness"), so no figure may come from the first prompt: a 1-GPU
+    reference taken there would count that difference as the parallel run's error."""
     for res in resolutions:
         sample(model, (res // 8, res // 8), 1, text_tokens, device)
 

@@ -59,7 +59,7 @@ def test_a_helper_profile_setting_it_cannot_read_is_named_not_raised(caplog):
 
 def test_no_figure_comes_from_the_processs_first_prompt(monkeypatch, capsys):
     """ComfyUI's first prompt in a process computes slightly differently from every later one (6.93e-3 at 1024² on
-    an H200, later prompts bit-equal: tools/repeat_probe.py), so the bench settles with one unmeasured step at each
+    an H200, later prompts bit-equal: docs/benchmarks.md), so the bench settles with one unmeasured step at each
     resolution before its 1-GPU reference."""
     from comfy_xdit_patch import bench
     calls = []

@@ -3,8 +3,8 @@ member's tokens, in any number of head parts.
 
 The members run as threads of this process on CPU tensors: their buffers are plain tensors all of them write into, as
 peers write into mapped GPU memory, the 2-D copies are plain copies through the same addresses, and the barrier is a
-thread barrier. What needs GPUs (the copies on a copy engine, their capture, the streams) was checked on one H200 with
-both ranks on it by tools/ce_exchange_probe.py (bit-equal to the symmetric exchange, eighth session).
+thread barrier. What needs GPUs (the copies on a copy engine, their capture, the streams) is checked by
+tests/gpu/test_cuda_exchange.py (bit-equal to the symmetric exchange, eager and graphed).
 """
 import threading
 

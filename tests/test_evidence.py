@@ -1,5 +1,5 @@
 """The GPU evidence scenarios (python -m comfy_xdit_patch.evidence ...) run on CPU ranks, exact against 1 rank, so
-that a session with device time can spend it on the runs, not on fixing the scripts."""
+that time on a GPU machine goes to the runs, not to fixing the scripts."""
 import os
 import subprocess
 import sys
@@ -26,9 +26,9 @@ def test_evidence_scenario_runs_and_is_exact(scenario):
 
 
 def test_random_models_are_built_whole_under_dynamic_vram():
-    """ComfyUI's layers create no weight until loaded while dynamic VRAM is on; the session-4 GPU run of `evidence
-    dynamic` got a 12-key FLUX state dict that way and ComfyUI's loader returned None. The builders read shapes with
-    that off, and leave it as it was."""
+    """ComfyUI's layers create no weight until loaded while dynamic VRAM is on, so a state dict read from a model
+    built then has 12 keys and ComfyUI's loader returns None for it. The builders read shapes with that off, and
+    leave it as it was."""
     import comfy.memory_management
     from comfy_xdit_patch.bench import TINY, load_random_flux, random_flux_state_dict
     import torch

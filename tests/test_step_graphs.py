@@ -70,8 +70,8 @@ def test_a_warm_prompt_finds_the_previous_prompts_graph_keys():
 
 
 def test_failed_groups_graphs_are_destroyed_beside_the_abort_not_before_it():
-    """Session 4 on 2×H200: a graph replaying against a killed ring peer did not let its destructor return until the
-    communicator was aborted, and the abort waits for the graphs to be gone. The destruction runs on its own thread,
+    """On 2×H200 a graph replaying against a killed ring peer does not let its destructor return until the
+    communicator is aborted, and the abort waits for the graphs to be gone. The destruction runs on its own thread,
     so the abort (here: the event the stuck graph waits for) can be issued meanwhile."""
     aborted = threading.Event()
     reset = []

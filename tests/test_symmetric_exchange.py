@@ -2,8 +2,7 @@
 
 Its kernels run here in Triton's interpreter on CPU tensors, for every member of a simulated group in one process:
 the members' receive buffers are plain tensors that all of them write into, as peers write into mapped GPU memory.
-What needs GPUs (the mapping, the barrier, its release after a failure) is measured by tools/symm_exchange_probe.py
-on 2×H200 (docs/benchmarks.md).
+What needs GPUs (the mapping, the barrier, its release after a failure) is checked by tests/gpu/test_cuda_exchange.py.
 """
 import pytest
 import torch
@@ -91,7 +90,7 @@ def test_the_exchange_runs_the_same_inside_a_compiled_model():
 
 def test_every_group_of_a_process_uses_the_exchange_it_was_configured_with(monkeypatch):
     """Through torch's symmetric memory, a second group in ComfyUI's process (after a failure or a settings change)
-    waited for rendezvous keys its fresh helpers never wrote, so only the first used it (fifth session). With our
+    waits for rendezvous keys its fresh helpers never write, so only the first could use it. With our
     own peer mapping every group uses its plan's exchange; a group without Ulysses (ring only) has none to make."""
     from comfy_xdit_patch.config import ParallelPlan, resolve_plan
     monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")

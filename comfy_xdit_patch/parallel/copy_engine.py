@@ -1,18 +1,18 @@
 """The Ulysses exchange through peer memory by the GPUs' copy engines, pipelined against the attention.
 
-The symmetric exchange (symmetric.py) moves q, k, v and the output with SM kernels; inside a CUDA graph those get no
-SMs while an attention kernel runs, so splitting the heads into parts to overlap them slowed the step (seventh
-session). A copy engine needs no SM. Here the buffers, their layout and the barrier are the symmetric exchange's; the
-data moves by 2-D copies (``cuMemcpy2DAsync``) straight into each member's receive buffer, with no pack or unpack
-pass: per member and head part, q, k and v are one copy each — rows of a head's tokens where they are head-major (a
-double block's), rows of a token's heads where they are token-major (a single block's views of its fused
-projection), each into a slot of the same layout that the attention then reads in place — and the output goes back as
-rows of a token's heads. With ``parts`` > 1 the copies and the barriers run on a stream of their own:
-part j + 1 crosses while part j's attention runs, and part j's output goes back while part j + 1 is computed.
+The symmetric exchange (symmetric.py) moves q, k, v and the output with SM kernels; inside a CUDA graph those get no SMs
+while an attention kernel runs, so splitting the heads into parts to overlap them slows the step (docs/benchmarks.md). A
+copy engine needs no SM. Here the buffers, their layout and the barrier are the symmetric exchange's; the data moves by
+2-D copies (``cuMemcpy2DAsync``) straight into each member's receive buffer, with no pack or unpack pass: per member and
+head part, q, k and v are one copy each — rows of a head's tokens where they are head-major (a double block's), rows of
+a token's heads where they are token-major (a single block's views of its fused projection), each into a slot of the
+same layout that the attention then reads in place — and the output goes back as rows of a token's heads. With ``parts``
+> 1 the copies and the barriers run on a stream of their own: part j + 1 crosses while part j's attention runs, and part
+j's output goes back while part j + 1 is computed.
 
-Checked on one H200 with both ranks on it (tools/ce_exchange_probe.py, eighth session): bit-equal to the symmetric
-exchange in 1–3 parts, eager and captured as a graph. Not yet timed on two GPUs, so it is only used when asked for
-(``COMFY_XDIT_EXCHANGE=copy-engine``, ``COMFY_XDIT_EXCHANGE_PARTS``); tools/sessions/s9_call2.sh times it.
+Bit-equal to the symmetric exchange in 1–3 parts, eager and replayed from a CUDA graph, on one H200 with both ranks on
+it (tests/gpu/test_cuda_exchange.py checks it). Its speed on two GPUs is not measured yet, so it is only used when asked
+for (``COMFY_XDIT_EXCHANGE=copy-engine``, ``COMFY_XDIT_EXCHANGE_PARTS``).
 """
 import contextlib
 import ctypes
@@ -127,8 +127,8 @@ class CopyEngineUlysses(SymmetricUlysses):
             raise ValueError("the copy-engine exchange needs at least two tokens on every GPU")
         shape = self._buffers(batch, heads, dim, seq_lens, q.dtype)
         # A single block's q, k, v are views of one fused projection, its tokens' heads adjacent: they travel as
-        # rows of a token's heads and are read in place (a pass making them head-major cost 67 µs a block and
-        # tensor at 2048², eighth session); a double block's are contiguous, head by head.
+        # rows of a token's heads and are read in place (a pass making them head-major costs 67 µs a block and
+        # tensor at 2048² on an H200); a double block's are contiguous, head by head.
         token_major = [t.stride(1) == dim and t.stride(-1) == 1 for t in (q, k, v)]
         tensors = [t if by_token or t.is_contiguous() else t.contiguous()
                    for t, by_token in zip((q, k, v), token_major)]

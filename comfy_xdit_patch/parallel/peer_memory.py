@@ -8,9 +8,9 @@ communicator.
 On CUDA the memory comes from the driver (``cuMemAlloc``) and travels as a CUDA IPC handle: torch's caching
 allocator cannot export it when ComfyUI runs it on ``cudaMallocAsync`` (its default), and torch's symmetric memory
 numbers its rendezvous with one counter per process, so a second group in ComfyUI's process (after a failure, or a
-changed setting) waited for keys that the new helpers never wrote (fifth session, docs/benchmarks.md). Here mapping
-is one ``all_gather_object`` of the handles on the group's own communicator, as often as needed. On CPU ranks the
-memory is a file in /dev/shm, removed as soon as every member has opened it.
+changed setting) would wait for keys that the new helpers never write. Here mapping is one ``all_gather_object`` of
+the handles on the group's own communicator, as often as needed. On CPU ranks the memory is a file in /dev/shm,
+removed as soon as every member has opened it.
 
 The memory bypasses torch's allocator: ``held_bytes`` says how much this process holds, for memory reports.
 """

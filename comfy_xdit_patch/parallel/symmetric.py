@@ -3,14 +3,13 @@
 NCCL's all-to-all wants its data packed per destination and hands it back packed, so a block pays a pass over q, k and
 v before it and after it, and one more each way for the output. On 2×H200 at 1024² a block spent ≈290 µs in pack,
 all-to-all and unpack, while its 28 MB cross the link in ≈90 µs at the ≈350 GB/s that a copy engine reaches
-(tools/symm_exchange_probe.py, docs/benchmarks.md). Here every rank maps its peers' receive buffers
+(docs/benchmarks.md, "The Ulysses exchange"). Here every rank maps its peers' receive buffers
 (parallel/peer_memory.py): one kernel reads q, k, v where ComfyUI left them (any strides) and writes every member's
 heads straight into the layout the attention reads on that member's GPU, and the output goes back the same way into
-the token-major layout ComfyUI's blocks expect. A barrier after each direction says the data is there. Measured with
-one kernel per destination and tensor (the fifth session's version): 123 µs a block at 1024² (395 µs at 2048²,
-against 916), the step 1.56× → 1.69× (1.80× → 1.90×), the output unchanged. One kernel for all of them launches 4
-kernels a block instead of 10 at two GPUs (4 instead of 4N + 2 at N): Triton's launches cost the host tens of µs,
-which counts in steps that run eagerly (ComfyUI's dynamic VRAM, sharded weights).
+the token-major layout ComfyUI's blocks expect. A barrier after each direction says the data is there. A block's
+exchange takes 123 µs at 1024² (395 µs at 2048², against NCCL's 916), the output unchanged. One kernel for every
+member and tensor launches 4 kernels a block instead of 10 at two GPUs (4 instead of 4N + 2 at N): Triton's launches
+cost the host tens of µs, which counts in steps that run eagerly (ComfyUI's dynamic VRAM, sharded weights).
 
 The barrier is our own small kernel for one reason: a peer that dies leaves it spinning, and rank 0 (ComfyUI's own
 process) must get its stream back to finish the image on one GPU. While it waits it also reads an abort flag of its

@@ -10,9 +10,9 @@ rank.
 
 Where the ranks share a machine, every rank's pieces live in peer memory (parallel/peer_memory.py) and a gather is
 copies from the peers' pieces on a stream of its own: on GPUs the copy engine moves them, so the gather takes no SMs
-and no communicator. Through NCCL's all-gather instead, every gather queued on the attention's communicator and held
-the next exchange back (+26% a 1024² step on 2×H200), and a second communicator for the gathers could not be aborted
-after a helper died (sixth session, docs/benchmarks.md). Ranks on several machines (Ray) all-gather.
+and no communicator. Through NCCL's all-gather instead, every gather queues on the attention's communicator and holds
+the next exchange back, and a second communicator for the gathers cannot be aborted after a helper dies
+(docs/benchmarks.md). Ranks on several machines (Ray) all-gather.
 """
 from typing import NamedTuple
 
@@ -219,10 +219,8 @@ class ShardedBlocks:
         self._start(key)
         buffer, gather = self._pending.pop(key)
         gather.wait()
-        # Started here, the next gather runs during the whole block. Started after the block's attention instead, it
-        # overlapped only the block's later half and measured worse, as an all-gather (153.5 vs 140.7 ms a 1024²
-        # step, 2×H200, fourth session) and as pulled copies (NCCL exchange 138.3 vs 122.7 ms; symmetric under
-        # dynamic VRAM 127.4 vs 118.9; sixth session).
+        # Started here, the next gather runs during the whole block; started after the block's attention it would
+        # overlap only the block's later half, which is slower (docs/benchmarks.md, "What each lever bought").
         if key in self.successor:
             self._start(self.successor[key])
         layout = self.layouts[key]
