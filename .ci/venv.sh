@@ -15,8 +15,10 @@ fi
 # dependency pulls an unpinned CUDA torch. The templates/docs packages are not needed; the frontend is (the panel test
 # loads the real ComfyUI page).
 torch_pins="torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1"
-filtered=$(grep -vE '^(comfyui-workflow-templates|comfyui-embedded-docs|torch|torchvision|torchaudio)([<>=~ ]|$)' "$comfy/requirements.txt")
-key=$( { python3 --version; echo "$torch_pins"; echo "$filtered"; cat "$here/tests/requirements.txt"; } | sha256sum | cut -c1-16)
+filtered=$(grep -vE '^(comfyui-workflow-templates|comfyui-embedded-docs|torch|torchvision|torchaudio)([<>=~ ]|$)' \
+  "$comfy/requirements.txt")
+key=$( { python3 --version; echo "$torch_pins"; echo "$filtered"; cat "$here/tests/requirements.txt"; } \
+  | sha256sum | cut -c1-16)
 venv=${COMFY_XDIT_VENV:-/opt/comfy-xdit-venv/$key}
 mkdir -p "$(dirname "$venv")"
 exec 9>"$venv.lock"
