@@ -1,9 +1,9 @@
 """Peer memory on CUDA (parallel/peer_memory.py): driver allocations shared as CUDA IPC handles, so that every member
 reads and writes every other member's memory; and the 2-D copy (parallel/copy_engine.py) the copy-engine exchange
 moves data with."""
+import pytest
 import torch
 
-import pytest
 from rank_processes import join_group, needs_gpus, placements, run_ranks
 
 WORDS = 4096   # int32 words per member: two halves of 2048
