@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -129,13 +130,20 @@ model = enable_multigpu(comfy_env.load_tiny_flux(), gpus=3, parallelism="ring")
 latent = comfy_env.empty_latent(8, 8)["samples"]
 comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 1), 1, 1.0, "euler", "simple",
                     comfy_env.flux_conditioning(8), comfy_env.flux_conditioning(8, seed=2), latent, seed=1)
-print("HELPERS", *[p.pid for p in group.current_group().processes.values()], flush=True)
+pids = [p.pid for p in group.current_group().processes.values()]
+print("HELPERS", *pids, flush=True)
+if {stop_helpers}:   # helpers that no Python thread of theirs can run in (as behind a blocked CUDA launch queue)
+    import signal
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
 os._exit(0)   # as a crash would: no shutdown, no atexit
 """
 
 
-def test_helpers_exit_by_themselves_when_rank0_dies():
-    script = RANK0_SCRIPT.format(tests=os.path.join(REPO, "tests"))
+@pytest.mark.parametrize("stop_helpers", [False, True], ids=["running", "stopped"])
+def test_helpers_exit_by_themselves_when_rank0_dies(stop_helpers):
+    """Running helpers notice through their watch thread; stopped ones are killed by the kernel (PR_SET_PDEATHSIG)."""
+    script = RANK0_SCRIPT.format(tests=os.path.join(REPO, "tests"), stop_helpers=stop_helpers)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=REPO))
     pids = [int(p) for line in out.stdout.splitlines() if line.startswith("HELPERS") for p in line.split()[1:]]
@@ -177,3 +185,53 @@ def test_a_helper_of_another_version_is_refused_with_a_message(tiny_flux, fresh_
     assert "comfy_xdit_patch 0.0.1 on the helper vs 0.1.0 on rank 0" in message
     assert "Install the same ComfyUI and comfy-xdit-patch on every machine" in message
     assert helpers.current_group() is None
+
+
+@pytest.mark.parametrize("where", ["init", "sync"])
+def test_a_helper_dying_during_start_up_or_weight_sync_is_noticed_at_once(tiny_flux, fresh_helpers, monkeypatch,
+                                                                          caplog, where):
+    """Rank 0 would otherwise wait inside the rendezvous or the weight broadcast until the collective timeout."""
+    monkeypatch.setenv("COMFY_XDIT_COLLECTIVE_TIMEOUT", "8")
+    expected = sample(tiny_flux, steps=1)
+    parallel = enable_multigpu(tiny_flux, gpus=2, parallelism="ring")
+    use_hooked_helpers(monkeypatch, EXIT_AT=where)
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        got = sample(parallel, steps=1)
+    assert time.monotonic() - start < 6, "rank 0 waited for the collective timeout"
+    assert relative_error(got, expected) == 0.0
+    assert any("this prompt runs on one GPU" in r.getMessage() for r in caplog.records)
+    assert helpers.current_group() is None
+    # The abandoned collective ends at its timeout; a prompt after that runs parallel again with sound helpers.
+    monkeypatch.delenv("COMFY_XDIT_TEST_EXIT_AT")
+    deadline = time.monotonic() + 30
+    while helpers._abandoned_phase is not None and helpers._abandoned_phase.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert relative_error(sample(parallel, steps=1), expected) <= 1e-5
+    assert helpers.current_group() is not None and helpers.current_group().alive()
+
+
+def test_an_abort_that_never_returns_is_set_aside_after_its_deadline(monkeypatch, caplog):
+    """NCCL's abort can hang with several stuck communicators: ComfyUI's thread waits at most the deadline."""
+    monkeypatch.setattr(helpers, "_unreleased_group", None)
+    never = threading.Event()
+    start = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):
+        returned = helpers.abort_within(never.wait, 0.5)
+    assert not returned and time.monotonic() - start < 2
+    assert "did not return within" in helpers._unreleased_group
+    assert any("set aside" in r.getMessage() for r in caplog.records)
+    never.set()
+    assert helpers.abort_within(lambda: None, 5) is True
+
+
+def test_nccl_watchdog_never_ends_comfyuis_process(tiny_flux, fresh_helpers):
+    """Rank 0's NCCL watchdog only cleans up on a timeout and its heartbeat monitor is off; helpers keep tearing
+    down (they are read from the environment when the NCCL process group is made)."""
+    sample(enable_multigpu(tiny_flux, gpus=2, parallelism="ring"), steps=1)
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "2"
+    assert os.environ["TORCH_NCCL_ENABLE_MONITORING"] == "0"
+    helper_env = psutil.Process(helper_processes()[0].pid).environ()
+    assert helper_env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
+    assert helper_env["TORCH_NCCL_ENABLE_MONITORING"] == "1"

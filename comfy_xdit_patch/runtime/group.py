@@ -73,6 +73,8 @@ class HelperGroup:
         self.generation = 0
         self._graph_weights_state = None
         self.failure = None           # set by the health monitor when a helper dies
+        self.exit_codes = {}          # rank -> None while alive, else its exit code (kept by the health monitor)
+        self._blocked_phase = None    # a collective phase given up on while it still runs (see _watched)
         self.versions = _rank0_versions()
         self.scheduler = None         # places batch rows on groups (runtime/scheduler.py), made at start
         self.launcher = None
@@ -93,8 +95,16 @@ class HelperGroup:
         if _unreleased_group is not None:
             raise HelperFailure(f"the process group of a failed run could not be freed ({_unreleased_group}); "
                                 "prompts run on one GPU until ComfyUI is restarted.")
+        if _abandoned_phase is not None and _abandoned_phase.is_alive():
+            raise HelperFailure("the previous helper group is still being given up (a collective of its failed "
+                                f"start-up or weight sync waits up to {envs.COMFY_XDIT_COLLECTIVE_TIMEOUT:.0f} s for "
+                                "its timeout); this prompt runs on one GPU")
         if dist.is_initialized() and _owned_default_group:
             _release_default_group()          # left over from a group that failed to tear down (e.g. after abort)
+        if not dist.is_initialized():
+            # Group names (store prefixes) count from torch's group counter: a failed join leaves it advanced, while
+            # fresh helpers count from 0. destroy_process_group resets it the same way.
+            dist.distributed_c10d._world.group_count = 0
         if dist.is_initialized():
             raise HelperFailure("torch.distributed is already initialised in ComfyUI's process (by another custom "
                                 "node?); Enable Multi-GPU needs to create its own process group.")
@@ -104,6 +114,11 @@ class HelperGroup:
         if host == "127.0.0.1":
             for name, value in _LOOPBACK_ENV.items():
                 os.environ.setdefault(name, value)
+        # ComfyUI's process must never be ended by NCCL's watchdog: on a timeout it only aborts the communicators
+        # (2: clean up only) and its heartbeat monitor, which ends a process whose watchdog hangs, is off. The
+        # helpers keep torch's defaults (tear down): a helper that times out ends, and rank 0 falls back.
+        for name, value in _RANK0_NCCL_ENV.items():
+            os.environ.setdefault(name, value)
         # Replays of a captured step stalled on 2×H200 (NCCL 2.28.9) while NCCL registered the captured collectives'
         # buffers, and completed without it (docs/benchmarks.md). Helpers inherit it with the other NCCL_* settings.
         os.environ.setdefault("NCCL_GRAPH_REGISTER", "0")
@@ -118,6 +133,9 @@ class HelperGroup:
                               master_listen_fd=store_socket.detach(), use_libuv=True)
         try:
             self._spawn(listener.getsockname(), secret)
+            # Health from the first moment: a helper that dies while rank 0 waits inside a collective of the
+            # start-up or the weight sync is noticed there too (see _watched).
+            threading.Thread(target=self._monitor, name="comfy-xdit-health", daemon=True).start()
             deadline = time.monotonic() + envs.COMFY_XDIT_START_TIMEOUT
             acceptor = control.Acceptor(listener, secret)
             for _ in range(1, self.plan.world_size):
@@ -138,13 +156,17 @@ class HelperGroup:
             self._expect_all("imported", deadline)
             # On NCCL, rank 0's pacer gives up on a stalled collective first; the process group's own watchdog
             # would end ComfyUI's whole process when its timeout passes.
-            timeout = envs.COMFY_XDIT_COLLECTIVE_TIMEOUT if self.plan.backend == "gloo" else 2 * envs.COMFY_XDIT_COLLECTIVE_TIMEOUT + 30
-            dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
-                                    timeout=timedelta(seconds=timeout))
-            _owned_default_group = True
-            self.mesh = SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree,
-                                                   timedelta(seconds=timeout), self.plan.ulysses_exchange, self.device,
-                                                   self.plan.exchange_parts)
+            collective = envs.COMFY_XDIT_COLLECTIVE_TIMEOUT
+            timeout = timedelta(seconds=collective if self.plan.backend == "gloo" else 2 * collective + 30)
+
+            def join():
+                global _owned_default_group
+                dist.init_process_group(self.plan.backend, store=store, rank=0, world_size=self.plan.world_size,
+                                        timeout=timeout)
+                _owned_default_group = True
+                return SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree, timeout,
+                                                  self.plan.ulysses_exchange, self.device, self.plan.exchange_parts)
+            self.mesh = self._watched(join, deadline, "joining the process group")
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
@@ -155,7 +177,6 @@ class HelperGroup:
             if acceptor is not None:
                 acceptor.close()
         self.started_s = time.perf_counter() - t0
-        threading.Thread(target=self._monitor, name="comfy-xdit-health", daemon=True).start()
         log.info("Enable Multi-GPU: started %d helper process(es) for %s in %.1f s",
                  self.plan.world_size - 1, self.plan.describe(), self.started_s)
 
@@ -168,12 +189,14 @@ class HelperGroup:
         env["COMFY_XDIT_CONTROL"] = f"{address[0]}:{address[1]}"
         env["COMFY_XDIT_TOKEN"] = secret.hex()
         env["COMFY_XDIT_PARENT_PID"] = str(os.getpid())
+        env.update(_HELPER_NCCL_ENV)
         if self.plan.device_type == "cpu":
             env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
                                                     str(max(1, (os.cpu_count() or 1) // self.plan.world_size)))
         self.launcher = make_launcher(self.plan)
         for rank in range(1, self.plan.world_size):
             self.processes[rank] = self.launcher.spawn(rank, dict(env, COMFY_XDIT_RANK=str(rank)))
+            self.exit_codes[rank] = None
 
     def _check_processes(self):
         for rank, process in self.processes.items():
@@ -209,6 +232,47 @@ class HelperGroup:
                 raise HelperFailure(f"helper rank {rank} failed: {reply}")
         return replies
 
+    def _watched(self, work, deadline, what):
+        """Runs ``work`` (a phase that waits inside collectives: joining the group, the weight sync) on a thread
+        while ComfyUI's thread watches the helpers: a helper that dies, or a phase past ``deadline``, raises
+        HelperFailure at once instead of leaving ComfyUI inside a collective until its timeout. The phase may still
+        wait there: the group is then not torn down under it, and no new group starts until it has ended."""
+        outcome = {}
+        device = self.device
+        # The current device and the autograd modes are per thread: the phase runs in the caller's.
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+        def run():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            try:
+                with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                    outcome["value"] = work()
+            except BaseException as e:   # handed to ComfyUI's thread
+                outcome["error"] = e
+        thread = threading.Thread(target=run, name="comfy-xdit-" + what.replace(" ", "-"), daemon=True)
+        thread.start()
+        while True:
+            thread.join(0.05)
+            if not thread.is_alive():
+                break
+            problem = self.failure or self._dead_helper()
+            if problem is None and time.monotonic() > deadline:
+                problem = f"{what} did not finish in time"
+            if problem is not None:
+                self._blocked_phase = thread
+                raise HelperFailure(f"{problem} while {what}")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    def _dead_helper(self):
+        for rank, process in self.processes.items():
+            code = process.poll()
+            if code is not None:
+                return f"helper rank {rank} exited with code {code}"
+        return None
+
     def alive(self):
         return self.mesh is not None and self.failure is None and all(p.poll() is None for p in self.processes.values())
 
@@ -217,14 +281,14 @@ class HelperGroup:
         failure within one block (the pacer keeps it from queueing further) and aborts the collectives itself; only
         if it does not within a few seconds does this thread abort them."""
         while not self._stopping.wait(0.2):
-            for rank, process in self.processes.items():
+            for rank, process in list(self.processes.items()):
                 code = process.poll()
-                if code is not None and not self._stopping.is_set():
+                self.exit_codes[rank] = code
+                if code is not None and not self._stopping.is_set() and self.failure is None:
                     self.failure = f"helper rank {rank} exited with code {code}"
                     log.error("Enable Multi-GPU: %s", self.failure)
                     if not self._stopping.wait(5.0):
                         self.abort_collectives()
-                    return
 
     def abort_collectives(self, wait_s=None):
         """Frees rank 0's stream from collectives whose peer is gone: NCCL kernels waiting for it return. Only after
@@ -237,14 +301,9 @@ class HelperGroup:
             if self._aborted or self.device.type != "cuda" or not dist.is_initialized():
                 return
             self._aborted = True
-            t0 = time.perf_counter()
             self.release_exchange()
-            try:
-                dist.distributed_c10d._abort_process_group()
-                self._collectives_aborted = True
-            except Exception:
-                log.warning("Enable Multi-GPU: aborting the collectives failed", exc_info=True)
-            log.info("Enable Multi-GPU: aborted the process group's collectives in %.2f s", time.perf_counter() - t0)
+            self._collectives_aborted = abort_within(dist.distributed_c10d._abort_process_group,
+                                                     envs.COMFY_XDIT_ABORT_TIMEOUT)
         finally:
             self._abort_lock.release()
 
@@ -330,7 +389,13 @@ class HelperGroup:
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
-        _release_default_group()
+        global _abandoned_phase
+        if self._blocked_phase is not None and self._blocked_phase.is_alive():
+            # A collective of this group still waits on that thread (for its timeout): its process group is
+            # destroyed by the next start, once the thread has ended.
+            _abandoned_phase = self._blocked_phase
+        else:
+            _release_default_group()
         self.processes, self.channels, self.mesh = {}, {}, None
         self.block_shards = None
         self.diffusion_model = self.model_fingerprint = None
@@ -370,10 +435,13 @@ class HelperGroup:
             if self.block_shards is not None:   # the helpers close theirs at the same point
                 self.block_shards.close()
             self.block_shards = shards   # from here on, so that a load that fails midway frees its peer memory too
-            weights.send_weights(model_patcher, keys, self.device)
-            transport.send_tensors(patch_tensors, self.device)
-            if shards is not None:
-                weights.scatter_block_shards(model_patcher, shards, self.device)
+
+            def send():
+                weights.send_weights(model_patcher, keys, self.device)
+                transport.send_tensors(patch_tensors, self.device)
+                if shards is not None:
+                    weights.scatter_block_shards(model_patcher, shards, self.device)
+            self._watched(send, time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT, "sending the weights")
         except NotImplementedError as e:
             # Not "this model cannot run in parallel" any more: the helpers wait inside the transfer, so the group
             # cannot be used again and must end like any failed one.
@@ -476,6 +544,36 @@ _group = None
 _owned_default_group = False    # whether the default process group is ours (so ours to destroy)
 _parked = []                      # what a failed group leaves that must never be freed (see shutdown)
 _unreleased_group = None        # why a failed group's process group had to be left alive (no new group after it)
+_abandoned_phase = None         # the thread of a failed group's collective phase that still waits for its timeout
+_RANK0_NCCL_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2", "TORCH_NCCL_ENABLE_MONITORING": "0"}
+_HELPER_NCCL_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_ENABLE_MONITORING": "1"}
+
+
+def abort_within(abort, seconds):
+    """Runs ``abort`` (NCCL's communicator abort) on a thread for at most ``seconds``. Returns whether it returned
+    in time. Past the deadline the process group is set aside: it is left as it is, no new group is made in this
+    process, and prompts run on one GPU until ComfyUI restarts, rather than ComfyUI waiting on it."""
+    global _unreleased_group
+    finished = threading.Event()
+    outcome = {"ok": False}
+
+    def run():
+        try:
+            abort()
+            outcome["ok"] = True
+        except Exception:
+            log.warning("Enable Multi-GPU: aborting the collectives failed", exc_info=True)
+        finally:
+            finished.set()
+    t0 = time.perf_counter()
+    threading.Thread(target=run, name="comfy-xdit-abort", daemon=True).start()
+    if not finished.wait(seconds):
+        _unreleased_group = f"aborting its collectives did not return within {seconds:.0f} s"
+        log.error("Enable Multi-GPU: aborting the failed group's collectives did not return within %.0f s; its "
+                  "process group is set aside and prompts run on one GPU until ComfyUI is restarted.", seconds)
+        return False
+    log.info("Enable Multi-GPU: aborted the process group's collectives in %.2f s", time.perf_counter() - t0)
+    return outcome["ok"]
 
 
 def _release_default_group():

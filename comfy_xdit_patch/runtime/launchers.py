@@ -5,8 +5,10 @@ process and everything after its start (rendezvous, NCCL/gloo, weights, steps) i
 A launcher returns, per helper, an object with the part of ``subprocess.Popen`` the group uses: ``pid``,
 ``poll()``, ``wait(timeout)``, ``kill()``.
 """
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -15,12 +17,25 @@ log = logging.getLogger(__name__)
 HELPER = [sys.executable, "-m", "comfy_xdit_patch.runtime.helper"]
 
 
+def die_with_parent():
+    """Runs in the child between fork and exec: the kernel sends it SIGKILL when the thread that started it ends,
+    even while the helper is stuck where no Python thread of its own could notice (a blocked CUDA launch queue).
+    Helpers are started from ComfyUI's long-lived prompt thread (or a Ray actor's), so that is rank 0's lifetime."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class LocalLauncher:
     def __init__(self, plan):
         self.plan = plan
 
     def spawn(self, rank, helper_env):
-        return subprocess.Popen(HELPER, env=dict(os.environ, **helper_env), stdin=subprocess.DEVNULL)
+        return subprocess.Popen(HELPER, env=dict(os.environ, **helper_env), stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
 
     def close(self):
         pass
@@ -111,7 +126,12 @@ def _helper_host_class(ray):
                 env["COMFY_XDIT_PARENT_PID"] = str(os.getpid())      # the helper lives as long as this actor
                 if "CUDA_VISIBLE_DEVICES" in os.environ:              # Ray gave this actor one GPU
                     env["COMFY_XDIT_DEVICE_INDEX"] = "0"
-                self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+                def die_with_actor():   # as die_with_parent, defined here: the actor may not import this module
+                    import ctypes
+                    import signal
+                    ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+                self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_actor)
                 return self.process.pid
 
             def poll(self):
