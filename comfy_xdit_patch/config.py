@@ -69,31 +69,34 @@ def _divisors(n):
 
 
 def choose_degrees(world_size, heads, parallelism, ulysses_degree=0, ring_degree=0):
-    """Returns ``(ulysses_degree, ring_degree)`` for ``world_size`` ranks or raises ValueError naming the fix."""
+    """Returns ``(ulysses_degree, ring_degree)`` for ``world_size`` sequence-parallel ranks or raises ValueError
+    naming the fix. Degrees set with ``auto`` are honoured as with ``usp``; with ``ulysses`` or ``ring`` a degree
+    must agree with that choice."""
     if parallelism not in PARALLELISMS:
         raise ValueError(f"parallelism must be one of {', '.join(PARALLELISMS)}, not '{parallelism}'.")
+    for name, value in (("ulysses_degree", ulysses_degree), ("ring_degree", ring_degree)):
+        if value < 0:
+            raise ValueError(f"{name} must be 0 (automatic) or a positive count, not {value}.")
     working = [d for d in _divisors(world_size) if heads % d == 0]
-    if parallelism == "ring":
-        return 1, world_size
-    if parallelism == "ulysses":
+    if parallelism in ("ring", "ulysses"):
+        wanted = (1, world_size) if parallelism == "ring" else (world_size, 1)
+        for name, value, agrees in (("ulysses_degree", ulysses_degree, wanted[0]),
+                                    ("ring_degree", ring_degree, wanted[1])):
+            if value and value != agrees:
+                raise ValueError(
+                    f"parallelism '{parallelism}' runs ulysses {wanted[0]} x ring {wanted[1]} over the "
+                    f"{world_size} ranks, but {name} is {value}. Set parallelism to 'usp' to combine the two, or "
+                    f"{name} to 0.")
+        if parallelism == "ring":
+            return wanted
         if heads % world_size:
             raise ValueError(
                 f"Ulysses over {world_size} ranks needs the head count ({heads}) to divide by {world_size}. "
                 f"Use gpus in {[d for d in _divisors(heads) if d > 1]}, or parallelism 'usp' or 'ring'.")
-        return world_size, 1
+        return wanted
+    if ulysses_degree or ring_degree:   # usp, or auto with degrees set: exactly those degrees
+        return _explicit_degrees(world_size, heads, working, ulysses_degree, ring_degree)
     if parallelism == "usp":
-        if ulysses_degree and ring_degree and ulysses_degree * ring_degree != world_size:
-            raise ValueError(f"ulysses_degree {ulysses_degree} x ring_degree {ring_degree} must equal the number of "
-                             f"ranks ({world_size}).")
-        if ulysses_degree or ring_degree:
-            ulysses = ulysses_degree or world_size // ring_degree
-            if world_size % ulysses:
-                raise ValueError(f"ulysses_degree {ulysses} does not divide the {world_size} ranks; "
-                                 f"use one of {_divisors(world_size)}.")
-            if heads % ulysses:
-                raise ValueError(f"ulysses_degree {ulysses} does not divide the model's {heads} heads; "
-                                 f"degrees that work here: {working}.")
-            return ulysses, world_size // ulysses
         hybrid = [d for d in working if 1 < d < world_size]
         if hybrid:
             return max(hybrid), world_size // max(hybrid)
@@ -101,6 +104,28 @@ def choose_degrees(world_size, heads, parallelism, ulysses_degree=0, ring_degree
     # On 2xH200 at 1024^2 Ulysses 2 measured 1.35x (five repeats 1.31-1.40x) against ring 2's 1.14x (1.05-1.28x), and
     # both 1.78x at 2048^2 (docs/benchmarks.md); one all-to-all group also needs no extra point-to-point communicators.
     return max(working), world_size // max(working)
+
+
+def _explicit_degrees(world_size, heads, working, ulysses_degree, ring_degree):
+    """The degrees a user set (0: the one that completes the other), checked against the ranks and the heads."""
+    pairs = ", ".join(f"{u} x {world_size // u}" for u in working)
+    if ulysses_degree and ring_degree:
+        if ulysses_degree * ring_degree != world_size:
+            raise ValueError(f"ulysses_degree {ulysses_degree} x ring_degree {ring_degree} must equal the number of "
+                             f"ranks ({world_size}). Pairs (ulysses x ring) that work here: {pairs}.")
+    for name, value in (("ulysses_degree", ulysses_degree), ("ring_degree", ring_degree)):
+        if value and world_size % value:
+            raise ValueError(f"{name} {value} does not divide the {world_size} ranks; use one of "
+                             f"{_divisors(world_size)} (pairs ulysses x ring that work here: {pairs}).")
+    ulysses = ulysses_degree or world_size // ring_degree
+    if heads % ulysses:
+        if ulysses_degree:
+            raise ValueError(f"ulysses_degree {ulysses} does not divide the model's {heads} heads; "
+                             f"degrees that work here: {working}.")
+        raise ValueError(f"ring_degree {ring_degree} leaves Ulysses groups of {ulysses} ranks, which does not divide "
+                         f"the model's {heads} heads; ring degrees that work here: "
+                         f"{sorted(world_size // u for u in working)}.")
+    return ulysses, world_size // ulysses
 
 
 def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_degree=0, ring_degree=0,
@@ -273,15 +298,19 @@ def _fall_back(plan, setting, value, wanted, problem, instead, **change):
     return dataclasses.replace(plan, **change)
 
 
-def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):
-    """Every helper GPU holds a full copy of the diffusion model (or its share of it, with ``shard_weights``):
-    refuse before starting when one cannot. ``free_bytes(index)`` returns a CUDA device's free memory."""
-    if plan.device_type != "cuda" or plan.launcher != "local":   # Ray's GPUs are not visible from here
+def check_helper_memory(plan, model_bytes, free_bytes, host_available=None, margin=1.10):
+    """Every helper holds a full copy of the diffusion model (or its share of it, with ``shard_weights``): refuse
+    before starting when one cannot. ``free_bytes(index)`` returns a CUDA device's free memory; CPU ranks all hold
+    theirs in host RAM, of which ``host_available()`` returns what is available."""
+    if plan.launcher != "local":   # Ray's GPUs and hosts are not visible from here
+        return
+    if plan.device_type == "cpu":
+        _check_cpu_ranks_memory(plan, model_bytes, host_available(), margin)
         return
     for index in plan.device_indices[1:]:
         free = free_bytes(index)
         if plan.shard_weights:
-            need = model_bytes * (1 / plan.world_size + SHARDED_EXTRA_FRACTION)
+            need = _helper_bytes(model_bytes, plan.world_size, True)
             if free < need * margin:
                 raise ValueError(
                     f"GPU {index} has {free / 2**30:.1f} GiB free but holds 1/{plan.world_size} of the diffusion "
@@ -293,3 +322,30 @@ def check_helper_memory(plan, model_bytes, free_bytes, margin=1.10):
                 f"GPU {index} has {free / 2**30:.1f} GiB free but each helper GPU holds the whole diffusion model "
                 f"({model_bytes / 2**30:.1f} GiB plus activations). Free memory on GPU {index}, lower gpus to "
                 "leave it out, turn on shard_weights, or load the model in a smaller weight dtype (e.g. fp8).")
+
+
+def _helper_bytes(model_bytes, world_size, shard_weights):
+    return model_bytes * (1 / world_size + SHARDED_EXTRA_FRACTION) if shard_weights else model_bytes
+
+
+def _check_cpu_ranks_memory(plan, model_bytes, available, margin):
+    """With ``--cpu`` every helper rank is a process holding its copy (or share) in host RAM, next to ComfyUI's."""
+    def need(ranks):
+        return (ranks - 1) * _helper_bytes(model_bytes, ranks, plan.shard_weights) * margin
+
+    if need(plan.world_size) <= available:
+        return
+    fitting = max((ranks for ranks in range(2, plan.world_size) if need(ranks) <= available), default=None)
+    held = "its share of the diffusion model" if plan.shard_weights else "a whole copy of the diffusion model"
+    fix = (f"Lower gpus to {fitting} (at most {fitting} CPU ranks fit)" if fitting else
+           "Not even one helper rank fits: free host memory or load the model in a smaller weight dtype (e.g. fp8), "
+           "or run without Enable Multi-GPU")
+    raise ValueError(
+        f"{plan.world_size} CPU ranks need {_size(need(plan.world_size))} of host memory for their "
+        f"{plan.world_size - 1} helper processes, each holding {held} "
+        f"({_size(_helper_bytes(model_bytes, plan.world_size, plan.shard_weights))} plus activations), but "
+        f"{_size(available)} is available. {fix}.")
+
+
+def _size(nbytes):
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"

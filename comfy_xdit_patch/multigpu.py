@@ -14,6 +14,7 @@ import pickle
 import time
 import weakref
 
+import psutil
 import torch
 
 import comfy.model_management
@@ -29,7 +30,7 @@ from .runtime import group as helpers
 from .runtime import step_graphs, transport
 from .runtime.offloaded_blocks import OffloadedBlocks, resident_outside_blocks
 from .runtime.resident_weights import ResidentWeights
-from . import monitor
+from . import envs, monitor
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,11 @@ class MultiGPURun:
             return one_gpu()
         arguments = flux.named_arguments(executor.original, args, kwargs)
         transformer_options = arguments.pop("transformer_options")
-        reason = flux.unsupported_reason(arguments, transformer_options, self.plan.ring_degree)
+        placement = group.scheduler.placement(arguments["x"].shape[0])
+        token_weights = None if placement is None or placement[1] is None else [
+            weights for weights, rows in zip(placement[1], placement[0]) if rows]
+        reason = flux.unsupported_reason(arguments, transformer_options, executor.class_obj, self.plan.sp_degree,
+                                         self.plan.ring_degree, token_weights)
         if reason is not None:
             self._one_gpu(reason)
             return one_gpu()
@@ -258,6 +263,7 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
                     scheduling="round_robin", launcher="local", shard_weights=False):
     """A clone of ``model`` that samples sequence-parallel. Raises ValueError naming the fix for a bad config.
     A model other than FLUX comes back unchanged, with one log line."""
+    envs.check_all()
     diffusion_model = model.get_model_object("diffusion_model")
     if not flux.supports(diffusion_model):
         log.warning("Enable Multi-GPU: %s is not a FLUX or Chroma model; passing it through unchanged (one GPU).",
@@ -268,7 +274,8 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
     if plan.world_size == 1:
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model
-    check_helper_memory(plan, model.model_size(), lambda index: torch.cuda.mem_get_info(index)[0])
+    check_helper_memory(plan, model.model_size(), lambda index: torch.cuda.mem_get_info(index)[0],
+                        lambda: psutil.virtual_memory().available)
     plan = check_peer_access(plan, torch.cuda.can_device_access_peer)
     plan = check_exchange_kernels(plan, lambda: symmetric.build_problem(model.load_device))
     clone = model.clone()

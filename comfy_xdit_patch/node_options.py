@@ -13,12 +13,17 @@ def multigpu_inputs(optional=False):
                      tooltip="How many GPUs to use; 0 = every visible GPU. With ComfyUI started with --cpu: that many "
                              "CPU processes (0 = 2)."),
         io.Combo.Input("parallelism", options=list(PARALLELISMS), default="auto", optional=optional,
-                       tooltip="auto: Ulysses over as many GPUs as the heads allow, ring for the rest. ulysses: "
-                               "all-to-all of heads. ring: K/V passed around a ring. usp: both."),
+                       tooltip="auto: Ulysses over as many GPUs as the heads allow, ring for the rest, or the "
+                               "degrees below when set. ulysses: all-to-all of heads. ring: K/V passed around a ring. "
+                               "usp: both, by the degrees below."),
         io.Int.Input("ulysses_degree", default=0, min=0, max=64, optional=True,
-                     tooltip="For usp: GPUs per Ulysses group (0 = automatic)."),
+                     tooltip="For usp or auto: GPUs per Ulysses group (0 = automatic, or what ring_degree leaves). "
+                             "ulysses_degree x ring_degree must equal the GPUs of a sequence-parallel group. Leave 0 "
+                             "with parallelism ulysses or ring."),
         io.Int.Input("ring_degree", default=0, min=0, max=64, optional=True,
-                     tooltip="For usp: Ulysses groups in the ring (0 = automatic)."),
+                     tooltip="For usp or auto: Ulysses groups in the ring (0 = automatic, or what ulysses_degree "
+                             "leaves). It must divide the GPUs of a sequence-parallel group. Leave 0 with parallelism "
+                             "ulysses or ring."),
         io.Int.Input("sequence_degree", default=0, min=0, max=64, optional=True,
                      tooltip="GPUs per sequence-parallel group (0 = all of them). Fewer makes several groups, and "
                              "batch items and CFG branches (cond / uncond) run on different groups at once."),

@@ -1,6 +1,8 @@
 """Bad configurations fail before any work starts, with a message that names the fix."""
 import logging
+import re
 
+import psutil
 import pytest
 import torch
 
@@ -141,3 +143,190 @@ def test_symmetric_exchange_needs_peer_access_between_the_gpus_of_a_ulysses_grou
     with pytest.raises(ValueError, match="GPU 2 cannot access GPU 3's memory.*unset it"):
         check_peer_access(plan, lambda a, b: {a, b} == {0, 1})
     check_peer_access(ParallelPlan("cuda", (0, 1), 2, 1), lambda a, b: False)          # NCCL: not asked
+
+
+@pytest.fixture
+def no_helpers():
+    """No helper group before; afterwards none was started and no process was spawned."""
+    from comfy_xdit_patch.runtime import group as helpers
+    helpers.shutdown_group()
+    children = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    assert helpers.current_group() is None, "a helper group was started"
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= children, "a process was spawned"
+
+
+def test_usp_degrees_that_do_not_fit_the_ranks_name_the_valid_values(tiny_flux, no_helpers):
+    with pytest.raises(ValueError, match=r"ring_degree 5 does not divide the 4 ranks; use one of \[1, 2, 4\]"):
+        choose_degrees(4, 24, "usp", ring_degree=5)
+    with pytest.raises(ValueError, match=r"ring_degree 3 does not divide the 4 ranks; use one of \[1, 2, 4\] "
+                                         r"\(pairs ulysses x ring that work here: 1 x 4, 2 x 2, 4 x 1\)"):
+        choose_degrees(4, 24, "usp", ring_degree=3)
+    with pytest.raises(ValueError, match=r"ulysses_degree 3 does not divide the 4 ranks"):
+        choose_degrees(4, 24, "usp", ulysses_degree=3)
+    with pytest.raises(ValueError, match=r"ulysses_degree 3 x ring_degree 2 must equal the number of ranks \(4\)\. "
+                                         r"Pairs \(ulysses x ring\) that work here: 1 x 4, 2 x 2, 4 x 1"):
+        choose_degrees(4, 24, "usp", ulysses_degree=3, ring_degree=2)
+    with pytest.raises(ValueError, match=r"ring_degree 2 leaves Ulysses groups of 3 ranks, which does not divide "
+                                         r"the model's 4 heads; ring degrees that work here: \[3, 6\]"):
+        choose_degrees(6, 4, "usp", ring_degree=2)
+    assert choose_degrees(4, 24, "usp", ring_degree=2) == (2, 2)
+    assert choose_degrees(4, 24, "usp", ring_degree=4) == (1, 4)
+    assert choose_degrees(8, 4, "usp", ulysses_degree=4, ring_degree=2) == (4, 2)
+    with pytest.raises(ValueError, match=r"ring_degree 5 does not divide the 4 ranks"):
+        EnableMultiGPU.execute(tiny_flux, True, 4, "usp", 0, 5)
+
+
+def test_degrees_are_honoured_with_auto_and_contradicting_ones_name_the_fix(tiny_flux, no_helpers):
+    assert choose_degrees(4, 24, "auto", ulysses_degree=2) == (2, 2)
+    assert choose_degrees(4, 24, "auto", ring_degree=4) == (1, 4)
+    assert choose_degrees(4, 24, "auto", ulysses_degree=1, ring_degree=4) == (1, 4)
+    with pytest.raises(ValueError, match=r"ring_degree 3 does not divide the 4 ranks"):
+        choose_degrees(4, 24, "auto", ring_degree=3)
+    plan = resolve_plan(4, "auto", 4, torch.device("cpu"), visible_cuda=0, ring_degree=4)
+    assert (plan.ulysses_degree, plan.ring_degree) == (1, 4)
+    # Degrees that agree with ring or ulysses are what those choices run anyway.
+    assert choose_degrees(4, 24, "ring", ulysses_degree=1, ring_degree=4) == (1, 4)
+    assert choose_degrees(4, 24, "ulysses", ulysses_degree=4, ring_degree=1) == (4, 1)
+    with pytest.raises(ValueError, match=r"parallelism 'ring' runs ulysses 1 x ring 4 over the 4 ranks, but "
+                                         r"ulysses_degree is 2\. Set parallelism to 'usp' to combine the two, or "
+                                         r"ulysses_degree to 0\."):
+        choose_degrees(4, 24, "ring", ulysses_degree=2)
+    with pytest.raises(ValueError, match=r"parallelism 'ulysses' .* but ring_degree is 2\. Set parallelism to 'usp'"):
+        choose_degrees(4, 24, "ulysses", ring_degree=2)
+    with pytest.raises(ValueError, match=r"parallelism 'ring' .* but ring_degree is 2\. .* or ring_degree to 0"):
+        EnableMultiGPU.execute(tiny_flux, True, 4, "ring", 0, 2)
+    tooltips = {option.id: option.tooltip for option in EnableMultiGPU.define_schema().inputs}
+    for name in ("ulysses_degree", "ring_degree"):
+        assert "For usp or auto" in tooltips[name] and "Leave 0 with parallelism ulysses or ring" in tooltips[name]
+    assert "or the degrees below when set" in tooltips["parallelism"]
+
+
+def _call(latent_hw, text=77, references=()):
+    """One FLUX model call's arguments by name, as the wrapper sees them."""
+    arguments = {"x": torch.zeros(1, 16, *latent_hw), "context": torch.zeros(1, text, 4096)}
+    if references:
+        arguments["ref_latents"] = [torch.zeros(1, 16, *hw) for hw in references]
+    return arguments
+
+
+def test_a_call_with_fewer_tokens_than_ranks_is_sent_to_one_gpu_with_the_reason(tiny_flux):
+    """Every rank needs at least one text and one image token (FLUX's blocks cannot reshape an empty shard); one of
+    each is enough, for ring, Ulysses and USP alike (the sampling test below runs them)."""
+    from comfy_xdit_patch.patches.flux import unsupported_reason
+    model = tiny_flux.get_model_object("diffusion_model")
+
+    def reason(arguments, ranks, weights=None):
+        return unsupported_reason(arguments, {}, model, ranks, 1, weights)
+
+    assert reason(_call((2, 2)), 2) == ("the image has 1 token, fewer than the 2 sequence-parallel ranks: every rank "
+                                        "needs at least one; use fewer GPUs or a larger image")
+    assert reason(_call((2, 6)), 4).startswith("the image has 3 tokens, fewer than the 4 sequence-parallel ranks")
+    assert reason(_call((3, 1)), 4).startswith("the image has 2 tokens")   # padded to whole 2x2 patches
+    assert reason(_call((2, 4)), 2) is None                                # one token per rank
+    assert reason(_call((3, 3)), 4) is None                                # 2x2 patches after padding
+    assert reason(_call((2, 4)), 2, [[1.0, 1.0]]) is None
+    # Reference latents (Kontext) add tokens, split on their own after the generated image's.
+    assert reason(_call((2, 2), references=[(4, 4)]), 2) is None
+    assert reason(_call((2, 2), references=[(2, 2)]), 2).startswith(
+        "the image has 2 tokens (1 generated, 1 of reference images); the generated and the reference tokens are "
+        "split over the 2 sequence-parallel ranks each on its own")
+    assert reason(_call((2, 2), references=[(2, 2)]), 4).startswith(
+        "the image has 2 tokens (1 generated, 1 of reference images), fewer than the 4 sequence-parallel ranks")
+    # Tokens split by measured speeds: a slow GPU's share can round to none.
+    assert "split by the GPUs' measured speeds a rank would get none" in reason(_call((4, 4)), 2, [[9.0, 1.0]])
+    assert reason(_call((4, 4), text=1), 2).startswith(
+        "the prompt has 1 text token, fewer than the 2 sequence-parallel ranks")
+
+
+def test_the_copy_engine_exchange_never_gets_a_member_with_fewer_than_two_tokens(tiny_flux):
+    """COMFY_XDIT_EXCHANGE=copy-engine needs two tokens (text and image together) on every member of a Ulysses group
+    (parallel/copy_engine.py raises otherwise, on every helper). Every call with a member below that is sent to one
+    GPU before dispatch: whenever the rule lets a call through, each member holds at least two."""
+    import itertools
+    from comfy_xdit_patch.parallel.call import SequenceParallelCall
+    from comfy_xdit_patch.patches.flux import unsupported_reason
+    from types import SimpleNamespace
+    model = tiny_flux.get_model_object("diffusion_model")
+    passed = refused = 0
+    for ranks, text, (h, w), reference, weights in itertools.product(
+            (2, 3, 4), (1, 2, 3, 5), ((2, 2), (2, 4), (2, 6), (4, 4), (2, 10)), (None, (2, 2), (2, 6)),
+            (None, "uneven")):
+        token_weights = [[3.0] + [1.0] * (ranks - 1)] if weights else None
+        arguments = _call((h, w), text, [reference] if reference else ())
+        call = SequenceParallelCall(SimpleNamespace(sp_degree=ranks), token_weights and token_weights[0])
+        main = -(-h // 2) * -(-w // 2)
+        refs = -(-reference[0] // 2) * -(-reference[1] // 2) if reference else 0
+        call.plan_tokens(text, main + refs, refs)
+        if unsupported_reason(arguments, {}, model, ranks, 1, token_weights) is None:
+            passed += 1
+            assert min(call.seq_lens) >= 2, (ranks, text, (h, w), reference, weights)
+        else:
+            refused += 1
+            assert min(call.img_sizes) == 0 or min(call.txt_sizes) == 0
+    assert passed and refused
+    assert unsupported_reason(_call((2, 2), text=1), {}, model, 2, 1) is not None   # members of 1 and 0 tokens
+
+
+@pytest.mark.parametrize("parallelism,gpus,latent_hw", [("ring", 2, (2, 2)), ("usp", 4, (2, 6))],
+                         ids=["1-token-on-ring2", "3-tokens-on-usp4"])
+def test_sampling_a_latent_with_fewer_tokens_than_ranks_gives_the_one_gpu_result(tiny_flux, caplog, parallelism,
+                                                                                  gpus, latent_hw):
+    """Through ComfyUI's KSampler: every call goes to one GPU with one log line, the helpers stay up, and a latent
+    with one token per rank then runs parallel."""
+    from comfy_env import ksample, relative_error
+    from comfy_xdit_patch.runtime import group as helpers
+    expected = ksample(tiny_flux, latent_hw)
+    parallel = enable_multigpu(tiny_flux, gpus=gpus, parallelism=parallelism)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(parallel, latent_hw)
+    tokens = (latent_hw[0] // 2) * (latent_hw[1] // 2)
+    assert relative_error(got, expected) == 0.0
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("comfy_xdit_patch")] == [
+        f"Enable Multi-GPU: running on one GPU because the image has {tokens} token{'s' if tokens > 1 else ''}, "
+        f"fewer than the {gpus} sequence-parallel ranks: every rank needs at least one; use fewer GPUs or a larger "
+        "image."]
+    group = helpers.current_group()
+    assert group is not None and group.alive() and group.plan.world_size == gpus
+    caplog.clear()
+    one_per_rank = (2, 2 * gpus)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = ksample(parallel, one_per_rank)
+    assert relative_error(got, ksample(tiny_flux, one_per_rank)) <= 1e-5
+    assert not [r for r in caplog.records if r.name.startswith("comfy_xdit_patch")]
+    assert helpers.current_group() is group, "one token per rank did not run parallel"
+
+
+def test_cpu_ranks_that_do_not_fit_in_host_memory_are_refused_before_starting(tiny_flux, monkeypatch, no_helpers):
+    from types import SimpleNamespace
+    size = tiny_flux.model_size()
+    # Room for 3.5 helper copies with the 10% margin: 4 ranks (3 helpers) fit, 8 do not.
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=int(3.5 * 1.1 * size)))
+    with pytest.raises(ValueError, match=r"8 CPU ranks need .* for their 7 helper processes, each holding a whole "
+                                         r"copy of the diffusion model .* is available\. Lower gpus to 4 \(at most 4 "
+                                         r"CPU ranks fit\)"):
+        EnableMultiGPU.execute(tiny_flux, True, 8, "ring")
+    assert enable_multigpu(tiny_flux, gpus=4, parallelism="ring") is not tiny_flux
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=int(0.5 * size)))
+    with pytest.raises(ValueError, match=r"Not even one helper rank fits: free host memory"):
+        enable_multigpu(tiny_flux, gpus=2, parallelism="ring")
+
+
+def test_cpu_ranks_with_sharded_weights_need_only_their_share():
+    from comfy_xdit_patch.config import check_helper_memory
+    plan = resolve_plan(4, "ring", 4, torch.device("cpu"), visible_cuda=0, shard_weights=True)
+    gib = 2**30
+    check_helper_memory(plan, 12 * gib, None, lambda: 14 * gib)   # 3 x (1/4 + 8%) x 12 GiB x 1.1 = 13.1 GiB
+    with pytest.raises(ValueError, match=r"each holding its share of the diffusion model .* Lower gpus to 3"):
+        check_helper_memory(plan, 12 * gib, None, lambda: 11 * gib)   # 3 ranks: 2 x (1/3 + 8%) x 13.2 = 10.9 GiB
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("COMFY_XDIT_START_TIMEOUT", "soon", "COMFY_XDIT_START_TIMEOUT must be a number of seconds above 0, not 'soon'"),
+    ("COMFY_XDIT_HOST", "0.0.0.0", "COMFY_XDIT_HOST=0.0.0.0 would listen on every interface"),
+])
+def test_a_bad_deployment_variable_fails_the_node_before_any_work(tiny_flux, monkeypatch, no_helpers, name, value,
+                                                                   message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        EnableMultiGPU.execute(tiny_flux, True, 2, "ring")

@@ -15,11 +15,12 @@ when a call is not sequence-parallel.
 import functools
 import inspect
 import uuid
+from types import SimpleNamespace
 
 import torch
 
 from ..parallel.attention import sequence_parallel_attention
-from ..parallel.call import TRANSFORMER_OPTIONS_KEY, active_call
+from ..parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall, active_call
 from ..parallel.sharding import clip_to_shard, gather_shards, take_shard
 
 FORWARD_ORIG = "diffusion_model.forward_orig"
@@ -190,14 +191,62 @@ def wrap_forward_orig(original, shard_inputs=False):
     return forward_orig
 
 
-def unsupported_reason(arguments, transformer_options, ring_degree=1):
-    """Why this model call cannot run sequence-parallel (it then runs on one GPU), or None."""
+def unsupported_reason(arguments, transformer_options, diffusion_model, sp_degree, ring_degree=1,
+                       token_weights=None):
+    """Why this model call cannot run sequence-parallel (it then runs on one GPU), or None. ``sp_degree``: ranks per
+    sequence-parallel group; ``token_weights``: per group that computes rows of this call, its ranks' token weights
+    (None: the even split)."""
     if arguments.get("attention_mask") is not None and ring_degree > 1:
         return ("the conditioning carries an attention mask (e.g. Redux with strength_type attn_bias), which runs "
                 "sequence-parallel with parallelism 'ulysses' only; set parallelism to 'ulysses'")
     foreign = foreign_hooks(transformer_options)
     if foreign:
         return "the model carries patches the helper GPUs cannot reproduce: " + ", ".join(foreign)
+    return empty_shard_reason(arguments, diffusion_model, sp_degree, token_weights)
+
+
+def image_tokens(arguments, diffusion_model):
+    """(generated, reference) image tokens of one call, as FLUX's ``_forward`` builds them: every latent padded to
+    whole patches; reference latents (Kontext, Flux.2 edit) are FLUX's only (Chroma ignores them)."""
+    patch = diffusion_model.patch_size
+
+    def tokens(latent):
+        return -(-latent.shape[-2] // patch) * -(-latent.shape[-1] // patch)
+
+    references = arguments.get("ref_latents") if applies_post_input(diffusion_model) else None
+    return tokens(arguments["x"]), sum(tokens(r) for r in references or ())
+
+
+def empty_shard_reason(arguments, diffusion_model, sp_degree, token_weights=None):
+    """Why a rank would get no text or no image tokens of this call, or None. FLUX's blocks reshape each stream's
+    q, k, v with a -1 dimension, which fails on an empty shard; a rank with a token of each also meets the
+    copy-engine exchange's two tokens per member (parallel/copy_engine.py)."""
+    text = arguments["context"].shape[1]
+    main, reference = image_tokens(arguments, diffusion_model)
+    image = main + reference
+    for weights in token_weights or [None]:
+        call = SequenceParallelCall(SimpleNamespace(sp_degree=sp_degree), weights)
+        call.plan_tokens(text, image, reference)   # the split the parallel call makes (shard_tokens)
+        if min(call.img_sizes) < 1:
+            counted = f"{image} token{'s' if image != 1 else ''}"
+            if reference:
+                counted += f" ({main} generated, {reference} of reference images)"
+            if image < sp_degree:
+                return (f"the image has {counted}, fewer than the {sp_degree} sequence-parallel ranks: every rank "
+                        "needs at least one; use fewer GPUs or a larger image")
+            if weights is None:   # each part is split on its own: both fall short of a token per rank
+                return (f"the image has {counted}; the generated and the reference tokens are split over the "
+                        f"{sp_degree} sequence-parallel ranks each on its own, and both are fewer than the ranks, so "
+                        "a rank would get none: use fewer GPUs or a larger image")
+            return (f"the image has {counted}, split by the GPUs' measured speeds a rank would get none: use fewer "
+                    "GPUs, scheduling round_robin or least_loaded, or a larger image")
+        if min(call.txt_sizes) < 1:
+            counted = f"{text} text token{'s' if text != 1 else ''}"
+            if text < sp_degree:
+                return (f"the prompt has {counted}, fewer than the {sp_degree} sequence-parallel ranks: every rank "
+                        "needs at least one; use fewer GPUs")
+            return (f"the prompt has {counted}, split by the GPUs' measured speeds a rank would get none: use fewer "
+                    "GPUs, or scheduling round_robin or least_loaded")
     return None
 
 
