@@ -234,7 +234,7 @@ def test_a_call_with_fewer_tokens_than_ranks_is_sent_to_one_gpu_with_the_reason(
     assert reason(_call((2, 2), references=[(2, 2)]), 4).startswith(
         "the image has 2 tokens (1 generated, 1 of reference images), fewer than the 4 sequence-parallel ranks")
     # Tokens split by measured speeds: a slow GPU's share can round to none.
-    assert "split by the GPUs' measured speeds a rank would get none" in reason(_call((4, 4)), 2, [[9.0, 1.0]])
+    assert "split by the GPUs' measured speeds, a rank would get none" in reason(_call((4, 4)), 2, [[9.0, 1.0]])
     assert reason(_call((4, 4), text=1), 2).startswith(
         "the prompt has 1 text token, fewer than the 2 sequence-parallel ranks")
 
@@ -265,7 +265,7 @@ def test_the_copy_engine_exchange_never_gets_a_member_with_fewer_than_two_tokens
             refused += 1
             assert min(call.img_sizes) == 0 or min(call.txt_sizes) == 0
     assert passed and refused
-    assert unsupported_reason(_call((2, 2), text=1), {}, model, 2, 1) is not None   # members of 1 and 0 tokens
+    assert unsupported_reason(_call((2, 2), text=1), {}, model, 2, 1) is not None   # the second member: no token
 
 
 @pytest.mark.parametrize("parallelism,gpus,latent_hw", [("ring", 2, (2, 2)), ("usp", 4, (2, 6))],
@@ -330,3 +330,26 @@ def test_a_bad_deployment_variable_fails_the_node_before_any_work(tiny_flux, mon
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=re.escape(message)):
         EnableMultiGPU.execute(tiny_flux, True, 2, "ring")
+
+
+def test_a_speed_weighted_split_that_leaves_a_rank_without_tokens_runs_on_one_gpu(tiny_flux, caplog):
+    """weighted_round_robin sizes each rank's tokens by its measured speed: the wrapper checks the split the call
+    will make (here a rank measured 9x slower would get none of 4 image tokens)."""
+    from comfy_env import ksample, relative_error
+    from comfy_xdit_patch.runtime import group as helpers
+    helpers.shutdown_group()   # a running group keeps its own scheduling (a plan's scheduling restarts nothing)
+    try:
+        parallel = enable_multigpu(tiny_flux, gpus=2, parallelism="ring", scheduling="weighted_round_robin")
+        ksample(parallel, (2, 4), steps=1)
+        group = helpers.current_group()
+        group.scheduler.rank_speeds = [9.0, 1.0]
+        with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+            got = ksample(parallel, (4, 4))
+        assert relative_error(got, ksample(tiny_flux, (4, 4))) == 0.0
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("comfy_xdit_patch")] == [
+            "Enable Multi-GPU: running on one GPU because the image has 4 tokens; split by the GPUs' measured "
+            "speeds, a rank would get none: use fewer GPUs, scheduling round_robin or least_loaded, or a larger "
+            "image."]
+        assert helpers.current_group() is group and group.alive()
+    finally:
+        helpers.shutdown_group()

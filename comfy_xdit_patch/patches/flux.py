@@ -218,9 +218,10 @@ def image_tokens(arguments, diffusion_model):
 
 
 def empty_shard_reason(arguments, diffusion_model, sp_degree, token_weights=None):
-    """Why a rank would get no text or no image tokens of this call, or None. FLUX's blocks reshape each stream's
-    q, k, v with a -1 dimension, which fails on an empty shard; a rank with a token of each also meets the
-    copy-engine exchange's two tokens per member (parallel/copy_engine.py)."""
+    """Why a rank would get no text or no image tokens of this call, or None. An empty shard of either stream fails
+    on every helper (``shard_tokens``, and the -1 reshape of q, k, v in FLUX's double blocks); one token of each is
+    enough for ring, Ulysses and USP, and meets the copy-engine exchange's two tokens per member
+    (parallel/copy_engine.py)."""
     text = arguments["context"].shape[1]
     main, reference = image_tokens(arguments, diffusion_model)
     image = main + reference
@@ -238,14 +239,14 @@ def empty_shard_reason(arguments, diffusion_model, sp_degree, token_weights=None
                 return (f"the image has {counted}; the generated and the reference tokens are split over the "
                         f"{sp_degree} sequence-parallel ranks each on its own, and both are fewer than the ranks, so "
                         "a rank would get none: use fewer GPUs or a larger image")
-            return (f"the image has {counted}, split by the GPUs' measured speeds a rank would get none: use fewer "
+            return (f"the image has {counted}; split by the GPUs' measured speeds, a rank would get none: use fewer "
                     "GPUs, scheduling round_robin or least_loaded, or a larger image")
         if min(call.txt_sizes) < 1:
             counted = f"{text} text token{'s' if text != 1 else ''}"
             if text < sp_degree:
                 return (f"the prompt has {counted}, fewer than the {sp_degree} sequence-parallel ranks: every rank "
                         "needs at least one; use fewer GPUs")
-            return (f"the prompt has {counted}, split by the GPUs' measured speeds a rank would get none: use fewer "
+            return (f"the prompt has {counted}; split by the GPUs' measured speeds, a rank would get none: use fewer "
                     "GPUs, or scheduling round_robin or least_loaded")
     return None
 
