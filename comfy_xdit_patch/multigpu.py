@@ -27,6 +27,7 @@ from .parallel.placement import run_placed
 from .parallel.weight_shards import blocks
 from .patches import flux
 from .runtime import group as helpers
+from .runtime import launchers
 from .runtime import step_graphs, transport
 from .runtime.offloaded_blocks import OffloadedBlocks, resident_outside_blocks
 from .runtime.resident_weights import ResidentWeights
@@ -264,6 +265,7 @@ def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_de
     """A clone of ``model`` that samples sequence-parallel. Raises ValueError naming the fix for a bad config.
     A model other than FLUX comes back unchanged, with one log line."""
     envs.check_all()
+    launchers.check_allowed(launcher)
     diffusion_model = model.get_model_object("diffusion_model")
     if not flux.supports(diffusion_model):
         log.warning("Enable Multi-GPU: %s is not a FLUX or Chroma model; passing it through unchanged (one GPU).",

@@ -3,7 +3,7 @@
 fault; the product itself has no test hooks.
 
 - COMFY_XDIT_TEST_STALL_AT_FORWARD=N: sleep inside the Nth model call, before its tensors arrive (a stuck peer).
-- COMFY_XDIT_TEST_VERSION=V: report plugin version V when joining (a helper from another install).
+- COMFY_XDIT_TEST_VERSIONS=name=value;...: report these versions when joining (a helper from another install).
 - COMFY_XDIT_TEST_CORRUPT_WEIGHTS=1: flip one byte of the received weights (a corrupted transfer).
 - COMFY_XDIT_TEST_EXIT_AT=init|sync: exit inside the process group's initialisation, or midway through the weight sync.
 - COMFY_XDIT_TEST_SPEEDS=a,b,...: the matrix-multiply speed each rank reports (GPUs of different speeds).
@@ -38,18 +38,24 @@ def _install():
             return original_receive(layout, device)
         transport.receive_tensors = receive_tensors
 
-    version = os.environ.get("COMFY_XDIT_TEST_VERSION")
-    if version:
+    changed = os.environ.get("COMFY_XDIT_TEST_VERSIONS")
+    if changed:
         original_versions = versions.local_versions
-        versions.local_versions = lambda: dict(original_versions(), comfy_xdit_patch=version)
+        overrides = dict(item.split("=", 1) for item in changed.split(";"))
+        versions.local_versions = lambda: dict(original_versions(), **overrides)
 
-    original_weights = weights.receive_weights
     if os.environ.get("COMFY_XDIT_TEST_CORRUPT_WEIGHTS"):
-        def receive_weights(diffusion_model, *args, **kwargs):
-            original_weights(diffusion_model, *args, **kwargs)
-            first = next(p for p in diffusion_model.parameters() if not p.is_meta)
-            first.data.view(-1)[0] += 1.0
-        weights.receive_weights = receive_weights
+        import torch
+        import torch.distributed as dist
+        original_broadcast, flipped = dist.broadcast, []
+
+        def broadcast(tensor, *args, **kwargs):   # one bit of the first weight's bytes flips in transit
+            work = original_broadcast(tensor, *args, **kwargs)
+            if not flipped and tensor.dtype == torch.uint8 and tensor.numel() >= 64:
+                tensor[7] ^= 1
+                flipped.append(True)
+            return work
+        dist.broadcast = broadcast
 
     exit_at = os.environ.get("COMFY_XDIT_TEST_EXIT_AT")
     if exit_at == "init":

@@ -176,14 +176,14 @@ def test_helper_killed_inside_a_step_is_rerun_on_one_gpu(tiny_flux, fresh_helper
 
 
 def test_a_helper_of_another_version_is_refused_with_a_message(tiny_flux, fresh_helpers, monkeypatch, caplog):
-    use_hooked_helpers(monkeypatch, VERSION="0.0.1")
+    use_hooked_helpers(monkeypatch, VERSIONS="comfy_xdit_patch=0.0.1")
     expected = sample(tiny_flux, steps=1)
     with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):
         got = sample(enable_multigpu(tiny_flux, gpus=2, parallelism="ring"), steps=1)
     assert relative_error(got, expected) == 0.0
     message = " ".join(r.getMessage() for r in caplog.records)
     assert "comfy_xdit_patch 0.0.1 on the helper vs 0.1.0 on rank 0" in message
-    assert "Install the same ComfyUI and comfy-xdit-patch on every machine" in message
+    assert "Install the same ComfyUI, torch and comfy-xdit-patch on every machine" in message
     assert helpers.current_group() is None
 
 
@@ -235,3 +235,29 @@ def test_nccl_watchdog_never_ends_comfyuis_process(tiny_flux, fresh_helpers):
     helper_env = psutil.Process(helper_processes()[0].pid).environ()
     assert helper_env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
     assert helper_env["TORCH_NCCL_ENABLE_MONITORING"] == "1"
+
+
+@pytest.mark.parametrize("name,value", [("torch", "2.0.0"), ("cuda", "11.8"), ("nccl", "2.18.1"),
+                                        ("plugin code", "0123456789abcdef")])
+def test_a_helper_with_other_torch_cuda_nccl_or_plugin_code_is_refused(tiny_flux, fresh_helpers, monkeypatch, caplog,
+                                                                        name, value):
+    from comfy_xdit_patch.runtime import versions
+    use_hooked_helpers(monkeypatch, VERSIONS=f"{name}={value}")
+    expected = sample(tiny_flux, steps=1)
+    with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(tiny_flux, gpus=2, parallelism="ring"), steps=1)
+    assert relative_error(got, expected) == 0.0
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{name} {value} on the helper vs {versions.local_versions()[name]} on rank 0" in message
+    assert helpers.current_group() is None
+
+
+def test_a_corrupted_weight_transfer_is_caught_and_the_prompt_runs_on_one_gpu(tiny_flux, fresh_helpers, monkeypatch,
+                                                                               caplog):
+    use_hooked_helpers(monkeypatch, CORRUPT_WEIGHTS=1)
+    expected = sample(tiny_flux, steps=2)
+    with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(tiny_flux, gpus=2, parallelism="ulysses"), steps=2)
+    assert relative_error(got, expected) == 0.0
+    assert any("differ from rank 0's" in r.getMessage() for r in caplog.records)
+    assert helpers.current_group() is None

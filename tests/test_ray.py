@@ -43,11 +43,12 @@ def ray_cluster():
             started = subprocess.run([RAY, "start", *command, "--num-cpus=2", "--num-gpus=0", *common],
                                      capture_output=True, text=True, timeout=120)
             assert started.returncode == 0, started.stderr[-2000:]
-        os.environ["COMFY_XDIT_RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        os.environ.update(COMFY_XDIT_RAY_ADDRESS=f"127.0.0.1:{port}", COMFY_XDIT_ALLOW_RAY="1")
         yield port
     finally:
         helpers.shutdown_group()
         os.environ.pop("COMFY_XDIT_RAY_ADDRESS", None)
+        os.environ.pop("COMFY_XDIT_ALLOW_RAY", None)
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
         deadline = time.monotonic() + 20
         while ray_processes() and time.monotonic() < deadline:
@@ -74,7 +75,7 @@ def test_two_ranks_through_the_ray_launcher_equal_one(unet, ray_cluster):
 
 def test_a_ray_helper_of_another_version_is_refused(unet, ray_cluster, monkeypatch, caplog):
     import logging
-    use_hooked_helpers(monkeypatch, VERSION="9.9.9")
+    use_hooked_helpers(monkeypatch, VERSIONS="comfy_xdit_patch=9.9.9")
     positive, negative = flux_conditioning(77, seed=1), flux_conditioning(77, seed=2)
     expected = ksample(unet, positive=positive, negative=negative, latent=empty_latent(16, 16), steps=1)
     with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):
@@ -83,3 +84,51 @@ def test_a_ray_helper_of_another_version_is_refused(unet, ray_cluster, monkeypat
     assert relative_error(got, expected) == 0.0
     assert any("comfy_xdit_patch 9.9.9 on the helper vs 0.1.0 on rank 0" in r.getMessage() for r in caplog.records)
     assert helpers.current_group() is None
+
+
+def test_ray_needs_the_server_owners_consent(unet, monkeypatch):
+    """A workflow alone never starts or joins a Ray cluster: the launcher is refused before any work."""
+    import ray
+    monkeypatch.delenv("COMFY_XDIT_ALLOW_RAY", raising=False)
+    helpers.shutdown_group()
+    with pytest.raises(ValueError, match="COMFY_XDIT_ALLOW_RAY=1"):
+        enable_multigpu(unet, gpus=2, parallelism="ring", launcher="ray")
+    assert not ray.is_initialized() and helpers.current_group() is None
+
+
+def test_a_ray_actor_killed_mid_step_ends_with_the_image_and_a_working_next_prompt(unet, ray_cluster):
+    import ray
+    from test_faults import sample
+    expected = sample(unet, steps=3)
+    parallel = enable_multigpu(unet, gpus=3, parallelism="ring", launcher="ray")
+
+    def kill_an_actor(step):
+        if step == 1:
+            ray.kill(helpers.current_group().launcher.actors[0])
+    assert relative_error(sample(parallel, steps=3, on_step=kill_an_actor), expected) <= 1e-5
+    assert helpers.current_group() is None or not helpers.current_group().alive()
+    assert relative_error(sample(parallel, steps=3), expected) <= 1e-5
+    assert helpers.current_group() is not None and helpers.current_group().alive()
+    helpers.shutdown_group()
+
+
+def test_a_placement_group_that_never_becomes_ready_is_removed_and_the_prompt_runs_on_one_gpu(unet, ray_cluster,
+                                                                                             monkeypatch, caplog):
+    """Five one-CPU helpers on a cluster of four CPUs: Ray never places them."""
+    import logging
+    import ray
+    from ray.util import placement_group_table
+    from test_faults import sample
+    monkeypatch.setenv("COMFY_XDIT_START_TIMEOUT", "5")
+    expected = sample(unet, steps=1)
+    with caplog.at_level(logging.ERROR, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(unet, gpus=6, parallelism="ring", launcher="ray"), steps=1)
+    assert relative_error(got, expected) == 0.0
+    assert any("could not place 5 helper(s)" in r.getMessage() for r in caplog.records)
+    assert helpers.current_group() is None
+    ray.init(address=os.environ["COMFY_XDIT_RAY_ADDRESS"], configure_logging=False)
+    try:
+        left = [g for g in placement_group_table().values() if g["state"] != "REMOVED"]
+    finally:
+        ray.shutdown()
+    assert not left, f"placement groups left behind: {left}"

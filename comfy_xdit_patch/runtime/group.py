@@ -41,12 +41,6 @@ class HelperFailure(RuntimeError):
     """The helper group can no longer be used: a helper died, hung or reported an error."""
 
 
-def _rank0_versions():
-    import comfy_xdit_patch
-    import comfyui_version
-    return {"comfy_xdit_patch": comfy_xdit_patch.__version__, "comfyui": comfyui_version.__version__}
-
-
 def _plugin_root():
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -75,7 +69,7 @@ class HelperGroup:
         self.failure = None           # set by the health monitor when a helper dies
         self.exit_codes = {}          # rank -> None while alive, else its exit code (kept by the health monitor)
         self._blocked_phase = None    # a collective phase given up on while it still runs (see _watched)
-        self.versions = _rank0_versions()
+        self.versions = versions.local_versions()
         self.scheduler = None         # places batch rows on groups (runtime/scheduler.py), made at start
         self.launcher = None
         self.step_ms = collections.deque(maxlen=200)   # rank 0's parallel steps, completed (monitoring)
@@ -378,7 +372,10 @@ class HelperGroup:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    log.warning("Enable Multi-GPU: helper process %s did not end after being killed", process.pid)
         for channel in self.channels.values():
             channel.close()
         # A communicator is not destroyed while CUDA graphs that captured its collectives exist.
@@ -436,8 +433,10 @@ class HelperGroup:
                 self.block_shards.close()
             self.block_shards = shards   # from here on, so that a load that fails midway frees its peer memory too
 
+            digest = weights.WeightDigest()
+
             def send():
-                weights.send_weights(model_patcher, keys, self.device)
+                weights.send_weights(model_patcher, keys, self.device, digest)
                 transport.send_tensors(patch_tensors, self.device)
                 if shards is not None:
                     weights.scatter_block_shards(model_patcher, shards, self.device)
@@ -446,7 +445,11 @@ class HelperGroup:
             # Not "this model cannot run in parallel" any more: the helpers wait inside the transfer, so the group
             # cannot be used again and must end like any failed one.
             raise HelperFailure(f"the weight transfer stopped midway: {e}") from e
-        self._expect_all("loaded", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
+        replies = self._expect_all("loaded", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
+        for rank, (_, received) in zip(sorted(self.channels), replies):
+            if received != digest.value:
+                raise HelperFailure(f"the weights helper rank {rank} received differ from rank 0's (digest "
+                                    f"{received:x} vs {digest.value:x}): the transfer was corrupted")
         self.model_fingerprint = fingerprint
         self.diffusion_model = model_patcher.model.diffusion_model
         self.weight_syncs += 1
@@ -596,8 +599,10 @@ def ensure_group(plan):
             return _group
         if _group is not None:
             log.info("Enable Multi-GPU: stopping helpers of %s", _group.plan.describe())
-            _group.shutdown()
-            _group = None
+            try:
+                _group.shutdown()
+            finally:
+                _group = None
         group = HelperGroup(plan)
         group.start()
         _group = group
@@ -615,8 +620,10 @@ def shutdown_group(reason=None, graceful=True):
         if _group is not None:
             if reason:
                 log.info("Enable Multi-GPU: stopping helpers (%s)", reason)
-            _group.shutdown(graceful)
-            _group = None
+            try:
+                _group.shutdown(graceful)
+            finally:   # a group that failed to shut down cleanly is still never used again
+                _group = None
 
 
 atexit.register(shutdown_group)

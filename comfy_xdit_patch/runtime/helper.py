@@ -118,8 +118,9 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
                 loaded_spec = spec
                 compiled = None
             # Same model class and config (e.g. only a LoRA strength changed): weights land in the same memory.
+            digest = weights.WeightDigest()
             weights.receive_weights(diffusion_model, keys, device, spec,
-                                    sharded=is_block_weight if shard_weights else None)
+                                    sharded=is_block_weight if shard_weights else None, digest=digest)
             patch_tensors = transport.receive_tensors(patch_layout, device)
             if spec.get("gguf"):
                 gguf_weights.attach_patches(diffusion_model, patches, patch_tensors)
@@ -128,7 +129,7 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
                                        rank=mesh.rank, pull=shard_gathers == "pull")
                 weights.receive_block_shards(shards)
                 replacements = flux.block_replacements(diffusion_model)
-            link.send("loaded")
+            link.send(("loaded", digest.value))
         elif op == "forward":
             _, skeleton, tensor_layout, (generation, key), mode, placement, timed, compile_kwargs = message
             last_compile = compile_kwargs

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 
+from .. import envs
+
 log = logging.getLogger(__name__)
 
 HELPER = [sys.executable, "-m", "comfy_xdit_patch.runtime.helper"]
@@ -41,12 +43,24 @@ class LocalLauncher:
         pass
 
 
+def check_allowed(launcher):
+    """The Ray launcher starts or joins a cluster that runs code on every node: only the server owner may allow it
+    (COMFY_XDIT_ALLOW_RAY=1 where ComfyUI starts), never a workflow alone."""
+    if launcher == "ray" and not envs.COMFY_XDIT_ALLOW_RAY:
+        raise ValueError("launcher 'ray' is off on this server: a Ray cluster runs code on every node it reaches, so "
+                         "only whoever starts ComfyUI can allow it, with COMFY_XDIT_ALLOW_RAY=1 (README: Multiple "
+                         "machines). Use launcher 'local' for the GPUs of this machine.")
+
+
 class RayLauncher:
     """One Ray actor per helper, each holding one GPU (or one CPU for CPU ranks), spread over the cluster's nodes by
     a placement group. The actor starts the helper process on its node and reports on it. ``COMFY_XDIT_RAY_ADDRESS``
-    names the cluster; empty starts a Ray instance on this machine for its own GPUs."""
+    names the cluster; empty starts a Ray instance on this machine for its own GPUs, on loopback with Ray's token
+    authentication. Every Ray call that waits has a deadline: a cluster that cannot place the helpers, a lost node or
+    a dead actor ends as a failed start or a dead helper, never a hang."""
 
     def __init__(self, plan):
+        check_allowed("ray")
         try:
             import ray
             from ray.util.placement_group import placement_group
@@ -54,15 +68,35 @@ class RayLauncher:
             raise RuntimeError("launcher 'ray' needs Ray: pip install comfy-xdit-patch[ray]") from e
         self.ray = ray
         self.plan = plan
-        address = os.environ.get("COMFY_XDIT_RAY_ADDRESS", "")
+        self.actors = []
+        self.group = None
+        address = envs.COMFY_XDIT_RAY_ADDRESS
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
-                     configure_logging=False)
+            if address:
+                if os.environ.get("RAY_AUTH_MODE") != "token":
+                    log.warning("Enable Multi-GPU: joining the Ray cluster at %s without RAY_AUTH_MODE=token; anyone "
+                                "who reaches it can run code on its nodes. Start it with token authentication.",
+                                address)
+                ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            else:
+                # A Ray instance of our own requires its token on every call (Ray's default for a local instance
+                # since 2.59). Ray binds its ports to this machine's address, which ray.init cannot confine to
+                # loopback: the token is what keeps other hosts out. RAY_AUTH_MODE=disabled is refused.
+                if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+                    raise RuntimeError("launcher 'ray' starts a local Ray instance only with token authentication; "
+                                       "unset RAY_AUTH_MODE (or set it to token) where ComfyUI starts.")
+                ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
         resource = {"GPU": 1} if plan.device_type == "cuda" else {"CPU": 1}
         self.group = placement_group([dict(resource) for _ in range(plan.world_size - 1)], strategy="SPREAD")
-        ray.get(self.group.ready(), timeout=120)
-        self.actors = []
+        wait_s = envs.COMFY_XDIT_START_TIMEOUT
+        try:
+            ray.get(self.group.ready(), timeout=wait_s)
+        except BaseException as e:
+            self.close()   # the pending placement group would otherwise hold the cluster's resources
+            raise RuntimeError(f"the Ray cluster could not place {plan.world_size - 1} helper(s) with "
+                               f"{resource} each within {wait_s:.0f} s ({type(e).__name__}); add nodes or lower "
+                               "gpus") from e
 
     def spawn(self, rank, helper_env):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -72,21 +106,30 @@ class RayLauncher:
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank - 1),
         ).remote()
         self.actors.append(host)
-        return RayHelperProcess(self.ray, host, self.ray.get(host.start.remote(HELPER, helper_env), timeout=120))
+        pid = self.ray.get(host.start.remote(HELPER, helper_env), timeout=envs.COMFY_XDIT_START_TIMEOUT)
+        return RayHelperProcess(self.ray, host, pid)
 
     def close(self):
+        """Never raises: it runs on failure paths, where actors, nodes or the cluster may be gone."""
         for actor in self.actors:
             try:
                 self.ray.kill(actor)
             except Exception:  # already gone
                 pass
-        try:
-            from ray.util.placement_group import remove_placement_group
-            remove_placement_group(self.group)
-        except Exception:
-            log.debug("placement group removal failed", exc_info=True)
+        self.actors = []
+        if self.group is not None:
+            try:
+                from ray.util.placement_group import remove_placement_group
+                remove_placement_group(self.group)
+            except Exception:
+                log.debug("placement group removal failed", exc_info=True)
+            self.group = None
         if self.started_ray:
-            self.ray.shutdown()
+            try:
+                self.ray.shutdown()
+            except Exception:
+                log.warning("Enable Multi-GPU: shutting Ray down failed", exc_info=True)
+            self.started_ray = False
 
 
 class RayHelperProcess:
@@ -100,7 +143,12 @@ class RayHelperProcess:
             return -1
 
     def wait(self, timeout=None):
-        code = self.ray.get(self.host.wait.remote(timeout), timeout=None if timeout is None else timeout + 5)
+        try:
+            code = self.ray.get(self.host.wait.remote(timeout), timeout=None if timeout is None else timeout + 5)
+        except self.ray.exceptions.GetTimeoutError:
+            raise subprocess.TimeoutExpired(HELPER, timeout) from None
+        except Exception:     # the actor (or its node) is gone, and the helper with it (PR_SET_PDEATHSIG)
+            return -1
         if code is None:
             raise subprocess.TimeoutExpired(HELPER, timeout)
         return code

@@ -130,15 +130,43 @@ def effective_state(model_patcher, keys, device):
             yield key, stored[key]
 
 
-def send_weights(model_patcher, keys, device):
+class WeightDigest:
+    """A position-sensitive checksum of the bytes a weight sync moved, computed where they are (on the GPU): rank 0
+    over what it sent, each helper over what it received; compared once per sync, so a transfer that changed any
+    byte is caught. Not cryptographic: the peers are authenticated; this guards the transfer itself."""
+    _MODULUS = (1 << 61) - 1
+    _CHUNK = 1 << 20   # int32 words per partial sum: 2^31 * 251 * 2^20 stays within int64
+
+    def __init__(self):
+        self.value = 0
+
+    def add(self, data):
+        data = data.reshape(-1)
+        words = data.view(torch.int32) if data.numel() % 4 == 0 and data.data_ptr() % 4 == 0 else data
+        sums = []
+        for start in range(0, words.numel(), self._CHUNK):
+            part = words[start:start + self._CHUNK].to(torch.int64)
+            weights = torch.arange(1, part.numel() + 1, device=part.device, dtype=torch.int64).remainder_(251)
+            sums.append((part * weights.add_(1)).sum())
+        for value in (torch.stack(sums).tolist() if sums else ()):
+            self.value = (self.value * 1000003 + value) % self._MODULUS
+
+
+def _broadcast_bytes(data, digest):
+    dist.broadcast(data, src=0)
+    if digest is not None:
+        digest.add(data)
+
+
+def send_weights(model_patcher, keys, device, digest=None):
     """Rank 0: for every key, a small header (dtype, shape) then the effective weight itself. The shape travels
-    because a patch may change it (e.g. a LoRA that widens img_in)."""
+    because a patch may change it (e.g. a LoRA that widens img_in). ``digest`` (a WeightDigest) adds what was sent."""
     for key, weight in effective_state(model_patcher, keys, device):
         header = torch.zeros(_HEADER, dtype=torch.int64)
         header[0], header[1] = _DTYPES.index(weight.dtype), weight.ndim
         header[2:2 + weight.ndim] = torch.tensor(weight.shape, dtype=torch.int64)
         dist.broadcast(header.to(device), src=0)
-        dist.broadcast(_as_bytes(weight.to(device).contiguous()), src=0)
+        _broadcast_bytes(_as_bytes(weight.to(device).contiguous()), digest)
 
 
 def scatter_block_shards(model_patcher, shards, device):
@@ -186,7 +214,7 @@ def build_diffusion_model(spec, device):
     return model.eval().requires_grad_(False)
 
 
-def receive_weights(diffusion_model, keys, device, spec=None, sharded=None):
+def receive_weights(diffusion_model, keys, device, spec=None, sharded=None, digest=None):
     """Helpers: receive every weight straight into a freshly allocated parameter. A quantized layer's tensors are
     gathered and loaded through the layer itself once the last of them has arrived; a GGUF tensor's raw blocks become
     the GGMLTensor the model spec describes."""
@@ -202,7 +230,7 @@ def receive_weights(diffusion_model, keys, device, spec=None, sharded=None):
         layer, _, name = key.rpartition(".")
         if layer in quantized_layers:
             layer_state[name] = torch.empty(shape, dtype=dtype, device=device)
-            dist.broadcast(_as_bytes(layer_state[name]), src=0)
+            _broadcast_bytes(_as_bytes(layer_state[name]), digest)
             if name == "comfy_quant":   # the layer's format record, JSON bytes that ComfyUI's loader reads on the host
                 layer_state[name] = layer_state[name].cpu()
             if index + 1 == len(keys) or keys[index + 1].rpartition(".")[0] != layer:
@@ -215,17 +243,17 @@ def receive_weights(diffusion_model, keys, device, spec=None, sharded=None):
         if gguf_spec and key in gguf_spec["tensors"]:
             raw = gguf_weights.storage(current) if gguf_weights.is_ggml_tensor(current) else None
             if raw is not None and list(raw.shape) == shape and raw.dtype == dtype:
-                dist.broadcast(_as_bytes(raw), src=0)   # same layout as before: overwrite the raw blocks in place
+                _broadcast_bytes(_as_bytes(raw), digest)   # same layout as before: overwrite the raw blocks in place
                 continue
             raw = torch.empty(shape, dtype=dtype, device=device)
-            dist.broadcast(_as_bytes(raw), src=0)
+            _broadcast_bytes(_as_bytes(raw), digest)
             comfy.utils.set_attr_param(diffusion_model, key, gguf_weights.wrap(raw, gguf_spec, key))
             continue
         if current is not None and not current.is_meta and list(current.shape) == shape and current.dtype == dtype:
-            dist.broadcast(_as_bytes(current.data), src=0)   # same layout as before: overwrite in place
+            _broadcast_bytes(_as_bytes(current.data), digest)   # same layout as before: overwrite in place
             continue
         tensor = torch.empty(shape, dtype=dtype, device=device)
-        dist.broadcast(_as_bytes(tensor), src=0)
+        _broadcast_bytes(_as_bytes(tensor), digest)
         comfy.utils.set_attr_param(diffusion_model, key, tensor)
     left = [name for name, t in list(diffusion_model.named_parameters()) + list(diffusion_model.named_buffers())
             if t.is_meta and not (sharded and sharded(name))]
