@@ -132,3 +132,28 @@ def test_a_placement_group_that_never_becomes_ready_is_removed_and_the_prompt_ru
     finally:
         ray.shutdown()
     assert not left, f"placement groups left behind: {left}"
+
+
+def test_a_lost_node_ends_with_the_image_and_a_working_next_prompt(unet, ray_cluster):
+    """The second node's raylet dies mid-sampling, with its actor and helper (kept last: the cluster has one node
+    after it)."""
+    import ray
+    from test_faults import sample
+    expected = sample(unet, steps=3)
+    parallel = enable_multigpu(unet, gpus=3, parallelism="ring", launcher="ray")
+    killed = []
+
+    def lose_the_second_node(step):
+        if step != 1:
+            return
+        workers = [n for n in ray.nodes() if n["Alive"] and "node:__internal_head__" not in n["Resources"]]
+        socket = "--raylet_socket_name=" + workers[0]["RayletSocketName"]
+        for process in psutil.process_iter(["name", "cmdline"]):
+            if process.info["name"] == "raylet" and socket in process.info["cmdline"]:
+                process.kill()
+                killed.append(process.pid)
+    assert relative_error(sample(parallel, steps=3, on_step=lose_the_second_node), expected) <= 1e-5
+    assert killed, "the second node's raylet was not found"
+    assert relative_error(sample(parallel, steps=3), expected) <= 1e-5
+    assert helpers.current_group() is not None and helpers.current_group().alive()
+    helpers.shutdown_group()
