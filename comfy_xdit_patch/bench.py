@@ -263,12 +263,12 @@ def _gpu_busy(model, latent_hw, text_tokens, device, tag, steps=4):
     return kernel_time(prof, steps)
 
 
-def _prompt(model, latent_hw, steps, text_tokens, device, label):
+def _prompt(model, latent_hw, steps, text_tokens, device, label, host_profile=False):
     """A whole warm prompt: (its seconds, the seconds outside its steps after the first, i.e. the first step, the
-    sampler's set-up and wind-down and the node's work around the sampling run). With COMFY_XDIT_HOST_PROFILE=1 the
-    prompt runs under cProfile and the host functions that took longest are printed."""
+    sampler's set-up and wind-down and the node's work around the sampling run). With ``host_profile`` the prompt runs
+    under cProfile and the host functions that took longest are printed."""
     profiler = None
-    if os.environ.get("COMFY_XDIT_HOST_PROFILE") == "1":
+    if host_profile:
         import cProfile
         profiler = cProfile.Profile()
         profiler.enable()
@@ -307,14 +307,13 @@ def main(argv=None):
     parser.add_argument("--graph-baseline", action="store_true", help="also time 1 GPU with its step replayed as a "
                         "CUDA graph (the fair baseline for the graphed N-GPU step)")
     parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
-                        help="CUDA-graph replay of the parallel step (COMFY_XDIT_CUDA_GRAPHS; on by default, as in "
-                        "the node)")
+                        help="CUDA-graph replay of the parallel step (the node's cuda_graphs; on by default)")
     parser.add_argument("--shard-weights", choices=("on", "off", "both"), default="off",
                         help="each GPU holds 1/N of the blocks' weights (the node's shard_weights); 'both' times "
                              "replicated and sharded")
-    parser.add_argument("--shard-gathers", default=None, help="comma list of COMFY_XDIT_SHARD_GATHERS settings to "
+    parser.add_argument("--shard-gathers", default=None, help="comma list of the node's shard_gathers settings to "
                         "time with sharded weights, e.g. pull,all-gather (copies from the peers' pieces, or NCCL's all-gather)")
-    parser.add_argument("--exchange", default=None, help="comma list of COMFY_XDIT_EXCHANGE settings to time, e.g. "
+    parser.add_argument("--exchange", default=None, help="comma list of the node's exchange settings to time, e.g. "
                         "nccl,symmetric,copy-engine (the Ulysses all-to-all over NCCL, or through peer memory by "
                         "kernels or by the copy engines; copy-engine:P in P head parts; default auto); GPU only")
     parser.add_argument("--torch-compile", default=None, metavar="BACKEND", help="apply ComfyUI's TorchCompileModel "
@@ -329,6 +328,8 @@ def main(argv=None):
                         "against the step's span, 1 device and N devices, at the first resolution")
     parser.add_argument("--e2e-steps", type=int, default=0, help="also time a whole warm prompt of this many steps "
                         "at the first resolution (e.g. 28), 1 device vs N, excluding model load and helper start")
+    parser.add_argument("--host-profile", action="store_true", help="run the --e2e-steps prompts under cProfile and "
+                        "print the host functions that took longest")
     args = parser.parse_args(argv)
     # Checked before the minutes of 1-device baselines, not when the first parallel run makes its plan.
     from comfy_xdit_patch.config import EXCHANGES, SHARD_GATHERS
@@ -388,23 +389,22 @@ def main(argv=None):
                                                          device)[1])
     e2e, busy = {}, {}
     if args.e2e_steps:
-        e2e["1 device"] = _prompt(model, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device, "1 device")
+        e2e["1 device"] = _prompt(model, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device, "1 device",
+                                  args.host_profile)
 
-    graph_settings = {"on": ["1"], "off": ["0"], "both": ["0", "1"]}[args.cuda_graphs]
+    graph_settings = {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]
     shard_settings = {"on": [True], "off": [False], "both": [False, True]}[args.shard_weights]
-    gather_settings = (args.shard_gathers or os.environ.get("COMFY_XDIT_SHARD_GATHERS", "auto")).split(",")
+    gather_settings = (args.shard_gathers or "auto").split(",")
     # Gather settings only change sharded runs.
-    exchange_settings = (args.exchange or os.environ.get("COMFY_XDIT_EXCHANGE", "auto")).split(",")
+    exchange_settings = (args.exchange or "auto").split(",")
     configurations = [(p, s, a, x, g) for p in args.parallelism.split(",") for s in shard_settings
                       for a in (gather_settings if s else ["auto"]) for x in exchange_settings
                       for g in graph_settings]
     for parallelism, shard_weights, gathers, exchange, graphs in configurations:
-        os.environ["COMFY_XDIT_SHARD_GATHERS"] = gathers     # read when the plan is made
-        os.environ["COMFY_XDIT_EXCHANGE"], _, parts = exchange.partition(":")
-        if parts:
-            os.environ["COMFY_XDIT_EXCHANGE_PARTS"] = parts
-        patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights)
-        os.environ["COMFY_XDIT_CUDA_GRAPHS"] = graphs
+        exchange, _, parts = exchange.partition(":")
+        patched = enable_multigpu(model, gpus=args.gpus, parallelism=parallelism, shard_weights=shard_weights,
+                                  shard_gathers=gathers, exchange=exchange, exchange_parts=int(parts or 2),
+                                  cuda_graphs=graphs)
         configured = parallelism + (" +sharded" if shard_weights else "") + \
             (" (all-gathered)" if shard_weights and gathers == "all-gather" else "")
         for res in resolutions:
@@ -437,7 +437,7 @@ def main(argv=None):
                 start_s=group.started_s if group else None))
         if args.e2e_steps:
             e2e[label] = _prompt(patched, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device,
-                                 label)
+                                 label, args.host_profile)
         if args.profile:
             _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
         if args.gpu_busy and not cpu:

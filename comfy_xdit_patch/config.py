@@ -17,6 +17,23 @@ CPU_DEFAULT_RANKS = 2
 
 
 @dataclass(frozen=True)
+class MultiGPUOptions:
+    """Everything the user chose on the node, as one value from the node to the plan (see node_options.py)."""
+    gpus: int = 0
+    parallelism: str = "auto"
+    ulysses_degree: int = 0
+    ring_degree: int = 0
+    sequence_degree: int = 0
+    scheduling: str = "round_robin"
+    shard_weights: bool = False
+    launcher: str = "local"
+    exchange: str = "auto"          # how the Ulysses all-to-all moves q, k, v and the output (EXCHANGES)
+    exchange_parts: int = 2         # copy-engine: head parts pipelined against the attention
+    shard_gathers: str = "auto"     # shard_weights: how a block's weights are gathered (SHARD_GATHERS)
+    cuda_graphs: bool = True        # replay each step as a CUDA graph where it is safe (runtime/step_graphs.py)
+
+
+@dataclass(frozen=True)
 class ParallelPlan:
     """A validated layout: which device every rank uses and how the sequence-parallel degrees split them."""
     device_type: str            # "cuda" or "cpu"
@@ -29,6 +46,10 @@ class ParallelPlan:
     shard_gathers: str = "pull"  # with shard_weights: "pull" (copies from peer memory) or "all-gather" (a collective)
     ulysses_exchange: str = "nccl"  # "symmetric": parallel/symmetric.py instead of NCCL's all-to-all (Ulysses > 1 only)
     exchange_parts: int = 1         # "copy-engine": head parts pipelined against the attention (parallel/copy_engine.py)
+    cuda_graphs: bool = field(default=True, compare=False)   # rank 0 decides per step: no helper restart
+    # What the user asked for, where the plan may differ: "auto" falls back quietly, an explicit choice fails loudly.
+    requested_exchange: str = field(default="auto", compare=False)
+    requested_gathers: str = field(default="auto", compare=False)
 
     @property
     def world_size(self):
@@ -128,11 +149,13 @@ def _explicit_degrees(world_size, heads, working, ulysses_degree, ring_degree):
     return ulysses, world_size // ulysses
 
 
-def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_degree=0, ring_degree=0,
-                 sequence_degree=0, scheduling="round_robin", launcher="local", shard_weights=False):
-    """``main_device`` is the torch.device ComfyUI runs on (rank 0); ``visible_cuda`` the CUDA device count.
-    ``sequence_degree`` (0 = all ranks) is the size of one sequence-parallel group; with fewer than all ranks the
-    rest form more groups, and batch items / CFG branches are placed on the groups by ``scheduling``."""
+def resolve_plan(options, heads, main_device, visible_cuda):
+    """The plan for ``options`` (MultiGPUOptions). ``main_device`` is the torch.device ComfyUI runs on (rank 0);
+    ``visible_cuda`` the CUDA device count. ``sequence_degree`` (0 = all ranks) is the size of one sequence-parallel
+    group; with fewer than all ranks the rest form more groups, and batch items / CFG branches are placed on the
+    groups by ``scheduling``."""
+    gpus, parallelism, launcher, scheduling = options.gpus, options.parallelism, options.launcher, options.scheduling
+    sequence_degree, shard_weights = options.sequence_degree, options.shard_weights
     if gpus < 0:
         raise ValueError("gpus must be 0 (every visible GPU) or a positive count.")
     if main_device.type == "cpu":
@@ -164,61 +187,55 @@ def resolve_plan(gpus, parallelism, heads, main_device, visible_cuda, ulysses_de
     if degree < 1 or world % degree:
         raise ValueError(f"sequence_degree {sequence_degree} must divide the {world} ranks into equal groups; "
                          f"use one of {_divisors(world)}.")
-    ulysses, ring = choose_degrees(degree, heads, parallelism, ulysses_degree, ring_degree)
-    gathers = shard_gathers_setting(launcher) if shard_weights else "pull"
-    exchange = exchange_setting()
+    ulysses, ring = choose_degrees(degree, heads, parallelism, options.ulysses_degree, options.ring_degree)
+    _check_choice("exchange", options.exchange, EXCHANGES)
+    _check_choice("shard_gathers", options.shard_gathers, SHARD_GATHERS)
+    gathers = shard_gathers_setting(options.shard_gathers, launcher) if shard_weights else "pull"
+    exchange = options.exchange
     if exchange == "auto":
         exchange = _automatic_exchange(device_type, launcher, ulysses)
     elif exchange in PEER_EXCHANGES:
         if device_type != "cuda" or launcher != "local":
-            raise ValueError(f"COMFY_XDIT_EXCHANGE={exchange} needs the CUDA GPUs of one machine (launcher 'local'); "
-                             "unset it (or set it to nccl) for CPU ranks or Ray.")
+            raise ValueError(f"exchange '{exchange}' needs the CUDA GPUs of one machine (launcher 'local'); set "
+                             "exchange to auto (or nccl) for CPU ranks or Ray.")
         from .parallel.symmetric import unavailable_reason
         reason = unavailable_reason()
         if reason:
-            raise ValueError(f"COMFY_XDIT_EXCHANGE={exchange}: {reason}; unset it to use NCCL.")
+            raise ValueError(f"exchange '{exchange}': {reason}; set exchange to auto to use NCCL.")
     if ulysses == 1:   # ring only: no Ulysses exchange to make
         exchange = "nccl"
-    parts = exchange_parts_setting(heads // ulysses) if exchange == "copy-engine" else 1
+    parts = exchange_parts_setting(options.exchange_parts, heads // ulysses) if exchange == "copy-engine" else 1
     return ParallelPlan(device_type, indices, ulysses, ring, scheduling, launcher, bool(shard_weights), gathers,
-                        exchange, parts)
+                        exchange, parts, bool(options.cuda_graphs), options.exchange, options.shard_gathers)
 
 
-def shard_gathers_setting(launcher="local"):
-    """COMFY_XDIT_SHARD_GATHERS: how ``shard_weights`` rebuilds a block. ``pull`` (default where the ranks share a
-    machine): copies from the peers' pieces in peer memory, by the copy engine on GPUs (parallel/weight_shards.py).
-    ``all-gather``: NCCL's (gloo's) all-gather on the attention's communicator, where a block's exchange waits behind
-    the next block's gather; the only way between machines (Ray), and where /dev/shm is missing for CPU ranks."""
-    value = _env_choice("COMFY_XDIT_SHARD_GATHERS", SHARD_GATHERS)
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, not '{value}'.")
+
+
+def shard_gathers_setting(value, launcher="local"):
+    """How ``shard_weights`` rebuilds a block. ``pull`` (auto where the ranks share a machine): copies from the
+    peers' pieces in peer memory, by the copy engine on GPUs (parallel/weight_shards.py). ``all-gather``: NCCL's
+    (gloo's) all-gather on the attention's communicator, where a block's exchange waits behind the next block's
+    gather; the only way between machines (Ray), and where /dev/shm is missing for CPU ranks."""
     shared_memory = launcher == "local" and os.path.isdir("/dev/shm")
     if value == "pull" and not shared_memory:
-        raise ValueError("COMFY_XDIT_SHARD_GATHERS=pull needs every rank on this machine (launcher 'local', with "
-                         "/dev/shm); unset it to all-gather.")
+        raise ValueError("shard_gathers 'pull' needs every rank on this machine (launcher 'local', with /dev/shm); "
+                         "set it to auto or all-gather.")
     if value == "auto":
         return "pull" if shared_memory else "all-gather"
     return value
 
 
-def exchange_setting():
-    """COMFY_XDIT_EXCHANGE: how the Ulysses all-to-all moves q, k, v and the output. ``symmetric``: peers write
-    straight into each other's receive buffers in peer memory (parallel/symmetric.py), GPUs of one machine only.
-    ``copy-engine``: the same buffers filled by the copy engines, in head parts pipelined against the attention
-    (parallel/copy_engine.py; not yet timed on two GPUs, so never chosen by ``auto``).
-    ``nccl``: NCCL's all-to-all, with a pack and an unpack pass each way. ``auto`` (default): symmetric where it was
-    measured faster (``_automatic_exchange``), NCCL elsewhere."""
-    return _env_choice("COMFY_XDIT_EXCHANGE", EXCHANGES)
-
-
-def exchange_parts_setting(local_heads):
-    """COMFY_XDIT_EXCHANGE_PARTS (default 2), for COMFY_XDIT_EXCHANGE=copy-engine: in how many head parts each
-    member's attention runs, part j + 1 crossing while part j is computed; it must divide the heads each member
-    computes (``local_heads``)."""
-    value = os.environ.get("COMFY_XDIT_EXCHANGE_PARTS", "2")
+def exchange_parts_setting(value, local_heads):
+    """For the copy-engine exchange: in how many head parts each member's attention runs, part j + 1 crossing while
+    part j is computed; it must divide the heads each member computes (``local_heads``)."""
     fits = _divisors(local_heads)
-    if not value.isdigit() or int(value) not in fits:
-        raise ValueError(f"COMFY_XDIT_EXCHANGE_PARTS must divide the {local_heads} heads each GPU computes: one of "
-                         f"{', '.join(map(str, fits))}, not '{value}'.")
-    return int(value)
+    if value not in fits:
+        raise ValueError(f"exchange_parts must divide the {local_heads} heads each GPU computes: one of "
+                         f"{', '.join(map(str, fits))}, not {value}.")
+    return value
 
 
 def _automatic_exchange(device_type, launcher, ulysses_degree):
@@ -229,14 +246,6 @@ def _automatic_exchange(device_type, launcher, ulysses_degree):
         return "nccl"
     from .parallel.symmetric import unavailable_reason
     return "nccl" if unavailable_reason() else "symmetric"
-
-
-def _env_choice(name, choices):
-    """The environment setting ``name``, one of ``choices`` (the first is the default)."""
-    value = os.environ.get(name, choices[0])
-    if value not in choices:
-        raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, not '{value}'.")
-    return value
 
 
 # With sharded weights a helper holds its 1/N of the blocks, the ~1% outside them and two gathered blocks (a FLUX
@@ -254,14 +263,13 @@ def check_peer_access(plan, can_access):
         missing = _missing_access([plan.device_indices[first:first + plan.ulysses_degree]
                                    for first in range(0, plan.world_size, plan.ulysses_degree)], can_access)
         if missing:
-            plan = _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), plan.ulysses_exchange,
+            plan = _fall_back(plan, "exchange", plan.requested_exchange, plan.ulysses_exchange,
                               f"GPU {missing[0]} cannot access GPU {missing[1]}'s memory (no peer access between them)",
                               "NCCL's exchange", ulysses_exchange="nccl", exchange_parts=1)
     if plan.shard_weights and plan.shard_gathers == "pull":
         missing = _missing_access([plan.device_indices], can_access)
         if missing:
-            plan = _fall_back(plan, "COMFY_XDIT_SHARD_GATHERS", _env_choice("COMFY_XDIT_SHARD_GATHERS", SHARD_GATHERS),
-                              "pull", f"GPU {missing[0]} cannot access GPU {missing[1]}'s memory (no peer access "
+            plan = _fall_back(plan, "shard_gathers", plan.requested_gathers, "pull", f"GPU {missing[0]} cannot access GPU {missing[1]}'s memory (no peer access "
                               "between them)", "the all-gather", shard_gathers="all-gather")
     return plan
 
@@ -284,7 +292,7 @@ def check_exchange_kernels(plan, build_problem):
     problem = build_problem()
     if problem is None:
         return plan
-    return _fall_back(plan, "COMFY_XDIT_EXCHANGE", exchange_setting(), plan.ulysses_exchange,
+    return _fall_back(plan, "exchange", plan.requested_exchange, plan.ulysses_exchange,
                       f"its Triton kernels cannot be built here ({problem})", "NCCL's exchange",
                       ulysses_exchange="nccl", exchange_parts=1)
 
@@ -293,7 +301,7 @@ def _fall_back(plan, setting, value, wanted, problem, instead, **change):
     """``setting`` (now ``value``) led to ``wanted``, which cannot run here because of ``problem``. Chosen
     automatically, the plan with ``change`` (``instead``) and a log line; asked for, an error naming the setting."""
     if value != "auto":
-        raise ValueError(f"{setting}={wanted}: {problem}; unset it to use {instead}.")
+        raise ValueError(f"{setting} '{wanted}': {problem}; set {setting} to auto to use {instead}.")
     log.warning("Enable Multi-GPU: %s; using %s (%s=auto)", problem, instead, setting)
     return dataclasses.replace(plan, **change)
 

@@ -84,7 +84,7 @@ VARIABLES = {
     "COMFY_XDIT_TRACE_DIR": Variable(
         "", _text, "Profiling: where profiled ranks write their traces (bench --gpu-busy)."),
     "COMFY_XDIT_PROFILE_HELPER": Variable(
-        "", _text, "Profiling: which helper forward calls to profile, e.g. '5-7' (bench --gpu-busy)."),
+        "", _text, "Profiling: 'first,count' of a helper's model calls to profile, e.g. '5,4' (bench --gpu-busy)."),
 }
 
 

@@ -27,7 +27,7 @@ def _parallel(args, model, **options):
     """``model`` through Enable Multi-GPU with the command line's devices, layout and weight sharding."""
     from .multigpu import enable_multigpu
     return enable_multigpu(model, gpus=args.gpus, parallelism=args.parallelism, shard_weights=args.shard_weights,
-                           **options)
+                           shard_gathers=args.shard_gathers, exchange=args.exchange, **options)
 
 
 def _one_vs_many(args, model, latent, positive, negative, device, outputs=None):
@@ -408,8 +408,9 @@ def main(argv=None):
     parser.add_argument("--res", type=int, default=None, help="image size (GPU default 1024; CPU 128)")
     parser.add_argument("--steps", type=int, default=None, help="GPU default 10 (kill: 28); CPU 4")
     parser.add_argument("--parallelism", default="auto")
-    parser.add_argument("--shard-weights", action="store_true",
-                        help="the node's shard_weights (COMFY_XDIT_SHARD_GATHERS picks how blocks are gathered)")
+    parser.add_argument("--shard-weights", action="store_true", help="the node's shard_weights")
+    parser.add_argument("--shard-gathers", default="auto", help="the node's shard_gathers: auto, pull or all-gather")
+    parser.add_argument("--exchange", default="auto", help="the node's exchange: auto, nccl, symmetric or copy-engine")
     parser.add_argument("--dynamic-vram", action="store_true", help="ComfyUI's dynamic VRAM for the model (always on "
                         "for the 'dynamic' scenario); GPU only")
     parser.add_argument("--cpu", action="store_true")

@@ -20,7 +20,7 @@ import torch
 import comfy.model_management
 import comfy.patcher_extension as ext
 
-from .config import check_exchange_kernels, check_helper_memory, check_peer_access, resolve_plan
+from .config import MultiGPUOptions, check_exchange_kernels, check_helper_memory, check_peer_access, resolve_plan
 from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
 from .parallel import symmetric
 from .parallel.placement import run_placed
@@ -83,7 +83,7 @@ class MultiGPURun:
                 # Before the pieces are made, so that they find room on a GPU that ComfyUI's load filled.
                 self.offloaded.offload(model_patcher)
             group.sync_model(model_patcher)
-            self.graphs_allowed, self.resident_weights = _graph_safe(model_patcher, group)
+            self.graphs_allowed, self.resident_weights = _graph_safe(model_patcher, group, self.plan.cuda_graphs)
             # Dynamic VRAM: graphs are captured anew every prompt (a LoRA change rewrites weights in place).
             keep_graphs = self.graphs_allowed and self.resident_weights is None
             group.new_sampling_run(_weight_addresses(model_patcher) if keep_graphs else None)
@@ -236,14 +236,14 @@ def _weight_addresses(model_patcher):
     return hash(tuple(t.data_ptr() for t in itertools.chain(diffusion_model.parameters(), diffusion_model.buffers())))
 
 
-def _graph_safe(model_patcher, group):
+def _graph_safe(model_patcher, group, cuda_graphs=True):
     """Whether the parallel step may be replayed as a CUDA graph, which bakes in the weights' addresses, and for
     ComfyUI's dynamic VRAM the weights' range that every capture and replay checks (runtime/resident_weights.py),
     else None. With sharded weights the step reads the blocks' weights from our gather buffers, so only the rest of
     ComfyUI's copy must stay put: for a classic ModelPatcher every weight it reads resident on rank 0's GPU (with
     sharded weights ComfyUI's copy of the blocks is in host RAM, runtime/offloaded_blocks.py), for a dynamic one in
     one vbar. Lowvram loading moves weights during a step, so it runs eagerly."""
-    if group.device.type != "cuda" or not step_graphs.enabled():
+    if group.device.type != "cuda" or not cuda_graphs:
         return False, None
     if model_patcher.is_dynamic():
         diffusion_model = model_patcher.model.diffusion_model
@@ -260,19 +260,19 @@ def _visible_cuda():
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def enable_multigpu(model, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0, sequence_degree=0,
-                    scheduling="round_robin", launcher="local", shard_weights=False):
-    """A clone of ``model`` that samples sequence-parallel. Raises ValueError naming the fix for a bad config.
-    A model other than FLUX comes back unchanged, with one log line."""
+def enable_multigpu(model, options=None, **fields):
+    """A clone of ``model`` that samples sequence-parallel, for ``options`` (a MultiGPUOptions, or its fields as
+    keywords). Raises ValueError naming the fix for a bad config. A model other than FLUX comes back unchanged, with
+    one log line."""
+    options = options if options is not None else MultiGPUOptions(**fields)
     envs.check_all()
-    launchers.check_allowed(launcher)
+    launchers.check_allowed(options.launcher)
     diffusion_model = model.get_model_object("diffusion_model")
     if not flux.supports(diffusion_model):
         log.warning("Enable Multi-GPU: %s is not a FLUX or Chroma model; passing it through unchanged (one GPU).",
                     type(diffusion_model).__name__)
         return model
-    plan = resolve_plan(gpus, parallelism, flux.num_heads(diffusion_model), model.load_device, _visible_cuda(),
-                        ulysses_degree, ring_degree, sequence_degree, scheduling, launcher, shard_weights)
+    plan = resolve_plan(options, flux.num_heads(diffusion_model), model.load_device, _visible_cuda())
     if plan.world_size == 1:
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model

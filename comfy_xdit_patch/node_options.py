@@ -1,7 +1,7 @@
 """The Enable Multi-GPU options, shared by the node and every drop-in node: one definition, one behaviour."""
 from comfy_api.latest import io
 
-from .config import LAUNCHERS, PARALLELISMS, SCHEDULINGS
+from .config import EXCHANGES, LAUNCHERS, PARALLELISMS, SCHEDULINGS, SHARD_GATHERS, MultiGPUOptions
 from .multigpu import enable_multigpu
 
 
@@ -38,6 +38,21 @@ def multigpu_inputs(optional=False):
                        tooltip="local: helper processes on this machine. ray: helpers as Ray actors across a Ray "
                                "cluster (COMFY_XDIT_RAY_ADDRESS; empty starts Ray here; rank 0's address in "
                                "COMFY_XDIT_HOST)."),
+        # Speed levers: every choice gives the same image; auto picks what was measured fastest here.
+        io.Combo.Input("exchange", options=list(EXCHANGES), default="auto", optional=True, advanced=True,
+                       tooltip="How Ulysses moves q, k, v between GPUs. auto: peer memory for 2 GPUs of one machine "
+                               "where available, else NCCL. nccl: NCCL's all-to-all. symmetric: peers write into "
+                               "each other's buffers (GPUs of one machine). copy-engine: the same buffers filled by "
+                               "the copy engines in head parts, pipelined against the attention (not yet timed on 2 "
+                               "GPUs)."),
+        io.Int.Input("exchange_parts", default=2, min=1, max=64, optional=True, advanced=True,
+                     tooltip="copy-engine only: head parts per GPU; must divide the heads each GPU computes."),
+        io.Combo.Input("shard_gathers", options=list(SHARD_GATHERS), default="auto", optional=True, advanced=True,
+                       tooltip="shard_weights only: pull (copies from the other GPUs' pieces in peer memory) or "
+                               "all-gather (a collective; the only way across machines). auto: pull where possible."),
+        io.Boolean.Input("cuda_graphs", default=True, optional=True, advanced=True,
+                         tooltip="Replay each step as a CUDA graph where it is safe (removes the host's launch "
+                                 "cost). Off: every step runs eagerly."),
     ]
 
 
@@ -49,9 +64,9 @@ def split_multigpu(kwargs):
     return kwargs, options
 
 
-def apply_multigpu(model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0,
-                   sequence_degree=0, scheduling="round_robin", shard_weights=False, launcher="local"):
+def apply_multigpu(model, enabled=True, **options):
+    """The node's behaviour for its input values (missing optional inputs take their defaults)."""
     if not enabled:
         return model
-    return enable_multigpu(model, gpus, parallelism, ulysses_degree or 0, ring_degree or 0, sequence_degree or 0,
-                           scheduling or "round_robin", launcher or "local", bool(shard_weights))
+    chosen = {name: value for name, value in options.items() if value is not None}
+    return enable_multigpu(model, MultiGPUOptions(**chosen))

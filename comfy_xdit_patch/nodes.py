@@ -24,10 +24,8 @@ class EnableMultiGPU(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, enabled=True, gpus=0, parallelism="auto", ulysses_degree=0, ring_degree=0,
-                sequence_degree=0, scheduling="round_robin", shard_weights=False, launcher="local"):
-        return io.NodeOutput(apply_multigpu(model, enabled, gpus, parallelism, ulysses_degree, ring_degree,
-                                            sequence_degree, scheduling, shard_weights, launcher))
+    def execute(cls, model, **options):
+        return io.NodeOutput(apply_multigpu(model, **options))
 
 
 class XDiTExtension(ComfyExtension):

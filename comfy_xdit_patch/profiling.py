@@ -57,7 +57,8 @@ def describe(busy_ms, span_ms, families):
 
 def trace_dir():
     """COMFY_XDIT_TRACE_DIR: where profiled ranks write their traces, or None (off)."""
-    return os.environ.get("COMFY_XDIT_TRACE_DIR") or None
+    from . import envs
+    return envs.COMFY_XDIT_TRACE_DIR or None
 
 
 def profiler_activities():

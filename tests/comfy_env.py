@@ -215,3 +215,10 @@ def attention_inputs(seq_lens, batch, heads, dim, seed=0):
         v = torch.randn(batch, length, 3, heads, dim)[:, :, 2].transpose(1, 2)
         inputs.append((q, k, v))
     return inputs
+
+
+def plan_for(gpus, parallelism, heads, main_device, visible_cuda, **options):
+    """The plan the node makes for these inputs (``options``: the node's other inputs by name)."""
+    from comfy_xdit_patch.config import MultiGPUOptions, resolve_plan
+    return resolve_plan(MultiGPUOptions(gpus=gpus, parallelism=parallelism, **options), heads, main_device,
+                        visible_cuda)

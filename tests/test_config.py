@@ -6,7 +6,8 @@ import psutil
 import pytest
 import torch
 
-from comfy_xdit_patch.config import choose_degrees, resolve_plan
+from comfy_xdit_patch.config import choose_degrees
+from comfy_env import plan_for as resolve_plan
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.nodes import EnableMultiGPU
 
@@ -40,11 +41,11 @@ def test_degrees_and_device_layout():
 
 def test_node_rejects_bad_degree_on_a_real_model(tiny_flux):
     with pytest.raises(ValueError, match="divide by 3"):
-        EnableMultiGPU.execute(tiny_flux, True, 3, "ulysses")
+        EnableMultiGPU.execute(tiny_flux, enabled=True, gpus=3, parallelism="ulysses")
 
 
 def test_disabled_node_returns_the_model_unchanged(tiny_flux):
-    assert EnableMultiGPU.execute(tiny_flux, False, 2, "auto").result[0] is tiny_flux
+    assert EnableMultiGPU.execute(tiny_flux, enabled=False, gpus=2, parallelism="auto").result[0] is tiny_flux
 
 
 def test_non_flux_model_passes_through_with_one_log_line(tiny_flux, caplog):
@@ -85,25 +86,21 @@ def test_a_helper_gpu_without_room_for_the_model_is_refused_before_any_work():
                         free.__getitem__)
 
 
-def test_symmetric_exchange_setting_is_checked_before_any_work(monkeypatch):
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "nvlink")
-    with pytest.raises(ValueError, match="COMFY_XDIT_EXCHANGE must be 'auto' or 'nccl' or 'symmetric' or 'copy-engine', not 'nvlink'"):
-        resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2)
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
-    with pytest.raises(ValueError, match="needs the CUDA GPUs of one machine.*unset it"):
-        resolve_plan(2, "ulysses", 4, torch.device("cpu"), visible_cuda=0)
+def test_symmetric_exchange_setting_is_checked_before_any_work():
+    with pytest.raises(ValueError, match="exchange must be 'auto' or 'nccl' or 'symmetric' or 'copy-engine', not 'nvlink'"):
+        resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2, exchange="nvlink")
+    with pytest.raises(ValueError, match="needs the CUDA GPUs of one machine.*set exchange to auto"):
+        resolve_plan(2, "ulysses", 4, torch.device("cpu"), visible_cuda=0, exchange="symmetric")
     with pytest.raises(ValueError, match="needs the CUDA GPUs of one machine"):
-        resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2, launcher="ray")
-    plan = resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2)
+        resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2, launcher="ray", exchange="symmetric")
+    plan = resolve_plan(2, "ulysses", 24, torch.device("cuda", 0), visible_cuda=2, exchange="symmetric")
     assert plan.ulysses_exchange == "symmetric" and "symmetric exchange" in plan.describe()
-    monkeypatch.delenv("COMFY_XDIT_EXCHANGE")
 
 
-def test_the_exchange_is_symmetric_by_default_only_where_it_was_measured_faster(monkeypatch):
+def test_the_exchange_is_symmetric_by_default_only_where_it_was_measured_faster():
     """auto: two local GPUs per Ulysses group (measured on 2×H200); larger groups, ring, CPU ranks and Ray: NCCL.
     A pair without peer access falls back to NCCL when chosen automatically, and is an error when asked for."""
     from comfy_xdit_patch.config import check_peer_access
-    monkeypatch.delenv("COMFY_XDIT_EXCHANGE", raising=False)
     cuda = torch.device("cuda", 0)
     two = resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2)
     assert two.ulysses_exchange == "symmetric"
@@ -114,33 +111,32 @@ def test_the_exchange_is_symmetric_by_default_only_where_it_was_measured_faster(
     assert resolve_plan(2, "ulysses", 4, torch.device("cpu"), visible_cuda=0).ulysses_exchange == "nccl"
     assert check_peer_access(two, lambda a, b: False).ulysses_exchange == "nccl"
     assert check_peer_access(two, lambda a, b: True) is two
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
     with pytest.raises(ValueError, match="cannot access"):
-        check_peer_access(two, lambda a, b: False)
+        check_peer_access(resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2, exchange="symmetric"),
+                          lambda a, b: False)
 
 
-def test_pulled_weight_pieces_need_peer_access_between_every_pair_of_gpus(monkeypatch):
+def test_pulled_weight_pieces_need_peer_access_between_every_pair_of_gpus():
     """Every rank copies every other rank's pieces: all pairs must reach each other, not just a Ulysses group's.
     Chosen automatically, the gathers fall back to NCCL's all-gather; asked for, it is an error."""
     from comfy_xdit_patch.config import check_peer_access
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "nccl")
-    monkeypatch.delenv("COMFY_XDIT_SHARD_GATHERS", raising=False)
-    plan = resolve_plan(4, "usp", 24, torch.device("cuda", 0), visible_cuda=4, ulysses_degree=2, shard_weights=True)
+    options = dict(visible_cuda=4, ulysses_degree=2, shard_weights=True, exchange="nccl")
+    plan = resolve_plan(4, "usp", 24, torch.device("cuda", 0), **options)
     assert plan.shard_gathers == "pull"
     within_pairs = lambda a, b: {a, b} in ({0, 1}, {2, 3})
     assert check_peer_access(plan, lambda a, b: True) is plan
     assert check_peer_access(plan, within_pairs).shard_gathers == "all-gather"
-    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "pull")
-    with pytest.raises(ValueError, match="COMFY_XDIT_SHARD_GATHERS=pull: GPU 0 cannot access GPU 2"):
-        check_peer_access(plan, within_pairs)
+    with pytest.raises(ValueError, match="shard_gathers 'pull': GPU 0 cannot access GPU 2"):
+        check_peer_access(resolve_plan(4, "usp", 24, torch.device("cuda", 0), shard_gathers="pull", **options),
+                          within_pairs)
 
 
-def test_symmetric_exchange_needs_peer_access_between_the_gpus_of_a_ulysses_group(monkeypatch):
+def test_symmetric_exchange_needs_peer_access_between_the_gpus_of_a_ulysses_group():
     from comfy_xdit_patch.config import ParallelPlan, check_peer_access
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
-    plan = ParallelPlan("cuda", (0, 1, 2, 3), 2, 2, ulysses_exchange="symmetric")     # Ulysses groups {0,1}, {2,3}
+    plan = ParallelPlan("cuda", (0, 1, 2, 3), 2, 2, ulysses_exchange="symmetric",     # Ulysses groups {0,1}, {2,3}
+                        requested_exchange="symmetric")
     check_peer_access(plan, lambda a, b: {a, b} in ({0, 1}, {2, 3}))                   # no access across groups: fine
-    with pytest.raises(ValueError, match="GPU 2 cannot access GPU 3's memory.*unset it"):
+    with pytest.raises(ValueError, match="GPU 2 cannot access GPU 3's memory.*set exchange to auto"):
         check_peer_access(plan, lambda a, b: {a, b} == {0, 1})
     check_peer_access(ParallelPlan("cuda", (0, 1), 2, 1), lambda a, b: False)          # NCCL: not asked
 
@@ -174,7 +170,7 @@ def test_usp_degrees_that_do_not_fit_the_ranks_name_the_valid_values(tiny_flux, 
     assert choose_degrees(4, 24, "usp", ring_degree=4) == (1, 4)
     assert choose_degrees(8, 4, "usp", ulysses_degree=4, ring_degree=2) == (4, 2)
     with pytest.raises(ValueError, match=r"ring_degree 5 does not divide the 4 ranks"):
-        EnableMultiGPU.execute(tiny_flux, True, 4, "usp", 0, 5)
+        EnableMultiGPU.execute(tiny_flux, enabled=True, gpus=4, parallelism="usp", ulysses_degree=0, ring_degree=5)
 
 
 def test_degrees_are_honoured_with_auto_and_contradicting_ones_name_the_fix(tiny_flux, no_helpers):
@@ -195,7 +191,7 @@ def test_degrees_are_honoured_with_auto_and_contradicting_ones_name_the_fix(tiny
     with pytest.raises(ValueError, match=r"parallelism 'ulysses' .* but ring_degree is 2\. Set parallelism to 'usp'"):
         choose_degrees(4, 24, "ulysses", ring_degree=2)
     with pytest.raises(ValueError, match=r"parallelism 'ring' .* but ring_degree is 2\. .* or ring_degree to 0"):
-        EnableMultiGPU.execute(tiny_flux, True, 4, "ring", 0, 2)
+        EnableMultiGPU.execute(tiny_flux, enabled=True, gpus=4, parallelism="ring", ulysses_degree=0, ring_degree=2)
     tooltips = {option.id: option.tooltip for option in EnableMultiGPU.define_schema().inputs}
     for name in ("ulysses_degree", "ring_degree"):
         assert "For usp or auto" in tooltips[name] and "Leave 0 with parallelism ulysses or ring" in tooltips[name]
@@ -240,7 +236,7 @@ def test_a_call_with_fewer_tokens_than_ranks_is_sent_to_one_gpu_with_the_reason(
 
 
 def test_the_copy_engine_exchange_never_gets_a_member_with_fewer_than_two_tokens(tiny_flux):
-    """COMFY_XDIT_EXCHANGE=copy-engine needs two tokens (text and image together) on every member of a Ulysses group
+    """The copy-engine exchange needs two tokens (text and image together) on every member of a Ulysses group
     (parallel/copy_engine.py raises otherwise, on every helper). Every call with a member below that is sent to one
     GPU before dispatch: whenever the rule lets a call through, each member holds at least two."""
     import itertools
@@ -305,7 +301,7 @@ def test_cpu_ranks_that_do_not_fit_in_host_memory_are_refused_before_starting(ti
     with pytest.raises(ValueError, match=r"8 CPU ranks need .* for their 7 helper processes, each holding a whole "
                                          r"copy of the diffusion model .* is available\. Lower gpus to 4 \(at most 4 "
                                          r"CPU ranks fit\)"):
-        EnableMultiGPU.execute(tiny_flux, True, 8, "ring")
+        EnableMultiGPU.execute(tiny_flux, enabled=True, gpus=8, parallelism="ring")
     assert enable_multigpu(tiny_flux, gpus=4, parallelism="ring") is not tiny_flux
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=int(0.5 * size)))
     with pytest.raises(ValueError, match=r"Not even one helper rank fits: free host memory"):
@@ -329,7 +325,7 @@ def test_a_bad_deployment_variable_fails_the_node_before_any_work(tiny_flux, mon
                                                                    message):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=re.escape(message)):
-        EnableMultiGPU.execute(tiny_flux, True, 2, "ring")
+        EnableMultiGPU.execute(tiny_flux, enabled=True, gpus=2, parallelism="ring")
 
 
 def test_a_speed_weighted_split_that_leaves_a_rank_without_tokens_runs_on_one_gpu(tiny_flux, caplog):

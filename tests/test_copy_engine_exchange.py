@@ -73,27 +73,24 @@ def test_the_2d_copy_moves_rows_between_pitches():
 def test_the_copy_engine_exchange_is_only_used_when_asked_for_and_its_parts_are_checked(monkeypatch):
     """Not yet timed on two GPUs: ``auto`` never picks it. Asked for, it takes the symmetric exchange's conditions
     (CUDA GPUs of one machine, peer access) and a part count that divides each GPU's heads."""
-    from comfy_xdit_patch.config import ParallelPlan, check_peer_access, resolve_plan
+    from comfy_xdit_patch.config import ParallelPlan, check_peer_access
+    from comfy_env import plan_for as resolve_plan
     cuda = torch.device("cuda", 0)
-    monkeypatch.delenv("COMFY_XDIT_EXCHANGE", raising=False)
     assert all(resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2).ulysses_exchange != "copy-engine"
                for _ in range(2))
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "copy-engine")
-    plan = resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2)
+    plan = resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2, exchange="copy-engine")
     assert (plan.ulysses_exchange, plan.exchange_parts) == ("copy-engine", 2)
     assert "copy-engine exchange in 2 head parts" in plan.describe()
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE_PARTS", "3")
-    assert resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2).exchange_parts == 3
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE_PARTS", "5")
-    with pytest.raises(ValueError, match=r"COMFY_XDIT_EXCHANGE_PARTS must divide the 12 heads each GPU computes: "
-                                         r"one of 1, 2, 3, 4, 6, 12, not '5'"):
-        resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2)
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE_PARTS", "2")
-    with pytest.raises(ValueError, match="COMFY_XDIT_EXCHANGE=copy-engine needs the CUDA GPUs of one machine"):
-        resolve_plan(2, "ulysses", 24, torch.device("cpu"), visible_cuda=0)
-    with pytest.raises(ValueError, match=r"COMFY_XDIT_EXCHANGE=copy-engine: GPU 0 cannot access GPU 1's memory"):
-        check_peer_access(ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="copy-engine", exchange_parts=2),
-                          lambda a, b: False)
+    assert resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2, exchange="copy-engine", exchange_parts=3
+                        ).exchange_parts == 3
+    with pytest.raises(ValueError, match=r"exchange_parts must divide the 12 heads each GPU computes: "
+                                         r"one of 1, 2, 3, 4, 6, 12, not 5"):
+        resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2, exchange="copy-engine", exchange_parts=5)
+    with pytest.raises(ValueError, match="exchange 'copy-engine' needs the CUDA GPUs of one machine"):
+        resolve_plan(2, "ulysses", 24, torch.device("cpu"), visible_cuda=0, exchange="copy-engine")
+    with pytest.raises(ValueError, match=r"exchange 'copy-engine': GPU 0 cannot access GPU 1's memory"):
+        check_peer_access(ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="copy-engine", exchange_parts=2,
+                                       requested_exchange="copy-engine"), lambda a, b: False)
 
 
 def test_ulysses_attention_hands_the_whole_call_to_the_copy_engine_exchange():

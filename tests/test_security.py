@@ -118,9 +118,9 @@ def test_stray_and_hostile_connections_during_start_up_cost_nothing(tiny_flux, f
     original_spawn = launchers.LocalLauncher.spawn
     attackers = []
 
-    def spawn_after_attacks(self, rank, helper_env):
+    def spawn_after_attacks(self, rank, arguments, helper_env):
         if rank == 1:
-            host, port = helper_env["COMFY_XDIT_CONTROL"].rsplit(":", 1)
+            host, port = arguments[arguments.index("--control") + 1].rsplit(":", 1)
             address = (host, int(port))
             for payload in (code_running_frame(str(marker)), b"", b"GET / HTTP/1.0\r\n\r\n",
                             struct.pack("!Q", 1 << 62), None):
@@ -130,7 +130,7 @@ def test_stray_and_hostile_connections_during_start_up_cost_nothing(tiny_flux, f
                 if payload is not None:
                     sock.shutdown(socket.SHUT_WR)
                 attackers.append(sock)   # the silent one stays open: the helpers must not wait behind it
-        return original_spawn(self, rank, helper_env)
+        return original_spawn(self, rank, arguments, helper_env)
 
     monkeypatch.setattr(launchers.LocalLauncher, "spawn", spawn_after_attacks)
     expected = sample(tiny_flux, steps=2)
@@ -145,3 +145,12 @@ def test_stray_and_hostile_connections_during_start_up_cost_nothing(tiny_flux, f
     dropped = [r for r in caplog.records if "dropped a connection to the control port" in r.getMessage()]
     assert len(dropped) >= 4
     assert not any("one GPU" in r.getMessage() for r in caplog.records)
+
+
+def test_the_secret_never_appears_on_a_helper_command_line(tiny_flux, fresh_helpers):
+    """Other users of the machine can read every process's command line, not its environment."""
+    import psutil
+    sample(enable_multigpu(tiny_flux, gpus=2, parallelism="ring"), steps=1)
+    helper = psutil.Process(helpers.current_group().processes[1].pid)
+    secret = helper.environ()[control.SECRET_VARIABLE]
+    assert len(secret) == 2 * control.SECRET_BYTES and secret not in " ".join(helper.cmdline())

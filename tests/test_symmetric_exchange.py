@@ -92,12 +92,12 @@ def test_every_group_of_a_process_uses_the_exchange_it_was_configured_with(monke
     """Through torch's symmetric memory, a second group in ComfyUI's process (after a failure or a settings change)
     waits for rendezvous keys its fresh helpers never write, so only the first could use it. With our
     own peer mapping every group uses its plan's exchange; a group without Ulysses (ring only) has none to make."""
-    from comfy_xdit_patch.config import ParallelPlan, resolve_plan
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
+    from comfy_xdit_patch.config import ParallelPlan
+    from comfy_env import plan_for as resolve_plan
     cuda = torch.device("cuda", 0)
-    assert resolve_plan(2, "ring", 24, cuda, visible_cuda=2).ulysses_exchange == "nccl"
-    assert [resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2).ulysses_exchange for _ in range(3)] == \
-        ["symmetric"] * 3
+    assert resolve_plan(2, "ring", 24, cuda, visible_cuda=2, exchange="symmetric").ulysses_exchange == "nccl"
+    assert [resolve_plan(2, "ulysses", 24, cuda, visible_cuda=2, exchange="symmetric").ulysses_exchange
+            for _ in range(3)] == ["symmetric"] * 3
     symmetric_plan = ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="symmetric")
     assert "nccl" not in symmetric_plan.describe() and "symmetric exchange" in symmetric_plan.describe()
     assert "symmetric" not in ParallelPlan("cuda", (0, 1), 2, 1).describe()
@@ -179,12 +179,11 @@ def test_kernels_that_cannot_be_built_fall_back_to_nccl_or_name_the_setting(monk
     from comfy_xdit_patch.config import ParallelPlan, check_exchange_kernels
     assert symmetric.build_problem(torch.device("cpu")) is None
     plan = ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="symmetric")
-    monkeypatch.delenv("COMFY_XDIT_EXCHANGE", raising=False)
     assert check_exchange_kernels(plan, lambda: None) is plan
     assert check_exchange_kernels(plan, lambda: "no C compiler").ulysses_exchange == "nccl"
-    monkeypatch.setenv("COMFY_XDIT_EXCHANGE", "symmetric")
-    with pytest.raises(ValueError, match=r"cannot be built here \(no C compiler\); unset it"):
-        check_exchange_kernels(plan, lambda: "no C compiler")
+    asked = ParallelPlan("cuda", (0, 1), 2, 1, ulysses_exchange="symmetric", requested_exchange="symmetric")
+    with pytest.raises(ValueError, match=r"cannot be built here \(no C compiler\); set exchange to auto"):
+        check_exchange_kernels(asked, lambda: "no C compiler")
 
     def broken():
         raise RuntimeError("Failed to find C compiler")

@@ -39,7 +39,7 @@ def test_sharded_weights_equal_replicated_and_one_rank(tiny_flux, parallelism, g
 
 def test_gathers_copy_the_peers_pieces_from_peer_memory_or_all_gather_on_request(tiny_flux, monkeypatch):
     """Ranks on one machine keep their pieces in peer memory and a gather copies the peers' pieces (no collective);
-    COMFY_XDIT_SHARD_GATHERS=all-gather (what Ray uses) gathers through the communicator. Both equal one rank, and
+    shard_gathers=all-gather (what Ray uses) gathers through the communicator. Both equal one rank, and
     the pieces rank 0 holds are the ones its peers copy: every rank's piece is mapped here, and it is its shard."""
     import os
     from comfy_xdit_patch.parallel import peer_memory
@@ -56,8 +56,8 @@ def test_gathers_copy_the_peers_pieces_from_peer_memory_or_all_gather_on_request
     assert not {f for f in set(os.listdir("/dev/shm")) - files_before if f.startswith("comfy-xdit-")}, \
         "peer-memory files stay after every rank mapped them"
 
-    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "all-gather")
-    gathered = ksample(enable_multigpu(tiny_flux, gpus=2, parallelism="ulysses", shard_weights=True))
+    gathered = ksample(enable_multigpu(tiny_flux, gpus=2, parallelism="ulysses", shard_weights=True,
+                                       shard_gathers="all-gather"))
     group = helpers.current_group()
     assert group.plan.shard_gathers == "all-gather" and "all-gathered" in group.plan.describe()
     assert group.block_shards.pieces is None
@@ -65,16 +65,13 @@ def test_gathers_copy_the_peers_pieces_from_peer_memory_or_all_gather_on_request
     assert peer_memory.held_bytes("cpu") == 0, "the previous group's peer memory was not freed"
 
 
-def test_shard_gathers_setting_is_checked(tiny_flux, monkeypatch):
-    from comfy_xdit_patch.config import resolve_plan
-    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "separate")
-    with pytest.raises(ValueError, match="COMFY_XDIT_SHARD_GATHERS must be 'auto' or 'pull' or 'all-gather'"):
-        enable_multigpu(tiny_flux, gpus=2, shard_weights=True)
+def test_shard_gathers_setting_is_checked(tiny_flux):
+    from comfy_env import plan_for as resolve_plan
+    with pytest.raises(ValueError, match="shard_gathers must be 'auto' or 'pull' or 'all-gather'"):
+        enable_multigpu(tiny_flux, gpus=2, shard_weights=True, shard_gathers="separate")
     cpu = torch.device("cpu")
-    monkeypatch.setenv("COMFY_XDIT_SHARD_GATHERS", "pull")
     with pytest.raises(ValueError, match="needs every rank on this machine"):
-        resolve_plan(2, "auto", 4, cpu, 0, launcher="ray", shard_weights=True)
-    monkeypatch.delenv("COMFY_XDIT_SHARD_GATHERS")
+        resolve_plan(2, "auto", 4, cpu, 0, launcher="ray", shard_weights=True, shard_gathers="pull")
     assert resolve_plan(2, "auto", 4, cpu, 0, shard_weights=True).shard_gathers == "pull"
     assert resolve_plan(2, "auto", 4, cpu, 0, launcher="ray", shard_weights=True).shard_gathers == "all-gather"
 

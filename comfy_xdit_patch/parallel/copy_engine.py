@@ -12,7 +12,7 @@ j's output goes back while part j + 1 is computed.
 
 Bit-equal to the symmetric exchange in 1–3 parts, eager and replayed from a CUDA graph, on one H200 with both ranks on
 it (tests/gpu/test_cuda_exchange.py checks it). Its speed on two GPUs is not measured yet, so it is only used when asked
-for (``COMFY_XDIT_EXCHANGE=copy-engine``, ``COMFY_XDIT_EXCHANGE_PARTS``).
+for (the node's ``exchange`` = copy-engine, ``exchange_parts``).
 """
 import contextlib
 import ctypes

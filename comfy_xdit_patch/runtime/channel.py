@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("!Q")
 NONCE_BYTES = 32
 SECRET_BYTES = 32
+SECRET_VARIABLE = "COMFY_XDIT_SECRET"   # how rank 0 hands the session secret to the helpers it starts
 MAX_FRAME = 64 << 20          # a FLUX call's structure is a few kB; a model's weight key list well under 1 MB
 HANDSHAKE_TIMEOUT_S = 5.0     # a peer that has not proved the secret by then is dropped
 

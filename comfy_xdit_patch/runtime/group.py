@@ -175,21 +175,21 @@ class HelperGroup:
                  self.plan.world_size - 1, self.plan.describe(), self.started_s)
 
     def _spawn(self, address, secret):
-        """What a helper needs in its environment: where rank 0 is, the session token, the same ComfyUI and
-        plugin, and this process's COMFY_XDIT_*, NCCL_*, GLOO_* and TORCH_* settings."""
+        """A helper's command line says its rank and where rank 0 is; its environment holds the session secret
+        (never on a command line, which other users can read), the same ComfyUI and plugin, and this process's
+        COMFY_XDIT_*, NCCL_*, GLOO_* and TORCH_* settings. Everything else comes in the setup message."""
         env = {k: v for k, v in os.environ.items() if k.startswith(("COMFY_XDIT_", "NCCL_", "GLOO_", "TORCH_"))}
         env["PYTHONPATH"] = os.pathsep.join([_plugin_root(), _comfy_root()] +
                                             [p for p in [os.environ.get("PYTHONPATH")] if p])
-        env["COMFY_XDIT_CONTROL"] = f"{address[0]}:{address[1]}"
-        env["COMFY_XDIT_TOKEN"] = secret.hex()
-        env["COMFY_XDIT_PARENT_PID"] = str(os.getpid())
+        env[control.SECRET_VARIABLE] = secret.hex()
         env.update(_HELPER_NCCL_ENV)
         if self.plan.device_type == "cpu":
             env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
                                                     str(max(1, (os.cpu_count() or 1) // self.plan.world_size)))
         self.launcher = make_launcher(self.plan)
         for rank in range(1, self.plan.world_size):
-            self.processes[rank] = self.launcher.spawn(rank, dict(env, COMFY_XDIT_RANK=str(rank)))
+            arguments = ["--rank", str(rank), "--control", f"{address[0]}:{address[1]}"]
+            self.processes[rank] = self.launcher.spawn(rank, arguments, env)
             self.exit_codes[rank] = None
 
     def _check_processes(self):

@@ -26,8 +26,8 @@ def _watch_parent(parent_pid):
 
 def _setup_comfy(comfy_args, plan, rank):
     import torch
-    # A launcher that hands each helper one visible GPU (Ray) says which index it has there.
-    index = int(os.environ.get("COMFY_XDIT_DEVICE_INDEX", plan.device_indices[rank] or 0))
+    # Ray gives each helper's actor one GPU, the only one it sees.
+    index = 0 if plan.launcher == "ray" else plan.device_indices[rank] or 0
     if plan.device_type == "cuda":
         torch.cuda.set_device(index)
     import comfy.cli_args
@@ -37,16 +37,21 @@ def _setup_comfy(comfy_args, plan, rank):
     return torch.device("cpu") if plan.device_type == "cpu" else torch.device("cuda", index)
 
 
-def main():
-    rank = int(os.environ["COMFY_XDIT_RANK"])
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(description="A helper rank of Enable Multi-GPU (started by rank 0).")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--control", required=True, help="rank 0's control port, host:port")
+    args = parser.parse_args(argv)
+    rank = args.rank
     logging.basicConfig(level=logging.INFO, format=f"[xdit rank {rank}] %(levelname)s %(message)s")
     # A helper stuck inside a collective can be asked where it is: kill -USR1 <pid> prints every thread's stack.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    threading.Thread(target=_watch_parent, args=(int(os.environ["COMFY_XDIT_PARENT_PID"]),), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
 
     from comfy_xdit_patch.runtime import channel as control
-    host, port = os.environ["COMFY_XDIT_CONTROL"].rsplit(":", 1)
-    link = control.connect((host, int(port)), bytes.fromhex(os.environ.pop("COMFY_XDIT_TOKEN")))
+    host, port = args.control.rsplit(":", 1)
+    link = control.connect((host, int(port)), bytes.fromhex(os.environ.pop(control.SECRET_VARIABLE)))
     from comfy_xdit_patch.runtime.versions import local_versions
     link.send((rank, local_versions()))
     try:
@@ -99,7 +104,8 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     forwards = 0
     step_ms = collections.deque(maxlen=200)
     group_ms = collections.deque(maxlen=200)   # this rank's group, its own rows only (placement strategies)
-    profiled = HelperProfile(os.environ.get("COMFY_XDIT_PROFILE_HELPER"), log)
+    from comfy_xdit_patch import envs
+    profiled = HelperProfile(envs.COMFY_XDIT_PROFILE_HELPER, log)
     while True:
         message = link.recv()
         op = message[0]

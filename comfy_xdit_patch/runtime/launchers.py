@@ -35,8 +35,8 @@ class LocalLauncher:
     def __init__(self, plan):
         self.plan = plan
 
-    def spawn(self, rank, helper_env):
-        return subprocess.Popen(HELPER, env=dict(os.environ, **helper_env), stdin=subprocess.DEVNULL,
+    def spawn(self, rank, arguments, helper_env):
+        return subprocess.Popen(HELPER + arguments, env=dict(os.environ, **helper_env), stdin=subprocess.DEVNULL,
                                 preexec_fn=die_with_parent)
 
     def close(self):
@@ -98,7 +98,7 @@ class RayLauncher:
                                f"{resource} each within {wait_s:.0f} s ({type(e).__name__}); add nodes or lower "
                                "gpus") from e
 
-    def spawn(self, rank, helper_env):
+    def spawn(self, rank, arguments, helper_env):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
         host = _helper_host_class(self.ray).options(
             num_cpus=0 if self.plan.device_type == "cuda" else 1,
@@ -106,7 +106,7 @@ class RayLauncher:
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank - 1),
         ).remote()
         self.actors.append(host)
-        pid = self.ray.get(host.start.remote(HELPER, helper_env), timeout=envs.COMFY_XDIT_START_TIMEOUT)
+        pid = self.ray.get(host.start.remote(HELPER + arguments, helper_env), timeout=envs.COMFY_XDIT_START_TIMEOUT)
         return RayHelperProcess(self.ray, host, pid)
 
     def close(self):
@@ -171,9 +171,6 @@ def _helper_host_class(ray):
         class HelperHost:
             def start(self, command, helper_env):
                 env = dict(os.environ, **helper_env)
-                env["COMFY_XDIT_PARENT_PID"] = str(os.getpid())      # the helper lives as long as this actor
-                if "CUDA_VISIBLE_DEVICES" in os.environ:              # Ray gave this actor one GPU
-                    env["COMFY_XDIT_DEVICE_INDEX"] = "0"
                 def die_with_actor():   # as die_with_parent, defined here: the actor may not import this module
                     import ctypes
                     import signal

@@ -1,5 +1,5 @@
 """CUDA-graph replay of the sequence-parallel model call, in lock-step on every rank. On by default where it is safe
-(``multigpu._graph_safe``); ``COMFY_XDIT_CUDA_GRAPHS=0`` turns it off.
+(``multigpu._graph_safe``); the node's ``cuda_graphs`` input turns it off.
 
 Replaying the step as a CUDA graph, collectives included, removes the host's kernel-launch cost: on 2×H200 at 1024²
 the step went from 131–157 ms eager to 113–118 ms (docs/benchmarks.md).
@@ -13,7 +13,6 @@ so the ranks stay in step whichever each one runs.
 """
 import collections
 import logging
-import os
 import threading
 
 import torch
@@ -21,10 +20,6 @@ import torch
 log = logging.getLogger(__name__)
 
 EAGER, CAPTURE, REPLAY = "eager", "capture", "replay"
-
-
-def enabled():
-    return os.environ.get("COMFY_XDIT_CUDA_GRAPHS", "1") == "1"
 
 
 class StepGraphs:
