@@ -132,9 +132,10 @@ class HelperGroup:
             threading.Thread(target=self._monitor, name="comfy-xdit-health", daemon=True).start()
             deadline = time.monotonic() + envs.COMFY_XDIT_START_TIMEOUT
             acceptor = control.Acceptor(listener, secret)
-            for _ in range(1, self.plan.world_size):
-                channel = self._accept(acceptor, deadline)
-                rank, helper_versions = channel.recv(timeout=10)
+            # Every helper in first (their handshakes answered side by side), then what each says of itself.
+            joined = [self._accept(acceptor, deadline) for _ in range(1, self.plan.world_size)]
+            for channel in joined:
+                rank, helper_versions = self._receive(channel, deadline, "its versions")
                 if type(rank) is not int or rank not in self.processes or rank in self.channels:
                     channel.close()
                     raise HelperFailure(f"a helper announced rank {rank!r}, which is not one this group started")
@@ -188,7 +189,8 @@ class HelperGroup:
                                                     str(max(1, (os.cpu_count() or 1) // self.plan.world_size)))
         self.launcher = make_launcher(self.plan)
         for rank in range(1, self.plan.world_size):
-            arguments = ["--rank", str(rank), "--control", f"{address[0]}:{address[1]}"]
+            arguments = ["--rank", str(rank), "--control", f"{address[0]}:{address[1]}",
+                         "--timeout", str(envs.COMFY_XDIT_START_TIMEOUT)]
             self.processes[rank] = self.launcher.spawn(rank, arguments, env)
             self.exit_codes[rank] = None
 
@@ -207,6 +209,16 @@ class HelperGroup:
             channel = acceptor.accept(timeout=0.5)
             if channel is not None:
                 return channel
+
+    def _receive(self, channel, deadline, what):
+        while True:
+            self._check_processes()
+            if time.monotonic() > deadline:
+                raise HelperFailure(f"a helper did not send {what} within {envs.COMFY_XDIT_START_TIMEOUT:.0f} s")
+            try:
+                return channel.recv(timeout=0.5)
+            except TimeoutError:
+                continue
 
     def _expect_all(self, what, deadline):
         """Waits for ``what`` (or a tuple starting with it) from every helper, in rank order; returns the replies."""

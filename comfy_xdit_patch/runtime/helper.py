@@ -42,6 +42,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="A helper rank of Enable Multi-GPU (started by rank 0).")
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--control", required=True, help="rank 0's control port, host:port")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds rank 0 may take to answer")
     args = parser.parse_args(argv)
     rank = args.rank
     logging.basicConfig(level=logging.INFO, format=f"[xdit rank {rank}] %(levelname)s %(message)s")
@@ -51,11 +52,14 @@ def main(argv=None):
 
     from comfy_xdit_patch.runtime import channel as control
     host, port = args.control.rsplit(":", 1)
-    link = control.connect((host, int(port)), bytes.fromhex(os.environ.pop(control.SECRET_VARIABLE)))
+    # Rank 0 answers once it has started every helper (with Ray, one actor after another): wait as long as it may.
+    link = control.connect((host, int(port)), bytes.fromhex(os.environ.pop(control.SECRET_VARIABLE)), args.timeout)
     from comfy_xdit_patch.runtime.versions import local_versions
     link.send((rank, local_versions()))
     try:
         setup = link.recv()
+        if setup == ("exit",):   # rank 0 gave up on the start-up before sending it
+            os._exit(0)
         plan = setup["plan"]
         device = _setup_comfy(setup["comfy_args"], plan, rank)
         link.send("imported")
