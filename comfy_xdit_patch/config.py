@@ -239,9 +239,9 @@ def exchange_parts_setting(value, local_heads):
 
 
 def _automatic_exchange(device_type, launcher, ulysses_degree):
-    """Symmetric for Ulysses groups of two local GPUs: there it took a 1024² step from 1.54× to 1.70× and a 2048²
-    step from 1.79× to 1.90× on 2×H200, the failure path and a second group in one process shown (sixth session).
-    Larger groups keep NCCL until measured (no 4-GPU machine yet); CPU ranks and Ray always use it."""
+    """Symmetric for Ulysses groups of two local GPUs, where it was measured faster than NCCL's all-to-all on 2×H200
+    (docs/benchmarks.md, "What each lever bought"). Larger groups keep NCCL until measured; CPU ranks and Ray always
+    use it."""
     if device_type != "cuda" or launcher != "local" or ulysses_degree != 2:
         return "nccl"
     from .parallel.symmetric import unavailable_reason

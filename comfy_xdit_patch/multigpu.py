@@ -112,7 +112,7 @@ class MultiGPURun:
 
     # Under TorchCompileModel this wrapper runs inside the compiled diffusion model. Our host work (the dispatch to
     # the helpers, graph capture and replay, the wait for the step) stays out of dynamo: traced, it was recompiled at
-    # every step (its guards held the step's tensors) and a step took twice as long as on one GPU (seventh session).
+    # every step (its guards held the step's tensors) and a step took twice as long as on one GPU.
     # Only this frame is skipped: the model's own code below it still compiles.
     @flux.ours
     @torch.compiler.disable(recursive=False)

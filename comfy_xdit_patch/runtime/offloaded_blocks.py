@@ -3,8 +3,8 @@
 With sharded weights every rank, rank 0 included, runs each block on the full weights it gathers from the pieces
 (parallel/weight_shards.py), so ComfyUI's copy of the blocks is read only by a step that falls back to one GPU.
 ComfyUI's dynamic VRAM never brings in what a step does not read. Classic loading brings the whole model onto rank 0's
-GPU before every sampling run; measured on 2×H200 (sixth session): rank 0 peaked at 33.9 GiB and a warm 28-step 1024²
-prompt took ≈22 s against 4.9 s on one GPU, because ComfyUI moved the whole model back each prompt and the node then
+GPU before every sampling run; without this module, on 2×H200, rank 0 peaked at 33.9 GiB and a warm 28-step 1024²
+prompt took ≈22 s against 4.9 s on one GPU (docs/benchmarks.md), because ComfyUI moved the whole model back each prompt and the node then
 moved most of it off again, with the small layers first (ComfyUI unloads by size), so the steps ran eagerly too.
 
 Here, with ComfyUI's own loader doing every move:

@@ -44,8 +44,8 @@ class StepGraphs:
     def destroy_in_background(self):
         """After a failure, before the communicator is aborted: NCCL's abort never returns while a graph that captured
         its collectives exists, and destroying the graph that is replaying against a dead peer may itself wait until
-        the abort frees the device (session 4: the ring kill hung there, the Ulysses one did not; a 2-rank probe,
-        tools/graph_abort_probe.py, returned from both in 0.1 s). So the graphs are destroyed on a thread of their
+        the abort frees the device (with ring attention it did; destroying the graphs first and aborting meanwhile
+        returned in 0.1 s and 0.6 s on 2×H200, docs/benchmarks.md). So the graphs are destroyed on a thread of their
         own (``CUDAGraph.reset`` releases the GIL) while the caller goes on to the abort. Returns an Event set once
         they are all destroyed."""
         graphs = [graph for graph, _, _ in self.entries.values()]
