@@ -6,10 +6,12 @@
 
 Each resolution is sampled with ComfyUI's real sampler (``comfy.sample.sample``, euler/simple) on the unpatched
 model and on the patched clone, in the same process, with the same seed. Per-step times come from the sampler
-callback after a CUDA synchronise; the table reports medians after warm-up, the end-to-end sampling time, the
-relative L2 error of the final latent against 1 device, and peak memory per device. With ``--kernel-baseline`` the
-1-device run is repeated with the kernel that ring attention uses, so that a kernel choice is never reported as
-parallel speed-up.
+callback after a CUDA synchronise; the table reports medians after warm-up, the first timed sampling run, the
+relative L2 error of the final latent against 1 device, peak memory per device and the helpers' start, in the columns
+that have a figure in this run; a whole warm prompt (``--e2e-steps``: 28 steps on GPUs, 4 on CPU) follows it. On CPU
+ranks the error is the result: the ranks share the machine's cores, so their times measure the plumbing, not a
+speed-up. With ``--kernel-baseline`` the 1-device run is repeated with the kernel that ring attention uses, so that a
+kernel choice is never reported as parallel speed-up.
 """
 import argparse
 import contextlib
@@ -291,6 +293,53 @@ def _gpu_busy_or_none(*args):
         return None
 
 
+def cpu_meaning():
+    """What a CPU run's figures mean: its ranks share the machine's cores, so its times cannot show a speed-up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"# CPU ranks: the result is the rel. err against 1 device (float32: expect <= 1e-5) and that the helpers "
+            f"ran; the time ratio measures the plumbing (process start, gloo transport) on {cores} CPU core(s) shared "
+            f"by all ranks, not a GPU speed-up")
+
+
+def table_columns(cpu, repeat):
+    """(header, cell) of every column the table can have; a cell is None where the run has no such figure."""
+    gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
+    gibs = lambda values: None if all(v is None for v in values) else " / ".join(gib(v) for v in values)
+    times = lambda x: None if x is None else f"{x:.2f}x"
+    spread = lambda r: "" if repeat == 1 else f" ({r['spread'][0]:.2f}-{r['spread'][1]:.2f})"
+    return [
+        ("config", lambda r: r["parallelism"]),
+        ("layout", lambda r: r["layout"]),
+        ("res", lambda r: str(r["res"])),
+        ("tokens", lambda r: str(r["tokens"])),
+        ("1-dev ms/step", lambda r: f"{r['step1'] * 1e3:.1f}"),
+        ("N-dev ms/step", lambda r: f"{r['stepn'] * 1e3:.1f}"),
+        ("time ratio" if cpu else "speed-up", lambda r: times(r["speedup"]) + spread(r)),
+        ("vs same kernel", lambda r: times(r["kernel_speedup"])),
+        ("vs 1-dev graphed", lambda r: times(r["graph_speedup"])),
+        ("1-dev 1st run s", lambda r: f"{r['total1']:.2f}"),
+        ("N-dev 1st run s", lambda r: f"{r['totaln']:.2f}"),
+        ("rel. err vs 1-dev", lambda r: f"{r['err']:.2e}"),
+        ("peak GiB 1-dev", lambda r: gibs([r["peak1"]])),
+        ("peak GiB per rank", lambda r: gibs([r["peak0"]] + r["helper_peaks"])),
+        ("weights GiB per helper", lambda r: gibs(r["helper_weights"])),
+        ("helper start s", lambda r: None if r["start_s"] is None else f"{r['start_s']:.1f}"),
+    ]
+
+
+def print_table(rows, cpu, repeat):
+    """The rows as a markdown table of the columns that have a figure in at least one row."""
+    columns = table_columns(cpu, repeat)
+    cells = [[cell(r) for _, cell in columns] for r in rows]
+    kept = [i for i in range(len(columns)) if any(row[i] is not None for row in cells)]
+    print("| " + " | ".join(columns[i][0] for i in kept) + " |")
+    print("|" + "---|" * len(kept))
+    for row in cells:
+        print("| " + " | ".join("-" if row[i] is None else row[i] for i in kept) + " |")
+    print("1st run s: the first timed sampling run of that size; on N devices the configuration's first one includes "
+          "the helpers' start and weight sync")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", type=int, default=0, help="devices for the parallel run (0 = all; CPU: 2)")
@@ -326,8 +375,9 @@ def main(argv=None):
                         "first resolution, 1 device and N devices (torch.profiler)")
     parser.add_argument("--gpu-busy", action="store_true", help="print how long rank 0's GPU ran kernels per step "
                         "against the step's span, 1 device and N devices, at the first resolution")
-    parser.add_argument("--e2e-steps", type=int, default=0, help="also time a whole warm prompt of this many steps "
-                        "at the first resolution (e.g. 28), 1 device vs N, excluding model load and helper start")
+    parser.add_argument("--e2e-steps", type=int, default=None, help="also time a whole warm prompt of this many "
+                        "steps at the first resolution, 1 device vs N, excluding model load and helper start "
+                        "(GPU default 28; CPU 4; 0 = none)")
     parser.add_argument("--host-profile", action="store_true", help="run the --e2e-steps prompts under cProfile and "
                         "print the host functions that took longest")
     args = parser.parse_args(argv)
@@ -359,6 +409,7 @@ def main(argv=None):
     resolutions = [int(r) for r in (args.res or ("256" if cpu else "1024,2048")).split(",")]
     steps = args.steps or (4 if cpu else 10)
     text_tokens = args.text_tokens or (77 if cpu else 512)
+    e2e_steps = (4 if cpu else 28) if args.e2e_steps is None else args.e2e_steps
     if cpu:
         torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
@@ -388,8 +439,8 @@ def main(argv=None):
             baselines[res]["graph_step"] = median(sample(_graphed_one_device(model, device), hw, steps, text_tokens,
                                                          device)[1])
     e2e, busy = {}, {}
-    if args.e2e_steps:
-        e2e["1 device"] = _prompt(model, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device, "1 device",
+    if e2e_steps:
+        e2e["1 device"] = _prompt(model, (resolutions[0] // 8,) * 2, e2e_steps, text_tokens, device, "1 device",
                                   args.host_profile)
 
     graph_settings = {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]
@@ -435,8 +486,8 @@ def main(argv=None):
                 helper_peaks=[s.get("peak_allocated") for s in helper_peaks.values()],
                 helper_weights=[s.get("weight_bytes") for s in helper_peaks.values()],
                 start_s=group.started_s if group else None))
-        if args.e2e_steps:
-            e2e[label] = _prompt(patched, (resolutions[0] // 8,) * 2, args.e2e_steps, text_tokens, device,
+        if e2e_steps:
+            e2e[label] = _prompt(patched, (resolutions[0] // 8,) * 2, e2e_steps, text_tokens, device,
                                  label, args.host_profile)
         if args.profile:
             _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
@@ -447,33 +498,23 @@ def main(argv=None):
     if args.gpu_busy and not cpu:
         busy["1 device"] = _gpu_busy_or_none(model, (resolutions[0] // 8,) * 2, text_tokens, device, "-1device")
 
-    gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
     print()
     print(f"# {'CPU' if cpu else torch.cuda.get_device_name(device)}, ComfyUI {type(model).__name__}"
           f"{' ' + args.comfy_args if args.comfy_args else ''}"
           f"{', TorchCompileModel ' + args.torch_compile if args.torch_compile else ''}, {steps} euler steps, median of steps after "
           f"{args.warmup} warm-up, text {text_tokens} tokens, {dtype}")
-    print("| parallelism | layout | res | tokens | 1-dev ms/step | N-dev ms/step | speed-up | vs same kernel | "
-          "vs 1-dev graphed | 1-dev first prompt s | N-dev first prompt s (helper start + weight sync incl.) | rel. err vs 1 dev | peak GiB 1-dev | peak GiB per rank (N) | weights GiB per helper | helper start s |")
-    print("|" + "---|" * 16)
-    for r in rows:
-        print(f"| {r['parallelism']} | {r['layout']} | {r['res']} | {r['tokens']} | {r['step1'] * 1e3:.1f} | "
-              f"{r['stepn'] * 1e3:.1f} | {r['speedup']:.2f}x"
-              f"{'' if args.repeat == 1 else ' (' + format(r['spread'][0], '.2f') + '-' + format(r['spread'][1], '.2f') + ')'} | "
-              f"{'-' if r['kernel_speedup'] is None else format(r['kernel_speedup'], '.2f') + 'x'} | "
-              f"{'-' if r['graph_speedup'] is None else format(r['graph_speedup'], '.2f') + 'x'} | "
-              f"{r['total1']:.2f} | {r['totaln']:.2f} | {r['err']:.2e} | {gib(r['peak1'])} | "
-              f"{' / '.join(gib(p) for p in [r['peak0']] + r['helper_peaks'])} | "
-              f"{' / '.join(gib(w) for w in r['helper_weights'])} | "
-              f"{'-' if r['start_s'] is None else format(r['start_s'], '.1f')} |")
+    if cpu:
+        print(cpu_meaning())
+    print_table(rows, cpu, args.repeat)
     print()
     for name, (busy_ms, span_ms, families) in ((n, b) for n, b in busy.items() if b):
         print(f"rank 0's GPU at {resolutions[0]}, {name}: {describe(busy_ms, span_ms, families)}")
     one_device, one_device_rest = e2e.get("1 device", (None, None))
     for name, (seconds, rest) in e2e.items():
         if name != "1 device":
-            print(f"end-to-end {args.e2e_steps}-step prompt at {resolutions[0]}: 1 device {one_device:.2f} s, "
-                  f"{name} {seconds:.2f} s, speed-up {one_device / seconds:.2f}x (warm: no model load, no helper "
+            print(f"end-to-end {e2e_steps}-step prompt at {resolutions[0]}: 1 device {one_device:.2f} s, "
+                  f"{name} {seconds:.2f} s, {'time ratio' if cpu else 'speed-up'} {one_device / seconds:.2f}x "
+                  f"(warm: no model load, no helper "
                   f"start); outside the steps after the first: {one_device_rest * 1e3:.0f} ms (1 device), "
                   f"{rest * 1e3:.0f} ms ({name})")
     sys.stdout.flush()   # the figures are out before the helpers are ended
