@@ -35,6 +35,12 @@ def _switch(name, text):
     raise ValueError(f"{name} must be 1 or 0, not '{text}'.")
 
 
+def _count(name, text):
+    if not text.strip().isdigit():
+        raise ValueError(f"{name} must be a whole number (0 = off), not '{text}'.")
+    return int(text)
+
+
 def _text(name, text):
     return text
 
@@ -81,6 +87,10 @@ VARIABLES = {
         "10", _seconds,
         "Seconds aborting a failed group's collectives may take; past it the group is set aside (prompts run on one "
         "GPU until ComfyUI restarts) rather than waited for."),
+    "COMFY_XDIT_PRESTART_GPUS": Variable(
+        "0", _count,
+        "Start helpers for this many GPUs (CPU ranks with --cpu) when ComfyUI starts, so that the first prompt does "
+        "not wait for them; a prompt whose node uses the same GPUs (launcher 'local') takes them over. 0: off."),
     "COMFY_XDIT_TRACE_DIR": Variable(
         "", _text, "Profiling: where profiled ranks write their traces (bench --gpu-busy)."),
     "COMFY_XDIT_PROFILE_HELPER": Variable(

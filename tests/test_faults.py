@@ -261,3 +261,33 @@ def test_a_corrupted_weight_transfer_is_caught_and_the_prompt_runs_on_one_gpu(ti
     assert relative_error(got, expected) == 0.0
     assert any("differ from rank 0's" in r.getMessage() for r in caplog.records)
     assert helpers.current_group() is None
+
+
+def test_helpers_started_with_comfyui_make_the_first_prompt_wait_only_to_join(tiny_flux, fresh_helpers, monkeypatch):
+    """COMFY_XDIT_PRESTART_GPUS: the slow half of a start (processes, ComfyUI's import) happens before any prompt; the
+    first prompt on the same devices only joins them. Helpers on other devices are stopped and fresh ones start."""
+    import comfy.model_management
+    expected = sample(tiny_flux, steps=2)
+    monkeypatch.setenv("COMFY_XDIT_PRESTART_GPUS", "3")
+    waiting = helpers.prestart_from_settings()
+    deadline = time.monotonic() + 60
+    while not waiting.channels or len(waiting.start_phases) < 4:
+        assert time.monotonic() < deadline, "the helpers started with ComfyUI never got ready"
+        time.sleep(0.1)
+    launched = [p.pid for p in waiting.processes.values()]
+    start = time.monotonic()
+    got = sample(enable_multigpu(tiny_flux, gpus=3, parallelism="ring"), steps=2)
+    assert relative_error(got, expected) <= 1e-5
+    group = helpers.current_group()
+    assert group is waiting and [p.pid for p in group.processes.values()] == launched
+    assert {"spawn", "import ComfyUI", "process group"} <= set(group.start_phases)
+    waited = time.monotonic() - start
+    assert waited < 10, f"the first prompt took {waited:.1f} s"
+
+    helpers.shutdown_group()
+    waiting = helpers.prestart_from_settings()    # for 3 ranks; the prompt asks for 2
+    got = sample(enable_multigpu(tiny_flux, gpus=2, parallelism="ring"), steps=2)
+    assert relative_error(got, expected) <= 1e-5
+    group = helpers.current_group()
+    assert group is not waiting and group.plan.world_size == 2
+    assert all(p.poll() is not None for p in waiting.processes.values()) or not waiting.processes

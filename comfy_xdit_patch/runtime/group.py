@@ -61,6 +61,7 @@ class HelperGroup:
         self.diffusion_model = None   # rank 0's diffusion model the helpers currently mirror
         self.block_shards = None      # rank 0's share of the blocks' weights, with plan.shard_weights
         self.started_s = None
+        self.start_phases = {}        # seconds per start-up phase, in order (first-prompt cost, status route, bench)
         self.weight_syncs = 0
         self.graphs = StepGraphs()
         self.graph_keys = {}
@@ -84,7 +85,13 @@ class HelperGroup:
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
     def start(self):
-        global _owned_default_group
+        """Starts the helpers and joins them into the plan's process group."""
+        self.launch()
+        self.join()
+
+    def launch(self):
+        """The slow half of a start, which needs no model: spawn the helpers, authenticate them, check their
+        versions and have them import ComfyUI on their devices. ``join`` makes the process group for the plan."""
         t0 = time.perf_counter()
         if _unreleased_group is not None:
             raise HelperFailure(f"the process group of a failed run could not be freed ({_unreleased_group}); "
@@ -93,15 +100,6 @@ class HelperGroup:
             raise HelperFailure("the previous helper group is still being given up (a collective of its failed "
                                 f"start-up or weight sync waits up to {envs.COMFY_XDIT_COLLECTIVE_TIMEOUT:.0f} s for "
                                 "its timeout); this prompt runs on one GPU")
-        if dist.is_initialized() and _owned_default_group:
-            _release_default_group()          # left over from a group that failed to tear down (e.g. after abort)
-        if not dist.is_initialized():
-            # Group names (store prefixes) count from torch's group counter: a failed join leaves it advanced, while
-            # fresh helpers count from 0. destroy_process_group resets it the same way.
-            dist.distributed_c10d._world.group_count = 0
-        if dist.is_initialized():
-            raise HelperFailure("torch.distributed is already initialised in ComfyUI's process (by another custom "
-                                "node?); Enable Multi-GPU needs to create its own process group.")
         secret = control.new_secret()
         host = envs.COMFY_XDIT_HOST
         listener = control.listen(host)
@@ -116,17 +114,11 @@ class HelperGroup:
         # Replays of a captured step stalled on 2×H200 (NCCL 2.28.9) while NCCL registered the captured collectives'
         # buffers, and completed without it (docs/benchmarks.md). Helpers inherit it with the other NCCL_* settings.
         os.environ.setdefault("NCCL_GRAPH_REGISTER", "0")
-        # TCPStore binds every interface unless it is handed a listening socket: give it one on the chosen host.
-        store_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        store_socket.bind((host, 0))
-        store_socket.listen()
-        store_port = store_socket.getsockname()[1]
         acceptor = None
-        store = dist.TCPStore(host, store_port, self.plan.world_size, True,
-                              timedelta(seconds=envs.COMFY_XDIT_START_TIMEOUT), wait_for_workers=False,
-                              master_listen_fd=store_socket.detach(), use_libuv=True)
         try:
+            phase = _PhaseClock(self.start_phases)
             self._spawn(listener.getsockname(), secret)
+            phase("spawn")
             # Health from the first moment: a helper that dies while rank 0 waits inside a collective of the
             # start-up or the weight sync is noticed there too (see _watched).
             threading.Thread(target=self._monitor, name="comfy-xdit-health", daemon=True).start()
@@ -134,6 +126,7 @@ class HelperGroup:
             acceptor = control.Acceptor(listener, secret)
             # Every helper in first (their handshakes answered side by side), then what each says of itself.
             joined = [self._accept(acceptor, deadline) for _ in range(1, self.plan.world_size)]
+            phase("connect")
             for channel in joined:
                 rank, helper_versions = self._receive(channel, deadline, "its versions")
                 if type(rank) is not int or rank not in self.processes or rank in self.channels:
@@ -143,12 +136,50 @@ class HelperGroup:
                 problem = versions.mismatch(self.versions, helper_versions)
                 if problem:
                     raise HelperFailure(f"helper rank {rank}: {problem}")
+            phase("versions")
             import comfy.cli_args
             for rank, channel in self.channels.items():
-                channel.send({"comfy_args": vars(comfy.cli_args.args), "plan": self.plan, "rank": rank,
-                              "store_host": host, "store_port": store_port,
-                              "collective_timeout_s": envs.COMFY_XDIT_COLLECTIVE_TIMEOUT})
+                channel.send({"comfy_args": vars(comfy.cli_args.args), "device_type": self.plan.device_type,
+                              "device_index": 0 if self.plan.launcher == "ray" else self.plan.device_indices[rank]})
             self._expect_all("imported", deadline)
+            phase("import ComfyUI")
+        except BaseException:
+            self.shutdown()
+            raise
+        finally:
+            listener.close()
+            if acceptor is not None:
+                acceptor.close()
+        self.started_s = time.perf_counter() - t0
+
+    def join(self):
+        """Joins the launched helpers into the plan's process group and sequence-parallel mesh."""
+        global _owned_default_group
+        t0 = time.perf_counter()
+        if dist.is_initialized() and _owned_default_group:
+            _release_default_group()          # left over from a group that failed to tear down (e.g. after abort)
+        if not dist.is_initialized():
+            # Group names (store prefixes) count from torch's group counter: a failed join leaves it advanced, while
+            # fresh helpers count from 0. destroy_process_group resets it the same way.
+            dist.distributed_c10d._world.group_count = 0
+        if dist.is_initialized():
+            self.shutdown()
+            raise HelperFailure("torch.distributed is already initialised in ComfyUI's process (by another custom "
+                                "node?); Enable Multi-GPU needs to create its own process group.")
+        host = envs.COMFY_XDIT_HOST
+        # TCPStore binds every interface unless it is handed a listening socket: give it one on the chosen host.
+        store_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        store_socket.bind((host, 0))
+        store_socket.listen()
+        store_port = store_socket.getsockname()[1]
+        store = dist.TCPStore(host, store_port, self.plan.world_size, True,
+                              timedelta(seconds=envs.COMFY_XDIT_START_TIMEOUT), wait_for_workers=False,
+                              master_listen_fd=store_socket.detach(), use_libuv=True)
+        try:
+            phase = _PhaseClock(self.start_phases)
+            deadline = time.monotonic() + envs.COMFY_XDIT_START_TIMEOUT
+            self._broadcast_message({"plan": self.plan, "store_host": host, "store_port": store_port,
+                                     "collective_timeout_s": envs.COMFY_XDIT_COLLECTIVE_TIMEOUT})
             # On NCCL, rank 0's pacer gives up on a stalled collective first; the process group's own watchdog
             # would end ComfyUI's whole process when its timeout passes.
             collective = envs.COMFY_XDIT_COLLECTIVE_TIMEOUT
@@ -162,18 +193,17 @@ class HelperGroup:
                 return SequenceParallelMesh.build(self.plan.ulysses_degree, self.plan.ring_degree, timeout,
                                                   self.plan.ulysses_exchange, self.device, self.plan.exchange_parts)
             self.mesh = self._watched(join, deadline, "joining the process group")
+            phase("process group")
             rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
+            phase("device speed")
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
             self.shutdown()
             raise
-        finally:
-            listener.close()
-            if acceptor is not None:
-                acceptor.close()
-        self.started_s = time.perf_counter() - t0
-        log.info("Enable Multi-GPU: started %d helper process(es) for %s in %.1f s",
-                 self.plan.world_size - 1, self.plan.describe(), self.started_s)
+        self.started_s = (self.started_s or 0.0) + time.perf_counter() - t0
+        log.info("Enable Multi-GPU: started %d helper process(es) for %s in %.1f s (%s)",
+                 self.plan.world_size - 1, self.plan.describe(), self.started_s,
+                 ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.start_phases.items()))
 
     def _spawn(self, address, secret):
         """A helper's command line says its rank and where rank 0 is; its environment holds the session secret
@@ -465,6 +495,7 @@ class HelperGroup:
         self.model_fingerprint = fingerprint
         self.diffusion_model = model_patcher.model.diffusion_model
         self.weight_syncs += 1
+        self.start_phases.setdefault("first weight sync", time.perf_counter() - t0)
         log.info("Enable Multi-GPU: sent the diffusion model's weights to %d helper(s) in %.1f s",
                  self.plan.world_size - 1, time.perf_counter() - t0)
         return True
@@ -564,6 +595,18 @@ _RANK0_NCCL_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2", "TORCH_NCCL_ENABLE_MO
 _HELPER_NCCL_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_ENABLE_MONITORING": "1"}
 
 
+class _PhaseClock:
+    """Records into ``phases`` the seconds since the previous call, under each call's name."""
+
+    def __init__(self, phases):
+        self.phases, self.last = phases, time.perf_counter()
+
+    def __call__(self, name):
+        now = time.perf_counter()
+        self.phases[name] = now - self.last
+        self.last = now
+
+
 def abort_within(abort, seconds):
     """Runs ``abort`` (NCCL's communicator abort) on a thread for at most ``seconds``. Returns whether it returned
     in time. Past the deadline the process group is set aside: it is left as it is, no new group is made in this
@@ -615,10 +658,77 @@ def ensure_group(plan):
                 _group.shutdown()
             finally:
                 _group = None
-        group = HelperGroup(plan)
-        group.start()
+        group = _take_prestarted(plan)
+        if group is None:
+            group = HelperGroup(plan)
+            group.start()
         _group = group
         return group
+
+
+_prestarted = None   # (group, launched Event): helpers started with ComfyUI, waiting for a prompt's plan
+
+
+def prestart(plan):
+    """Launches helpers for ``plan``'s devices on a thread of their own, so that the first prompt that uses the same
+    devices only joins them (``ensure_group``). The thread lives as long as the helpers: they end with the thread
+    that started them (PR_SET_PDEATHSIG)."""
+    global _prestarted
+    group, launched = HelperGroup(plan), threading.Event()
+
+    def keep():
+        try:
+            group.launch()
+        except Exception as e:   # the prompt that would have used them starts its own helpers
+            log.warning("Enable Multi-GPU: could not start helpers with ComfyUI (%s)", e)
+            return
+        finally:
+            launched.set()
+        started = list(group.processes.values())
+        log.info("Enable Multi-GPU: %d helper(s) started with ComfyUI in %.1f s, waiting for a prompt",
+                 len(started), group.started_s)
+        group._stopping.wait()
+        while any(process.poll() is None for process in started):
+            time.sleep(0.5)
+
+    with _lock:
+        _prestarted = (group, launched)
+    threading.Thread(target=keep, name="comfy-xdit-prestarted", daemon=True).start()
+    return group
+
+
+def _take_prestarted(plan):
+    """The launched helpers of ``prestart`` joined into ``plan``, if they run on its devices; else None (and they
+    are stopped, since nothing else would use them)."""
+    global _prestarted
+    if _prestarted is None:
+        return None
+    group, launched = _prestarted
+    _prestarted = None
+    launched.wait(envs.COMFY_XDIT_START_TIMEOUT)
+    same_devices = (group.plan.device_type, group.plan.device_indices, group.plan.launcher) == \
+        (plan.device_type, plan.device_indices, plan.launcher)
+    if not same_devices or group.failure or not group.channels or \
+            any(process.poll() is not None for process in group.processes.values()):
+        group.shutdown()
+        return None
+    group.plan = plan
+    group.join()
+    return group
+
+
+def prestart_from_settings():
+    """COMFY_XDIT_PRESTART_GPUS: helpers for that many GPUs of this machine, started as ComfyUI starts."""
+    count = envs.COMFY_XDIT_PRESTART_GPUS
+    if count < 2:
+        return None
+    import comfy.model_management
+    from ..config import MultiGPUOptions, resolve_plan
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # Ring over all ranks: any head count fits; the prompt's own plan replaces it when the helpers join.
+    plan = resolve_plan(MultiGPUOptions(gpus=count, parallelism="ring"), 1, comfy.model_management.get_torch_device(),
+                        visible)
+    return prestart(plan)
 
 
 def current_group():
@@ -627,8 +737,13 @@ def current_group():
 
 def shutdown_group(reason=None, graceful=True):
     """Ends the helpers. ``graceful=False`` (after a failure) kills them at once instead of waiting for them."""
-    global _group
+    global _group, _prestarted
     with _lock:
+        if _prestarted is not None:   # helpers started with ComfyUI that no prompt took over
+            waiting, launched = _prestarted
+            _prestarted = None
+            launched.wait(envs.COMFY_XDIT_START_TIMEOUT)
+            waiting.shutdown(graceful)
         if _group is not None:
             if reason:
                 log.info("Enable Multi-GPU: stopping helpers (%s)", reason)

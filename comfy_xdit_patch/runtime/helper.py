@@ -24,17 +24,26 @@ def _watch_parent(parent_pid):
         time.sleep(0.5)
 
 
-def _setup_comfy(comfy_args, plan, rank):
+def _setup_comfy(prepare):
+    """ComfyUI imported with rank 0's command-line settings, on the device rank 0 gave this helper (its GPU is
+    current before ComfyUI first touches CUDA, so no context lands on another GPU)."""
     import torch
-    # Ray gives each helper's actor one GPU, the only one it sees.
-    index = 0 if plan.launcher == "ray" else plan.device_indices[rank] or 0
-    if plan.device_type == "cuda":
+    index = prepare["device_index"] or 0
+    if prepare["device_type"] == "cuda":
         torch.cuda.set_device(index)
     import comfy.cli_args
-    comfy.cli_args.args.__dict__.update(comfy_args)
+    comfy.cli_args.args.__dict__.update(prepare["comfy_args"])
     import comfy.model_management  # noqa: F401  (reads the args above: device, attention backend, vram mode)
     import comfy.ldm.modules.attention  # noqa: F401
-    return torch.device("cpu") if plan.device_type == "cpu" else torch.device("cuda", index)
+    return torch.device("cpu") if prepare["device_type"] == "cpu" else torch.device("cuda", index)
+
+
+def _next(link):
+    """The next message from rank 0; an ``exit`` before the helper joined ends it quietly."""
+    message = link.recv()
+    if message == ("exit",):
+        os._exit(0)
+    return message
 
 
 def main(argv=None):
@@ -57,12 +66,11 @@ def main(argv=None):
     from comfy_xdit_patch.runtime.versions import local_versions
     link.send((rank, local_versions()))
     try:
-        setup = link.recv()
-        if setup == ("exit",):   # rank 0 gave up on the start-up before sending it
-            os._exit(0)
-        plan = setup["plan"]
-        device = _setup_comfy(setup["comfy_args"], plan, rank)
+        device = _setup_comfy(_next(link))
         link.send("imported")
+        # Then the plan, at once or when a prompt needs it (helpers started with ComfyUI wait here).
+        setup = _next(link)
+        plan = setup["plan"]
 
         import torch
         import torch.distributed as dist
