@@ -11,7 +11,6 @@ call ends the helpers and reruns the call on one GPU: the user always gets the i
 import itertools
 import logging
 import pickle
-import time
 import weakref
 
 import psutil
@@ -21,14 +20,13 @@ import comfy.model_management
 import comfy.patcher_extension as ext
 
 from .config import MultiGPUOptions, check_exchange_kernels, check_helper_memory, check_peer_access, resolve_plan
-from .parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall
+from .parallel.call import TRANSFORMER_OPTIONS_KEY
 from .parallel import symmetric
-from .parallel.placement import run_placed
 from .parallel.weight_shards import blocks
 from .patches import flux
 from .runtime import group as helpers
 from .runtime import launchers
-from .runtime import step_graphs, transport
+from .runtime import step_graphs
 from .runtime.offloaded_blocks import OffloadedBlocks, resident_outside_blocks
 from .runtime.resident_weights import ResidentWeights
 from . import envs, monitor
@@ -155,34 +153,21 @@ class MultiGPURun:
     @torch.compiler.disable(recursive=False)   # as the wrapper: our host work stays out of dynamo
     def _parallel_step(self, group, executor, call_args, transformer_options, one_gpu):
         try:
-            skeleton, tensors, key, mode, placement = group.dispatch_forward(
-                call_args, self.graphs_allowed, self.compile_kwargs, self._graph_ready)
+            message, tensors = group.dispatch_forward(call_args, self.graphs_allowed, self.compile_kwargs,
+                                                      self._graph_ready)
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
             return one_gpu()
         except helpers.HelperFailure as e:
             return self._recover(e, one_gpu)
 
-        def shard(args, token_weights):
+        def run_shard(args, token_weights):
             options = dict(transformer_options)
-            options[TRANSFORMER_OPTIONS_KEY] = SequenceParallelCall(group.mesh, token_weights, group.pacer,
-                                                                    group.block_shards)
+            options[TRANSFORMER_OPTIONS_KEY] = group.sequence_parallel_call(token_weights)
             return executor(**dict(args, transformer_options=options))
 
-        def forward(inputs):
-            return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, group.mesh, group.device,
-                              group.scheduler.group_ms if group.times_groups else None)
-
-        started = time.perf_counter()
         try:
-            if mode == step_graphs.EAGER:
-                out = forward(tensors)
-            else:
-                # The graph's output buffer is overwritten by the next replay: the sampler gets a copy.
-                out = group.graphs.run(key, mode, forward, [t.to(group.device) for t in tensors]).clone()
-            group.wait_step()
-            group.step_ms.append((time.perf_counter() - started) * 1e3)
-            return out
+            return group.run_step(message, tensors, run_shard)
         except comfy.model_management.InterruptProcessingException:
             # ComfyUI checks Cancel inside every layer: rank 0 left this step midway while the helpers wait in
             # its collectives. They cannot be brought back in step, so they end; the next prompt starts new ones.

@@ -164,10 +164,10 @@ def test_a_refused_replay_drops_every_ranks_graphs_and_a_refused_capture_waits(m
         return answers[mode].pop(0)
 
     def call():
-        _, _, key, mode, _ = group.dispatch_forward({"x": torch.zeros(1, 2)}, True, None, graph_ready)
-        if mode == CAPTURE:
-            group.graphs.entries[key] = object()   # what a successful capture leaves behind
-        return mode, sent[-1][3][0]                # the mode and the generation the helpers were sent
+        message, _ = group.dispatch_forward({"x": torch.zeros(1, 2)}, True, None, graph_ready)
+        if message.mode == CAPTURE:
+            group.graphs.entries[message.graph_key] = object()   # what a successful capture leaves behind
+        return message.mode, sent[-1].generation                # the mode and the generation the helpers were sent
 
     generation = group.generation
     assert [call() for _ in range(5)] == [(EAGER, generation), (EAGER, generation), (CAPTURE, generation),

@@ -58,6 +58,9 @@ _ALLOWED_GLOBALS = {
     ("uuid", "UUID"),          # the conditionings' ids in transformer_options
     ("comfy_xdit_patch.config", "ParallelPlan"),
     ("comfy_xdit_patch.runtime.transport", "TensorSlot"),
+} | {
+    ("comfy_xdit_patch.runtime.messages", name)
+    for name in ("Joined", "Prepare", "Setup", "Load", "Forward", "Stats", "Exit", "Reply")
 }
 # Enums (ComfyUI's command-line choices, GGUF's quantization types) from modules the process already imported, or
 # from ComfyUI's command-line module, which a helper decodes before it imports ComfyUI.

@@ -24,7 +24,9 @@ from .. import envs
 from .launchers import make_launcher
 from .scheduler import Scheduler
 from . import channel as control
-from . import gguf_weights, transport, versions, weights
+from . import gguf_weights, messages, transport, versions, weights
+from .step import ParallelStep
+from ..parallel.call import SequenceParallelCall
 from .pacing import LaunchPacer
 from .speed import measure_speed
 from .step_graphs import EAGER, REPLAY, StepGraphs
@@ -128,19 +130,20 @@ class HelperGroup:
             joined = [self._accept(acceptor, deadline) for _ in range(1, self.plan.world_size)]
             phase("connect")
             for channel in joined:
-                rank, helper_versions = self._receive(channel, deadline, "its versions")
+                hello = self._receive(channel, deadline, "its versions")
+                rank = hello.rank if isinstance(hello, messages.Joined) else None
                 if type(rank) is not int or rank not in self.processes or rank in self.channels:
                     channel.close()
                     raise HelperFailure(f"a helper announced rank {rank!r}, which is not one this group started")
                 self.channels[rank] = channel
-                problem = versions.mismatch(self.versions, helper_versions)
+                problem = versions.mismatch(self.versions, hello.versions)
                 if problem:
                     raise HelperFailure(f"helper rank {rank}: {problem}")
             phase("versions")
             import comfy.cli_args
             for rank, channel in self.channels.items():
-                channel.send({"comfy_args": vars(comfy.cli_args.args), "device_type": self.plan.device_type,
-                              "device_index": 0 if self.plan.launcher == "ray" else self.plan.device_indices[rank]})
+                channel.send(messages.Prepare(vars(comfy.cli_args.args), self.plan.device_type,
+                                              0 if self.plan.launcher == "ray" else self.plan.device_indices[rank]))
             self._expect_all("imported", deadline)
             phase("import ComfyUI")
         except BaseException:
@@ -154,7 +157,6 @@ class HelperGroup:
 
     def join(self):
         """Joins the launched helpers into the plan's process group and sequence-parallel mesh."""
-        global _owned_default_group
         t0 = time.perf_counter()
         if dist.is_initialized() and _owned_default_group:
             _release_default_group()          # left over from a group that failed to tear down (e.g. after abort)
@@ -178,8 +180,7 @@ class HelperGroup:
         try:
             phase = _PhaseClock(self.start_phases)
             deadline = time.monotonic() + envs.COMFY_XDIT_START_TIMEOUT
-            self._broadcast_message({"plan": self.plan, "store_host": host, "store_port": store_port,
-                                     "collective_timeout_s": envs.COMFY_XDIT_COLLECTIVE_TIMEOUT})
+            self._broadcast_message(messages.Setup(self.plan, host, store_port, envs.COMFY_XDIT_COLLECTIVE_TIMEOUT))
             # On NCCL, rank 0's pacer gives up on a stalled collective first; the process group's own watchdog
             # would end ComfyUI's whole process when its timeout passes.
             collective = envs.COMFY_XDIT_COLLECTIVE_TIMEOUT
@@ -194,7 +195,7 @@ class HelperGroup:
                                                   self.plan.ulysses_exchange, self.device, self.plan.exchange_parts)
             self.mesh = self._watched(join, deadline, "joining the process group")
             phase("process group")
-            rank_speeds = [measure_speed(self.device, 0)] + [reply[1] for reply in self._expect_all("ready", deadline)]
+            rank_speeds = [measure_speed(self.device, 0)] + self._expect_all("ready", deadline)
             phase("device speed")
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
@@ -251,19 +252,20 @@ class HelperGroup:
                 continue
 
     def _expect_all(self, what, deadline):
-        """Waits for ``what`` (or a tuple starting with it) from every helper, in rank order; returns the replies."""
+        """Waits for the Reply ``what`` from every helper, in rank order; returns their values. Anything else a helper
+        sends here is its error report."""
         replies = []
         for rank, channel in sorted(self.channels.items()):
             while True:
                 self._check_processes()
                 if time.monotonic() > deadline:
-                    raise HelperFailure(f"helper rank {rank} did not report '{what}' within {envs.COMFY_XDIT_START_TIMEOUT:.0f} s")
+                    raise HelperFailure(f"helper rank {rank} did not report '{what}' in time")
                 try:
                     reply = channel.recv(timeout=0.5)
                 except TimeoutError:
                     continue
-                if reply == what or (isinstance(reply, tuple) and reply[0] == what):
-                    replies.append(reply)
+                if isinstance(reply, messages.Reply) and reply.what == what:
+                    replies.append(reply.value)
                     break
                 raise HelperFailure(f"helper rank {rank} failed: {reply}")
         return replies
@@ -405,7 +407,7 @@ class HelperGroup:
                 self.abort_collectives(wait_s=10.0)
         for channel in self.channels.values():
             try:
-                channel.send(("exit",))
+                channel.send(messages.Exit())
             except OSError:
                 pass
         deadline = time.monotonic() + (10 if graceful else 0)
@@ -469,7 +471,7 @@ class HelperGroup:
         spec = weights.model_spec(model_patcher)
         if shards is not None:
             spec["block_dtype"] = shards.dtype   # the helpers' blocks are meta placeholders: no dtype of their own
-        self._broadcast_message(("load", spec, keys, patches, transport.layout(patch_tensors)))
+        self._broadcast_message(messages.Load(spec, keys, patches, transport.layout(patch_tensors)))
         try:
             if self.block_shards is not None:   # the helpers close theirs at the same point
                 self.block_shards.close()
@@ -488,7 +490,7 @@ class HelperGroup:
             # cannot be used again and must end like any failed one.
             raise HelperFailure(f"the weight transfer stopped midway: {e}") from e
         replies = self._expect_all("loaded", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
-        for rank, (_, received) in zip(sorted(self.channels), replies):
+        for rank, received in zip(sorted(self.channels), replies):
             if received != digest.value:
                 raise HelperFailure(f"the weights helper rank {rank} received differ from rank 0's (digest "
                                     f"{received:x} vs {digest.value:x}): the transfer was corrupted")
@@ -503,7 +505,7 @@ class HelperGroup:
     def helper_stats(self):
         """Per helper: process id, device, peak and current memory, and its step times since the last query.
         Only between sampling runs: the control channels carry the steps while one runs."""
-        self._broadcast_message(("stats",))
+        self._broadcast_message(messages.Stats())
         stats = {}
         for rank, channel in self.channels.items():
             stats[rank] = channel.recv(timeout=30)
@@ -543,7 +545,7 @@ class HelperGroup:
         ``compile_kwargs``: torch.compile settings the helpers apply to their model (None: eager).
         ``graph_ready(mode)``: whether rank 0's weights allow capturing (CAPTURE) or replaying (REPLAY) now; when it
         says no, the call runs eagerly, and a refused replay drops every rank's graphs to be captured anew.
-        Returns ``(skeleton, tensors, key, mode, placement)`` for rank 0's own share of the call."""
+        Returns the call's messages.Forward and its tensors, for rank 0's own share (``run_step``)."""
         tensors = []
         skeleton = transport.extract_tensors(call_args, tensors)
         tensor_layout = transport.layout(tensors)
@@ -559,14 +561,33 @@ class HelperGroup:
                     key = self.graph_keys.setdefault(structure, len(self.graph_keys))
                     self.graphs.choose(key)   # this eager call is the new graph's warm-up
                 mode = EAGER
-        # Pickling errors surface here, before any helper sees anything.
-        self._broadcast_message(("forward", skeleton, tensor_layout, (self.generation, key), mode, placement,
-                                 self.times_groups, compile_kwargs))
+        message = messages.Forward(skeleton, tensor_layout, self.generation, key, mode, placement, self.times_groups,
+                                   compile_kwargs)
+        self._broadcast_message(message)   # pickling errors surface here, before any helper sees anything
         try:
             transport.send_tensors(tensors, self.device)
         except Exception as e:  # helpers already wait for this broadcast: the group is out of step
             raise HelperFailure(f"sending the step's tensors failed: {e}") from e
-        return skeleton, tensors, key, mode, placement
+        return message, tensors
+
+    def sequence_parallel_call(self, token_weights):
+        """What rank 0's shard of a call puts into its transformer_options for the FLUX hooks."""
+        return SequenceParallelCall(self.mesh, token_weights, self.pacer, self.block_shards)
+
+    @torch.compiler.disable
+    def run_step(self, message, tensors, run_shard):
+        """Rank 0's share of the call ``dispatch_forward`` sent (runtime/step.py, as every helper runs its own),
+        then waits until the step completed on the device (``wait_step``). Returns the output, a copy in graph
+        modes (the graph's buffer is overwritten by the next replay)."""
+        started = time.perf_counter()
+        step = ParallelStep(self.mesh, self.device, self.graphs,
+                            self.scheduler.group_ms if self.times_groups else None)
+        out = step.run(message, tensors, run_shard)
+        if message.mode != EAGER:
+            out = out.clone()
+        self.wait_step()
+        self.step_ms.append((time.perf_counter() - started) * 1e3)
+        return out
 
 
 def graph_structure(skeleton):

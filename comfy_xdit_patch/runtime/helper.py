@@ -28,21 +28,24 @@ def _setup_comfy(prepare):
     """ComfyUI imported with rank 0's command-line settings, on the device rank 0 gave this helper (its GPU is
     current before ComfyUI first touches CUDA, so no context lands on another GPU)."""
     import torch
-    index = prepare["device_index"] or 0
-    if prepare["device_type"] == "cuda":
+    index = prepare.device_index or 0
+    if prepare.device_type == "cuda":
         torch.cuda.set_device(index)
     import comfy.cli_args
-    comfy.cli_args.args.__dict__.update(prepare["comfy_args"])
+    comfy.cli_args.args.__dict__.update(prepare.comfy_args)
     import comfy.model_management  # noqa: F401  (reads the args above: device, attention backend, vram mode)
     import comfy.ldm.modules.attention  # noqa: F401
-    return torch.device("cpu") if prepare["device_type"] == "cpu" else torch.device("cuda", index)
+    return torch.device("cpu") if prepare.device_type == "cpu" else torch.device("cuda", index)
 
 
-def _next(link):
-    """The next message from rank 0; an ``exit`` before the helper joined ends it quietly."""
+def _next(link, expected):
+    """The next message from rank 0, of type ``expected``; an Exit before the helper joined ends it quietly."""
+    from comfy_xdit_patch.runtime import messages
     message = link.recv()
-    if message == ("exit",):
+    if isinstance(message, messages.Exit):
         os._exit(0)
+    if not isinstance(message, expected):
+        raise RuntimeError(f"expected {expected.__name__} from rank 0, got {type(message).__name__}")
     return message
 
 
@@ -63,26 +66,26 @@ def main(argv=None):
     host, port = args.control.rsplit(":", 1)
     # Rank 0 answers once it has started every helper (with Ray, one actor after another): wait as long as it may.
     link = control.connect((host, int(port)), bytes.fromhex(os.environ.pop(control.SECRET_VARIABLE)), args.timeout)
+    from comfy_xdit_patch.runtime import messages
     from comfy_xdit_patch.runtime.versions import local_versions
-    link.send((rank, local_versions()))
+    link.send(messages.Joined(rank, local_versions()))
     try:
-        device = _setup_comfy(_next(link))
-        link.send("imported")
+        device = _setup_comfy(_next(link, messages.Prepare))
+        link.send(messages.Reply("imported"))
         # Then the plan, at once or when a prompt needs it (helpers started with ComfyUI wait here).
-        setup = _next(link)
-        plan = setup["plan"]
+        setup = _next(link, messages.Setup)
+        plan = setup.plan
 
         import torch
         import torch.distributed as dist
         from comfy_xdit_patch.parallel.mesh import SequenceParallelMesh
-        store = dist.TCPStore(setup["store_host"], setup["store_port"], plan.world_size, False,
-                              timedelta(seconds=120))
-        timeout = timedelta(seconds=setup["collective_timeout_s"])
+        store = dist.TCPStore(setup.store_host, setup.store_port, plan.world_size, False, timedelta(seconds=120))
+        timeout = timedelta(seconds=setup.collective_timeout_s)
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size, timeout=timeout)
         mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, timeout, plan.ulysses_exchange, device,
                                           plan.exchange_parts)
         from comfy_xdit_patch.runtime.speed import measure_speed
-        link.send(("ready", measure_speed(device, rank)))
+        link.send(messages.Reply("ready", measure_speed(device, rank)))
         with torch.inference_mode():
             serve(link, mesh, device, plan.shard_weights, plan.shard_gathers)
     except control.ChannelClosed:
@@ -102,9 +105,9 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     import collections
     import torch
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
-    from comfy_xdit_patch.parallel.placement import run_placed
     from comfy_xdit_patch.patches import flux
-    from comfy_xdit_patch.runtime import gguf_weights, transport, weights
+    from comfy_xdit_patch.runtime import gguf_weights, messages, transport, weights
+    from comfy_xdit_patch.runtime.step import ParallelStep
     from comfy_xdit_patch.parallel.weight_shards import ShardedBlocks, is_block_weight
     from comfy_xdit_patch.runtime.step_graphs import StepGraphs
     from comfy_xdit_patch.profiling import HelperProfile
@@ -118,13 +121,13 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     group_ms = collections.deque(maxlen=200)   # this rank's group, its own rows only (placement strategies)
     from comfy_xdit_patch import envs
     profiled = HelperProfile(envs.COMFY_XDIT_PROFILE_HELPER, log)
+    step = ParallelStep(mesh, device, graphs, group_ms)
     while True:
         message = link.recv()
-        op = message[0]
-        if op == "exit":
+        if isinstance(message, messages.Exit):
             return
-        if op == "load":
-            _, spec, keys, patches, patch_layout = message
+        if isinstance(message, messages.Load):
+            spec, keys, patches, patch_layout = message.spec, message.keys, message.patches, message.patch_layout
             graphs.clear()          # graphs point at the old weights
             if shards is not None:  # rank 0 closes its pieces at the same point
                 shards.close()
@@ -147,10 +150,9 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
                                        rank=mesh.rank, pull=shard_gathers == "pull")
                 weights.receive_block_shards(shards)
                 replacements = flux.block_replacements(diffusion_model)
-            link.send(("loaded", digest.value))
-        elif op == "forward":
-            _, skeleton, tensor_layout, (generation, key), mode, placement, timed, compile_kwargs = message
-            last_compile = compile_kwargs
+            link.send(messages.Reply("loaded", digest.value))
+        elif isinstance(message, messages.Forward):
+            compile_kwargs = last_compile = message.compile_kwargs
             if compile_kwargs is None:
                 model = diffusion_model
             else:
@@ -159,34 +161,30 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
                     log.info("compiling the diffusion model like rank 0 (%s)", compile_kwargs)
                 model = compiled[1]
             forwards += 1
-            tensors = transport.receive_tensors(tensor_layout, device)
-            graphs.reset(generation)
+            tensors = transport.receive_tensors(message.tensor_layout, device)
+            graphs.reset(message.generation)
 
-            def forward(inputs):
-                def shard(call_args, token_weights):
-                    call_args = dict(call_args)
-                    call = SequenceParallelCall(mesh, token_weights, weight_shards=shards)
-                    options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call,
-                                                              replacements)
-                    return model(**call_args, transformer_options=options)
-                return run_placed(shard, transport.insert_tensors(skeleton, inputs), placement, mesh, device,
-                                  group_ms if timed else None)
+            def run_shard(call_args, token_weights, model=model):
+                call_args = dict(call_args)
+                call = SequenceParallelCall(mesh, token_weights, weight_shards=shards)
+                options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call, replacements)
+                return model(**call_args, transformer_options=options)
 
             profiled.before(forwards, device, log)
             started = time.perf_counter()
-            graphs.run(key, mode, forward, tensors)
+            step.run(message, tensors, run_shard)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)   # nothing else to do until the next call: time the step truly
             step_ms.append((time.perf_counter() - started) * 1e3)
             profiled.after(forwards, mesh.rank, log)
-        elif op == "stats":
+        elif isinstance(message, messages.Stats):
             link.send(dict(_device_stats(device), step_ms=list(step_ms), group_ms=list(group_ms),
                            weight_bytes=_weight_bytes(diffusion_model, shards),
                            compiled=last_compile))
             step_ms.clear()
             group_ms.clear()
         else:
-            raise RuntimeError(f"unknown message {op!r}")
+            raise RuntimeError(f"unknown message {type(message).__name__}")
 
 
 def _weight_bytes(diffusion_model, shards):

@@ -1,0 +1,70 @@
+"""The control messages between rank 0 and its helpers, one type each, in the order a helper meets them.
+
+They travel through runtime/channel.py, whose decoder accepts these types by name and nothing that runs code.
+"""
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Joined:
+    """Helper → rank 0, right after authenticating: who it is and what it runs."""
+    rank: int
+    versions: dict
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """Rank 0 → helper: import ComfyUI with rank 0's command-line settings on this device."""
+    comfy_args: dict
+    device_type: str
+    device_index: Optional[int]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Rank 0 → helper: join the plan's process group through rank 0's rendezvous store."""
+    plan: Any
+    store_host: str
+    store_port: int
+    collective_timeout_s: float
+
+
+@dataclass(frozen=True)
+class Load:
+    """Rank 0 → helper: build (or keep) the model ``spec`` describes and receive its weights, keys in this order.
+    ``patches``/``patch_layout``: a GGUF model's weight patches and the layout of their tensors."""
+    spec: dict
+    keys: list
+    patches: Any
+    patch_layout: list
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Rank 0 → helper: one model call. Its tensors follow in one broadcast, cut by ``tensor_layout``."""
+    skeleton: Any                 # the call's arguments with every tensor replaced by a TensorSlot
+    tensor_layout: list
+    generation: int               # step graphs older than this are dropped first
+    graph_key: Optional[int]
+    mode: str                     # step_graphs.EAGER, CAPTURE or REPLAY
+    placement: Any                # rows per group and token weights (parallel/placement.py), or None
+    timed: bool                   # whether each group times its rows (the adaptive scheduling)
+    compile_kwargs: Optional[dict]   # TorchCompileModel's settings, or None for eager
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Rank 0 → helper, between sampling runs: report memory and step times."""
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Rank 0 → helper: end."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Helper → rank 0: ``what`` it finished ("imported", "ready", "loaded"), with its ``value``."""
+    what: str
+    value: Any = None
