@@ -401,7 +401,7 @@ def main(argv=None):
     import comfy.model_management
     from comfy_xdit_patch.multigpu import enable_multigpu
     from comfy_xdit_patch.profiling import describe
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group
 
     device = comfy.model_management.get_torch_device()
     size = TINY if (args.model == "tiny" or (args.model is None and cpu)) else FLUX_DEV
@@ -463,7 +463,7 @@ def main(argv=None):
             _peak(device)
             repeatsn = [sample(patched, hw, steps, text_tokens, device) for _ in range(args.repeat)]
             outn, stepsn, totaln = repeatsn[0]
-            group = helpers.current_group()
+            group = helper_group.current_group()
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
             # VRAM or lowvram loading, say).
             label = configured + (f" ({group.plan.ulysses_exchange} exchange)" if group is not None and
@@ -518,7 +518,7 @@ def main(argv=None):
                   f"start); outside the steps after the first: {one_device_rest * 1e3:.0f} ms (1 device), "
                   f"{rest * 1e3:.0f} ms ({name})")
     sys.stdout.flush()   # the figures are out before the helpers are ended
-    helpers.shutdown_group()
+    helper_group.shutdown_group()
     return rows
 
 

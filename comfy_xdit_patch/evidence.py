@@ -91,7 +91,7 @@ def spotcheck(args, model, device, size, dtype, res, tokens):
 
 
 def kill(args, model, device, size, dtype, res, tokens):
-    from .runtime import group as helpers
+    from .runtime import helper_group
     latent, positive, negative = _prompt(res, tokens)
     one, t1, total1 = run_sampler(model, latent, positive, negative, args.steps, device)
     parallel = _parallel(args, model)
@@ -100,7 +100,7 @@ def kill(args, model, device, size, dtype, res, tokens):
 
     def kill_helper(step):
         if step == at:
-            group = helpers.current_group()
+            group = helper_group.current_group()
             if group is None or not group.processes:
                 raise RuntimeError("kill: the helpers are not running (they did not start: see the log above), so "
                                    "there is no helper to kill")
@@ -110,7 +110,7 @@ def kill(args, model, device, size, dtype, res, tokens):
     recovery = tn[at] - statistics.median(t1) if len(tn) > at else float("nan")
     # The next prompt starts fresh helpers and runs in parallel again.
     again, t_again, _ = run_sampler(parallel, latent, positive, negative, args.steps, device)
-    fresh = helpers.current_group()
+    fresh = helper_group.current_group()
     return [(f"helper SIGKILLed after step {at + 1}/{args.steps}: rest on 1 device", res, total1 * 1e3,
              totaln * 1e3, _err(got, one), f"recovery (failed step minus a 1-device step): {recovery * 1e3:.0f} ms"),
             ("next prompt, fresh helpers", res, _median_ms(t1), _median_ms(t_again), _err(again, one),
@@ -226,17 +226,17 @@ def formats(args, model, device, size, dtype, res, tokens):
 def dynamic(args, model, device, size, dtype, res, tokens):
     """Weight patches under ComfyUI's dynamic VRAM (``main`` loads the model after switching it on): the helpers must
     receive the patched weights although ModelPatcherDynamic never patches them in place."""
-    from .runtime import group as helpers
+    from .runtime import helper_group
     latent, positive, negative = _prompt(res, tokens)
     rows = [("8 weight patches, dynamic VRAM", res,
              *_one_vs_many(args, _with_weight_patches(model), latent, positive, negative, device),
              f"patcher: {type(model).__name__}")]
     # A strength change between two prompts: the running helpers must take the new weights (an error near the first
     # row's says they did; stale weights would be off by the whole patch).
-    first = helpers.current_group()
+    first = helper_group.current_group()
     syncs = first.weight_syncs if first is not None else 0
     second = _one_vs_many(args, _with_weight_patches(model, strength=0.3), latent, positive, negative, device)
-    group = helpers.current_group()
+    group = helper_group.current_group()
     note = "helpers not running" if group is None else (
         f"{'same' if group is first else 'new'} helpers, weight syncs {syncs} -> {group.weight_syncs}")
     rows.append(("next prompt, the patches at strength 0.3", res, *second, note))
@@ -423,7 +423,7 @@ def main(argv=None):
     if dynamic_vram:
         logging.info("dynamic VRAM: %s", "on" if enable_dynamic_vram() else "not available (classic ModelPatcher)")
     import comfy.model_management
-    from .runtime import group as helpers
+    from .runtime import helper_group
     device = comfy.model_management.get_torch_device()
     size, dtype = (TINY, torch.float32) if cpu else (FLUX_DEV, torch.bfloat16)
     if cpu:
@@ -439,7 +439,7 @@ def main(argv=None):
     try:
         rows = SCENARIOS[args.scenario](args, model, device, size, dtype, res, tokens)
     finally:
-        helpers.shutdown_group()
+        helper_group.shutdown_group()
     print(f"\n# {args.scenario}: {'CPU' if cpu else torch.cuda.get_device_name(device)}, {args.gpus} devices, "
           f"{args.steps} steps, {dtype}")
     print("| case | res | 1-dev ms | N-dev ms | rel. err vs 1 dev | note |")

@@ -22,8 +22,8 @@ _finished_steps = {}   # per rank, the step times of the run before the current 
 
 
 def new_run(plan):
-    from .runtime import group as helpers
-    group = helpers.current_group()
+    from .runtime import helper_group
+    group = helper_group.current_group()
     finished = last_run_steps(group) if group is not None else {}   # before this run adds to rank 0's
     with _lock:
         _run.update(layout=plan.describe(), started=time.time(), one_gpu_reasons=[])
@@ -110,8 +110,8 @@ def register_routes():
 
     @instance.routes.get("/xdit/status")
     async def xdit_status(request):
-        from .runtime import group as helpers
-        return web.json_response(status(helpers.current_group()))
+        from .runtime import helper_group
+        return web.json_response(status(helper_group.current_group()))
 
     instance.comfy_xdit_status_route = _plugin_folder()
     log.info("Enable Multi-GPU: monitoring at GET /xdit/status")

@@ -24,7 +24,7 @@ from .parallel.call import TRANSFORMER_OPTIONS_KEY
 from .parallel import symmetric
 from .parallel.weight_shards import blocks
 from .patches import flux
-from .runtime import group as helpers
+from .runtime import helper_group
 from .runtime import launchers
 from .runtime import step_graphs
 from .runtime.offloaded_blocks import OffloadedBlocks, resident_outside_blocks
@@ -58,7 +58,7 @@ class MultiGPURun:
 
     def on_cleanup(self, model_patcher):
         """After each sampling run (helpers idle): collect their figures for the monitoring route."""
-        group = helpers.current_group()
+        group = helper_group.current_group()
         if group is not None and group.plan == self.plan and group.alive():
             try:
                 group.end_sampling_run()
@@ -76,7 +76,7 @@ class MultiGPURun:
             self._restore_blocks(model_patcher)
             return
         try:
-            group = helpers.ensure_group(self.plan)
+            group = helper_group.ensure_group(self.plan)
             if self.offloaded is not None:
                 # Before the pieces are made, so that they find room on a GPU that ComfyUI's load filled.
                 self.offloaded.offload(model_patcher)
@@ -95,7 +95,7 @@ class MultiGPURun:
             # The failure path (abort first): a helper that failed or hung may have left a collective queued that
             # never completes, and freeing the group's peer memory would wait for it. An abort with nothing stuck
             # returns at once.
-            helpers.shutdown_group("start-up failed", graceful=False)
+            helper_group.shutdown_group("start-up failed", graceful=False)
             self._restore_blocks(model_patcher)
 
     def _restore_blocks(self, model_patcher):
@@ -121,9 +121,9 @@ class MultiGPURun:
         if self.blocked:
             self._one_gpu(self.blocked)
             return one_gpu()
-        group = helpers.current_group()
+        group = helper_group.current_group()
         if group is not None and not group.alive():
-            helpers.shutdown_group(group.failure or "a helper exited", graceful=False)
+            helper_group.shutdown_group(group.failure or "a helper exited", graceful=False)
             group = None
         if group is None or group.plan != self.plan:
             self._one_gpu("the helper processes are not running (they start again with the next prompt)")
@@ -158,7 +158,7 @@ class MultiGPURun:
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
             return one_gpu()
-        except helpers.HelperFailure as e:
+        except helper_group.HelperFailure as e:
             return self._recover(e, one_gpu)
 
         def run_shard(args, token_weights):
@@ -171,7 +171,7 @@ class MultiGPURun:
         except comfy.model_management.InterruptProcessingException:
             # ComfyUI checks Cancel inside every layer: rank 0 left this step midway while the helpers wait in
             # its collectives. They cannot be brought back in step, so they end; the next prompt starts new ones.
-            helpers.shutdown_group("cancelled in the middle of a step", graceful=False)
+            helper_group.shutdown_group("cancelled in the middle of a step", graceful=False)
             raise
         except Exception as e:
             return self._recover(e, one_gpu)
@@ -193,7 +193,7 @@ class MultiGPURun:
     def _recover(self, error, one_gpu):
         log.error("Enable Multi-GPU: the parallel step failed (%s: %s); stopping the helpers and finishing this "
                   "prompt on one GPU. New helpers start with the next prompt.", type(error).__name__, error)
-        helpers.shutdown_group("a parallel step failed", graceful=False)
+        helper_group.shutdown_group("a parallel step failed", graceful=False)
         model_patcher = self.sampling_patcher()
         if model_patcher is not None:
             self._restore_blocks(model_patcher)

@@ -3,7 +3,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .dropin import DROP_IN_NODES
 from . import monitor
-from .runtime import group as helpers
+from .runtime import helper_group
 from .node_options import apply_multigpu, multigpu_inputs
 
 
@@ -32,7 +32,7 @@ class EnableMultiGPU(io.ComfyNode):
 class XDiTExtension(ComfyExtension):
     async def on_load(self):
         monitor.register_routes()
-        helpers.prestart_from_settings()
+        helper_group.prestart_from_settings()
 
     async def get_node_list(self):
         return [EnableMultiGPU] + DROP_IN_NODES

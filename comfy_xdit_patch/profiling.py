@@ -1,5 +1,5 @@
 """Where a step's GPU time goes, from a torch.profiler trace of CUDA activity: the bench's ``--gpu-busy`` on rank 0,
-and a helper's own figures with ``COMFY_XDIT_PROFILE_HELPER`` (runtime/helper.py). With ``COMFY_XDIT_TRACE_DIR`` both
+and a helper's own figures with ``COMFY_XDIT_PROFILE_HELPER`` (runtime/helper_process.py). With ``COMFY_XDIT_TRACE_DIR`` both
 also record the host's CUDA calls and write their traces there (``rank<N>.json.gz``, torch's chrome format), for
 ``step_starts``: when each rank launched each graphed step and when its GPU started and ended it, on the one clock
 the processes of a machine share."""

@@ -33,5 +33,5 @@ def unet(model_files):
 @pytest.fixture(scope="session", autouse=True)
 def stop_helpers_at_end():
     yield
-    from comfy_xdit_patch.runtime import group
-    group.shutdown_group()
+    from comfy_xdit_patch.runtime import helper_group
+    helper_group.shutdown_group()

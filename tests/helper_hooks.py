@@ -1,5 +1,5 @@
 """A helper rank with faults injected, for the fault tests: run as the helper's command in place of
-``python -m comfy_xdit_patch.runtime.helper`` (see ``use_hooked_helpers``). Each COMFY_XDIT_TEST_* variable turns on one
+``python -m comfy_xdit_patch.runtime.helper_process`` (see ``use_hooked_helpers``). Each COMFY_XDIT_TEST_* variable turns on one
 fault; the product itself has no test hooks.
 
 - COMFY_XDIT_TEST_STALL_AT_FORWARD=N: sleep inside the Nth model call, before its tensors arrive (a stuck peer).
@@ -75,12 +75,12 @@ def _install():
 
     speeds = os.environ.get("COMFY_XDIT_TEST_SPEEDS")
     if speeds:
-        from comfy_xdit_patch.runtime import speed
-        speed.measure_speed = lambda device, rank: float(speeds.split(",")[rank])
+        from comfy_xdit_patch.parallel import placement
+        placement.measure_speed = lambda device, rank: float(speeds.split(",")[rank])
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
     _install()
-    from comfy_xdit_patch.runtime import helper
-    helper.main()
+    from comfy_xdit_patch.runtime import helper_process
+    helper_process.main()

@@ -10,7 +10,7 @@ import torch
 
 from comfy_env import empty_latent, flux_conditioning, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 
 
 def ksample(model, positive, negative, latent, steps=2, cfg=1.0, denoise=1.0, seed=42):

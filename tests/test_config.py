@@ -144,7 +144,7 @@ def test_symmetric_exchange_needs_peer_access_between_the_gpus_of_a_ulysses_grou
 @pytest.fixture
 def no_helpers():
     """No helper group before; afterwards none was started and no process was spawned."""
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group as helpers
     helpers.shutdown_group()
     children = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
@@ -271,7 +271,7 @@ def test_sampling_a_latent_with_fewer_tokens_than_ranks_gives_the_one_gpu_result
     """Through ComfyUI's KSampler: every call goes to one GPU with one log line, the helpers stay up, and a latent
     with one token per rank then runs parallel."""
     from comfy_env import ksample, relative_error
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group as helpers
     expected = ksample(tiny_flux, latent_hw)
     parallel = enable_multigpu(tiny_flux, gpus=gpus, parallelism=parallelism)
     with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
@@ -332,7 +332,7 @@ def test_a_speed_weighted_split_that_leaves_a_rank_without_tokens_runs_on_one_gp
     """weighted_round_robin sizes each rank's tokens by its measured speed: the wrapper checks the split the call
     will make (here a rank measured 9x slower would get none of 4 image tokens)."""
     from comfy_env import ksample, relative_error
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group as helpers
     helpers.shutdown_group()   # a running group keeps its own scheduling (a plan's scheduling restarts nothing)
     try:
         parallel = enable_multigpu(tiny_flux, gpus=2, parallelism="ring", scheduling="weighted_round_robin")

@@ -5,7 +5,7 @@ import torch
 from comfy_env import empty_latent, flux_conditioning, ksample, relative_error
 from comfy_xdit_patch.dropin import (XDiTCheckpointLoader, XDiTCLIPLoader, XDiTDualCLIPLoader, XDiTKSampler,
                                      XDiTUNetLoader, XDiTVAELoader)
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 
 MULTIGPU = {"enabled": True, "gpus": 2, "parallelism": "ring"}
 

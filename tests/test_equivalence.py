@@ -3,7 +3,7 @@ import pytest
 
 from comfy_env import ksample, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 
 LATENTS = {"divisible 16x16": (16, 16), "uneven 18x14": (18, 14)}
 # Ordered so that runs with the same layout follow each other and reuse the warm helpers.

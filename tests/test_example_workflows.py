@@ -327,7 +327,7 @@ def node_id(workflow, class_type):
 def test_workflow_runs_on_two_cpu_ranks_equal_to_one(comfy_nodes, tiny_files, executor, name, caplog):
     import execution
     import folder_paths
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group as helpers
     executor, server = executor
     workflow = load(name)
     sampler, decode, save, multi = (node_id(workflow, t) for t in ("KSampler", "VAEDecode", "SaveImage",

@@ -15,7 +15,7 @@ import comfy.sample
 from comfy_env import REPO, empty_latent, flux_conditioning, relative_error
 from helper_hooks import use_hooked_helpers
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 
 
 def sample(model, steps=4, on_step=None, latent_hw=(18, 14)):
@@ -125,12 +125,12 @@ import comfy_env
 comfy_env.setup_comfy()
 import comfy.sample
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.runtime import group
+from comfy_xdit_patch.runtime import helper_group
 model = enable_multigpu(comfy_env.load_tiny_flux(), gpus=3, parallelism="ring")
 latent = comfy_env.empty_latent(8, 8)["samples"]
 comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 1), 1, 1.0, "euler", "simple",
                     comfy_env.flux_conditioning(8), comfy_env.flux_conditioning(8, seed=2), latent, seed=1)
-pids = [p.pid for p in group.current_group().processes.values()]
+pids = [p.pid for p in helper_group.current_group().processes.values()]
 print("HELPERS", *pids, flush=True)
 if {stop_helpers}:   # helpers that no Python thread of theirs can run in (as behind a blocked CUDA launch queue)
     import signal
@@ -266,7 +266,6 @@ def test_a_corrupted_weight_transfer_is_caught_and_the_prompt_runs_on_one_gpu(ti
 def test_helpers_started_with_comfyui_make_the_first_prompt_wait_only_to_join(tiny_flux, fresh_helpers, monkeypatch):
     """COMFY_XDIT_PRESTART_GPUS: the slow half of a start (processes, ComfyUI's import) happens before any prompt; the
     first prompt on the same devices only joins them. Helpers on other devices are stopped and fresh ones start."""
-    import comfy.model_management
     expected = sample(tiny_flux, steps=2)
     monkeypatch.setenv("COMFY_XDIT_PRESTART_GPUS", "3")
     waiting = helpers.prestart_from_settings()

@@ -17,7 +17,7 @@ from comfy_env import empty_latent, flux_conditioning, tiny_flux_state_dict
 from test_community import assert_parallel_equal, ksample, with_loras
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.runtime import gguf_weights, weights
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 
 GGUF_PATH = os.path.abspath(os.environ.get("COMFY_XDIT_GGUF_PATH", "/opt/ComfyUI-GGUF"))
 if not os.path.isfile(os.path.join(GGUF_PATH, "nodes.py")):

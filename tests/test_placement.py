@@ -6,7 +6,7 @@ import torch
 from comfy_env import empty_latent, flux_conditioning, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.parallel.placement import assign_rows, weighted_split
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 from helper_hooks import use_hooked_helpers
 from test_community import ksample
 

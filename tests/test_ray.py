@@ -10,7 +10,7 @@ import pytest
 
 from comfy_env import empty_latent, flux_conditioning, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 from helper_hooks import use_hooked_helpers
 from test_community import ksample
 
@@ -70,7 +70,7 @@ def test_two_ranks_through_the_ray_launcher_equal_one(unet, ray_cluster):
     assert len(set(table["bundles_to_node_id"].values())) == 2
     helpers.shutdown_group()
     assert not [p for p in psutil.process_iter(["cmdline"])
-                if "comfy_xdit_patch.runtime.helper" in " ".join(p.info["cmdline"] or [])]
+                if "comfy_xdit_patch.runtime.helper_process" in " ".join(p.info["cmdline"] or [])]
 
 
 def test_a_ray_helper_of_another_version_is_refused(unet, ray_cluster, monkeypatch, caplog):

@@ -7,7 +7,7 @@ import sys
 
 from comfy_env import empty_latent, flux_conditioning, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 from test_community import ksample
 from test_ray import ray_processes
 

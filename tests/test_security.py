@@ -12,7 +12,7 @@ import pytest
 from comfy_env import relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.runtime import channel as control
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 from comfy_xdit_patch.runtime import launchers
 from test_faults import fresh_helpers, sample  # noqa: F401  (fixture)
 

@@ -136,7 +136,7 @@ class RemoteHelper:
 def test_status_answers_from_the_health_threads_exit_codes_without_polling_helpers():
     from comfy_xdit_patch import monitor
     from comfy_xdit_patch.config import ParallelPlan
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group as helpers
     group = helpers.HelperGroup(ParallelPlan("cpu", (None, None, None), 1, 3))
     group.processes = {1: RemoteHelper(), 2: RemoteHelper()}
     group.exit_codes = {1: None, 2: -9}
@@ -155,7 +155,7 @@ def test_status_answers_from_the_health_threads_exit_codes_without_polling_helpe
 def test_while_a_run_samples_the_plot_keeps_the_previous_runs_steps(monkeypatch):
     from comfy_xdit_patch import monitor
     from comfy_xdit_patch.config import ParallelPlan
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group as helpers
     group = helpers.HelperGroup(ParallelPlan("cpu", (None, None), 1, 2))
     group.processes = {1: RemoteHelper()}
     group.step_ms.extend([10.0, 11.0])

@@ -6,7 +6,7 @@ import psutil
 
 from comfy_env import empty_latent, flux_conditioning
 from comfy_xdit_patch.nodes import EnableMultiGPU
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 
 
 def footprint():

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from comfy_xdit_patch.config import ParallelPlan
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 from comfy_xdit_patch.runtime.step_graphs import CAPTURE, EAGER, REPLAY, StepGraphs
 
 

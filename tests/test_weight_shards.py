@@ -8,7 +8,7 @@ from comfy_env import ksample, relative_error, tiny_flux_state_dict
 from comfy_xdit_patch.config import ParallelPlan, check_helper_memory
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.parallel.weight_shards import BlockLayout, is_block_weight
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 
 
 def block_bytes(model):

@@ -2,7 +2,7 @@
 import torch
 
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.runtime import group as helpers
+from comfy_xdit_patch.runtime import helper_group as helpers
 from test_equivalence import ksample
 from comfy_env import relative_error
 

@@ -81,7 +81,7 @@ def run(engine, graph, prompt_id):
 
 
 def test_prompt_graph_with_node_equals_graph_without(engine):
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group as helpers
     helpers.shutdown_group()
     expected = run(engine, prompt("plain"), "p1")
     got = run(engine, prompt("multi", {"enabled": True, "gpus": 2, "parallelism": "ulysses"}), "p2")

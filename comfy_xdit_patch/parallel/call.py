@@ -7,7 +7,7 @@ import torch
 
 from .attention import AttentionLayout
 from .placement import weighted_split
-from .sharding import split_sizes
+from .token_split import split_sizes
 
 TRANSFORMER_OPTIONS_KEY = "xdit_sequence_parallel"
 

@@ -1,5 +1,5 @@
 """How helper processes come to life: on this machine (``local``), or as Ray actors anywhere in a Ray cluster
-(``ray``, for GPUs beyond one machine). Either way the helper is the same ``comfy_xdit_patch.runtime.helper``
+(``ray``, for GPUs beyond one machine). Either way the helper is the same ``comfy_xdit_patch.runtime.helper_process``
 process and everything after its start (rendezvous, NCCL/gloo, weights, steps) is the same.
 
 A launcher returns, per helper, an object with the part of ``subprocess.Popen`` the group uses: ``pid``,
@@ -16,7 +16,7 @@ from .. import envs
 
 log = logging.getLogger(__name__)
 
-HELPER = [sys.executable, "-m", "comfy_xdit_patch.runtime.helper"]
+HELPER = [sys.executable, "-m", "comfy_xdit_patch.runtime.helper_process"]
 
 
 def die_with_parent():

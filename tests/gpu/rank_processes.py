@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import pytest
 
-# Settings every GPU run of the plugin uses (tools/gpu_env.sh, runtime/group.py): NVLink multicast off, and no NCCL
+# Settings every GPU run of the plugin uses (tools/gpu_env.sh, runtime/helper_group.py): NVLink multicast off, and no NCCL
 # registration of buffers captured in a CUDA graph (replays stalled with it).
 RANK_ENVIRONMENT = {"NCCL_GRAPH_REGISTER": "0", "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 

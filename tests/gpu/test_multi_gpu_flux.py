@@ -45,7 +45,7 @@ def _one_vs_every_gpu(_rank, _world_size, _port, gpus):
     model, device, modes = _comfy_on_gpu()   # before anything that imports ComfyUI
     from comfy_xdit_patch.bench import conditioning, run_sampler
     from comfy_xdit_patch.multigpu import enable_multigpu
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group as helpers
     latent = torch.zeros(1, 16, RES // 8, RES // 8)
     positive, negative = conditioning(TOKENS, 1), conditioning(TOKENS, 2)
     try:
@@ -75,7 +75,7 @@ def _killed_helper(_rank, _world_size, _port, gpus):
     model, device, modes = _comfy_on_gpu()   # before anything that imports ComfyUI
     from comfy_xdit_patch import evidence
     from comfy_xdit_patch.bench import TINY
-    from comfy_xdit_patch.runtime import group as helpers
+    from comfy_xdit_patch.runtime import helper_group as helpers
     args = argparse.Namespace(gpus=gpus, parallelism="auto", shard_weights=False, steps=STEPS)
     try:
         killed, again = evidence.kill(args, model, device, TINY, torch.float32, RES, TOKENS)

@@ -1,4 +1,4 @@
-"""The NCCL abort that ends a failed group runs under a deadline (runtime/group.abort_within): on a real NCCL
+"""The NCCL abort that ends a failed group runs under a deadline (runtime/helper_group.abort_within): on a real NCCL
 communicator it returns well within it, and ComfyUI's process keeps its NCCL watchdog from ending it."""
 from datetime import timedelta
 
@@ -10,8 +10,8 @@ def _abort_a_used_communicator(rank, world_size, port, deadline_s):
     import time
     import torch
     import torch.distributed as dist
-    from comfy_xdit_patch.runtime import group
-    for name, value in group._RANK0_NCCL_ENV.items():   # as rank 0 sets them before its group is made
+    from comfy_xdit_patch.runtime import helper_group
+    for name, value in helper_group._RANK0_NCCL_ENV.items():   # as rank 0 sets them before its group is made
         os.environ.setdefault(name, value)
     torch.cuda.set_device(rank)
     store = dist.TCPStore("127.0.0.1", port, world_size, rank == 0, timedelta(seconds=60))
@@ -21,9 +21,9 @@ def _abort_a_used_communicator(rank, world_size, port, deadline_s):
     dist.all_reduce(total)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    returned = group.abort_within(dist.distributed_c10d._abort_process_group, deadline_s)
+    returned = helper_group.abort_within(dist.distributed_c10d._abort_process_group, deadline_s)
     return {"returned": returned, "seconds": time.perf_counter() - start, "sum": total[0].item(),
-            "set_aside": group._unreleased_group}
+            "set_aside": helper_group._unreleased_group}
 
 
 def test_the_nccl_abort_returns_within_its_deadline():

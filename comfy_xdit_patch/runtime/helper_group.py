@@ -1,6 +1,6 @@
 """Rank 0's side of the helper processes: start them, keep them warm, feed them, end them.
 
-Rank 0 is ComfyUI's own process. Helpers are ``python -m comfy_xdit_patch.runtime.helper`` processes, one per extra
+Rank 0 is ComfyUI's own process. Helpers are ``python -m comfy_xdit_patch.runtime.helper_process`` processes, one per extra
 device, started on first use and reused while the plan (devices and degrees) stays the same. Tensors travel over
 ``torch.distributed`` (NCCL on CUDA, gloo on the CPU); everything else over one control channel per helper.
 """
@@ -19,16 +19,15 @@ import torch
 import torch.distributed as dist
 
 from ..parallel.mesh import SequenceParallelMesh
+from ..parallel.placement import Scheduler, measure_speed
 from ..parallel.weight_shards import ShardedBlocks, is_block_weight
 from .. import envs
 from .launchers import make_launcher
-from .scheduler import Scheduler
 from . import channel as control
 from . import gguf_weights, messages, transport, versions, weights
 from .step import ParallelStep
 from ..parallel.call import SequenceParallelCall
 from .pacing import LaunchPacer
-from .speed import measure_speed
 from .step_graphs import EAGER, REPLAY, StepGraphs
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ class HelperGroup:
         self.exit_codes = {}          # rank -> None while alive, else its exit code (kept by the health monitor)
         self._blocked_phase = None    # a collective phase given up on while it still runs (see _watched)
         self.versions = versions.local_versions()
-        self.scheduler = None         # places batch rows on groups (runtime/scheduler.py), made at start
+        self.scheduler = None         # places batch rows on groups (parallel/placement.py), made at start
         self.launcher = None
         self.step_ms = collections.deque(maxlen=200)   # rank 0's parallel steps, completed (monitoring)
         self.helper_report = {}       # the helpers' own figures, collected after each sampling run

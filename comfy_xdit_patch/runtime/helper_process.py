@@ -1,7 +1,8 @@
 """A helper rank: mirrors rank 0's diffusion model on one more device and runs its shard of every model call.
 
-Started by ``group.HelperGroup`` as ``python -m comfy_xdit_patch.runtime.helper``. It imports ComfyUI from the same
-install as rank 0, with rank 0's command-line settings, and exits when rank 0 says so, closes the channel or dies.
+Started by ``helper_group.HelperGroup`` as ``python -m comfy_xdit_patch.runtime.helper_process``. It imports ComfyUI
+from the same install as rank 0, with rank 0's command-line settings, and exits when rank 0 says so, closes the
+channel or dies.
 """
 import faulthandler
 import logging
@@ -84,7 +85,7 @@ def main(argv=None):
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size, timeout=timeout)
         mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, timeout, plan.ulysses_exchange, device,
                                           plan.exchange_parts)
-        from comfy_xdit_patch.runtime.speed import measure_speed
+        from comfy_xdit_patch.parallel.placement import measure_speed
         link.send(messages.Reply("ready", measure_speed(device, rank)))
         with torch.inference_mode():
             serve(link, mesh, device, plan.shard_weights, plan.shard_gathers)

@@ -1,7 +1,7 @@
 """Token splits: exact coverage at any length, and the prefix clipping used for ControlNet residuals."""
 import torch
 
-from comfy_xdit_patch.parallel.sharding import clip_to_shard, split_sizes, take_shard
+from comfy_xdit_patch.parallel.token_split import clip_to_shard, split_sizes, take_shard
 
 
 def test_split_sizes_cover_every_token_once():
