@@ -59,7 +59,7 @@ def tiny_lora_state_dict(base_state, layers, rank=4, seed=10, scale=0.05):
     return lora
 
 
-def tiny_flux_controlnet_state_dict(hidden=512, heads=4, depth=2, depth_single=1, seed=20):
+def tiny_flux_controlnet_state_dict(hidden=512, heads=4, depth=2, depth_single=1, seed=20, context_dim=4096):
     """An XLabs-format FLUX ControlNet (ComfyUI detects it by 'controlnet_blocks.0.weight' and the double blocks),
     random weights, sized like the tiny FLUX."""
     import torch
@@ -67,7 +67,7 @@ def tiny_flux_controlnet_state_dict(hidden=512, heads=4, depth=2, depth_single=1
     from comfy.ldm.flux.controlnet import ControlNetFlux
     with torch.device("meta"):
         shapes = ControlNetFlux(operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="meta",
-                                in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                                in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=context_dim,
                                 hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth,
                                 depth_single_blocks=depth_single, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
                                 qkv_bias=True, guidance_embed=True, txt_ids_dims=[]).state_dict()
@@ -222,3 +222,19 @@ def plan_for(gpus, parallelism, heads, main_device, visible_cuda, **options):
     from comfy_xdit_patch.config import MultiGPUOptions, resolve_plan
     return resolve_plan(MultiGPUOptions(gpus=gpus, parallelism=parallelism, **options), heads, main_device,
                         visible_cuda)
+
+
+class FakeServer:
+    """What ComfyUI's PromptExecutor reports to (the web server's send_sync), kept as a list."""
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+
+    def __init__(self):
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass

@@ -19,6 +19,7 @@ import os
 
 import pytest
 
+import comfy_env
 from comfy_env import REPO, relative_error, tiny_flux_state_dict
 
 WORKFLOW_DIR = os.path.join(REPO, "example_workflows")
@@ -211,23 +212,6 @@ def test_enable_multigpu_sits_on_the_model_line_right_before_the_sampler(comfy_n
     assert dict(zip(widget_slots("EnableMultiGPU"), multi["widgets_values"]))["enabled"] is True
 
 
-def tiny_controlnet_state_dict(context_dim, hidden=512, heads=4, depth=2, depth_single=1, seed=21):
-    """An XLabs-format FLUX ControlNet with random weights, its text input context_dim wide."""
-    import torch
-    import comfy.ops
-    from comfy.ldm.flux.controlnet import ControlNetFlux
-    from comfy_xdit_patch.bench import bfl_name, weight_shapes
-    with weight_shapes():
-        shapes = ControlNetFlux(operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="meta",
-                                in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=context_dim,
-                                hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth,
-                                depth_single_blocks=depth_single, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                                qkv_bias=True, guidance_embed=True, txt_ids_dims=[]).state_dict()
-    generator = torch.Generator().manual_seed(seed)
-    return {bfl_name(k): torch.randn(v.shape, generator=generator) * (0.05 if v.ndim > 1 else 0.01)
-            for k, v in shapes.items()}
-
-
 def tiny_vae_with_encoder_state_dict(seed=31):
     """A FLUX-style VAE that also encodes (Kontext's reference image): ComfyUI builds the encoder at its full width
     (128), so it has random weights at that width, scaled to keep activations in range; the decoder is the narrow
@@ -260,7 +244,7 @@ def tiny_files(tmp_path_factory, model_files):
     root = tmp_path_factory.mktemp("example_workflow_models")
     files = {
         ("diffusion_models", "tiny_flux_clip_l_text.safetensors"): tiny_flux_state_dict(context_dim=768),
-        ("controlnet", "tiny_flux_controlnet_clip_l_text.safetensors"): tiny_controlnet_state_dict(768),
+        ("controlnet", "tiny_flux_controlnet_clip_l_text.safetensors"): comfy_env.tiny_flux_controlnet_state_dict(context_dim=768, seed=21),
         ("vae", "tiny_vae_with_encoder.safetensors"): tiny_vae_with_encoder_state_dict(),
     }
     for (folder, file_name), state in files.items():
@@ -296,26 +280,12 @@ def tiny_prompt(workflow, files, enabled):
     return prompt
 
 
-class FakeServer:
-    """What PromptExecutor reports to (the web server's send_sync), kept as a list."""
-    client_id = None
-    last_node_id = None
-    last_prompt_id = None
-
-    def __init__(self):
-        self.messages = []
-
-    def send_sync(self, event, data, sid=None):
-        self.messages.append((event, data))
-
-    def queue_updated(self):
-        pass
 
 
 @pytest.fixture(scope="module")
 def executor(comfy_nodes):
     import execution
-    server = FakeServer()
+    server = comfy_env.FakeServer()
     return execution.PromptExecutor(server, cache_args={"ram": 0, "ram_inactive": 0}), server
 
 

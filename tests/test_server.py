@@ -19,6 +19,14 @@ from comfy_env import COMFYUI_PATH, REPO
 ARTIFACTS = os.environ.get("XDIT_TEST_ARTIFACTS", os.path.join(REPO, "test-artifacts"))
 
 
+def end_process(process):
+    """Asks a server or browser process to end, then kills it if it has not within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,11 +74,7 @@ def comfyui_server(root, model_files):
                 time.sleep(0.5)
         yield base, log_path
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        end_process(process)
         log.close()
 
 
@@ -287,11 +291,7 @@ def headless_chromium(profile):
             time.sleep(0.2)
         yield int(open(port_file).read().split()[0])
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        end_process(process)
 
 
 # What the test reads back from the tab: its button, its rows, and the plot's series (one per rank).

@@ -24,19 +24,6 @@ class FixedFluxConditioning:
         return (comfy_env.flux_conditioning(tokens, seed=seed),)
 
 
-class FakeServer:
-    client_id = None
-    last_node_id = None
-    last_prompt_id = None
-
-    def __init__(self):
-        self.messages = []
-
-    def send_sync(self, event, data, sid=None):
-        self.messages.append((event, data))
-
-    def queue_updated(self):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +36,7 @@ def engine(tmp_path_factory, model_files):
     assert asyncio.run(nodes.load_custom_node(comfy_env.REPO)), "the plugin did not load as a custom node"
     assert "EnableMultiGPU" in nodes.NODE_CLASS_MAPPINGS
     nodes.NODE_CLASS_MAPPINGS["XDiTTestFluxConditioning"] = FixedFluxConditioning
-    server = FakeServer()
+    server = comfy_env.FakeServer()
     executor = execution.PromptExecutor(server, cache_args={"ram": 0, "ram_inactive": 0})
     return executor, server, root / "out"
 
