@@ -5,7 +5,9 @@ value raises ValueError naming the variable and what it accepts, before any work
 Settings that change results or speed are node inputs instead (comfy_xdit_patch/node_options.py).
 """
 import ipaddress
+import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -46,13 +48,13 @@ def _text(name, text):
 
 
 def _host(name, text):
-    """An address of this machine that helpers can reach: loopback by default. A wildcard would expose the ports
-    on every interface while naming none that helpers could connect to."""
+    """An address of this machine that helpers can reach (an IPv4 address or a host name): loopback by default. A
+    wildcard would expose the ports on every interface while naming none that helpers could connect to."""
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(f"{name} must be this machine's IPv4 address on the network its helpers share (e.g. "
-                         f"10.0.0.5), not '{text}'.") from None
+        address = ipaddress.ip_address(socket.gethostbyname(text))
+    except (OSError, ValueError):
+        raise ValueError(f"{name} must be this machine's IPv4 address (or host name) on the network its helpers "
+                         f"share, e.g. 10.0.0.5, not '{text}'.") from None
     if address.version != 4:
         raise ValueError(f"{name}: only IPv4 addresses are supported, not '{text}'.")
     if address.is_unspecified:
@@ -98,6 +100,17 @@ VARIABLES = {
 }
 
 
+# Variables earlier versions read, and what replaced them: set, they would be ignored without a word.
+RETIRED = {
+    "COMFY_XDIT_CUDA_GRAPHS": "the node's cuda_graphs input",
+    "COMFY_XDIT_EXCHANGE": "the node's exchange input",
+    "COMFY_XDIT_EXCHANGE_PARTS": "the node's exchange_parts input",
+    "COMFY_XDIT_SHARD_GATHERS": "the node's shard_gathers input",
+    "COMFY_XDIT_HOST_PROFILE": "the benchmark's --host-profile option",
+}
+_warned = set()
+
+
 def get(name):
     variable = VARIABLES[name]
     return variable.parse(name, os.environ.get(name, variable.default))
@@ -110,6 +123,11 @@ def __getattr__(name):
 
 
 def check_all():
-    """Parses every variable: a bad value is named when the plugin loads, not in the middle of a prompt."""
+    """Parses every variable: a bad value is named when the node runs, not in the middle of a prompt. A retired
+    variable that is still set gets one warning naming what replaced it."""
     for name in VARIABLES:
         get(name)
+    for name, replacement in RETIRED.items():
+        if name in os.environ and name not in _warned:
+            _warned.add(name)
+            logging.getLogger(__name__).warning("Enable Multi-GPU: %s is no longer read; use %s.", name, replacement)

@@ -155,7 +155,7 @@ class MultiGPURun:
         try:
             message, tensors = group.dispatch_forward(call_args, self.graphs_allowed, self.compile_kwargs,
                                                       self._graph_ready)
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
+        except (pickle.PicklingError, TypeError, AttributeError, ValueError) as e:
             self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
             return one_gpu()
         except helper_group.HelperFailure as e:

@@ -154,3 +154,52 @@ def test_the_secret_never_appears_on_a_helper_command_line(tiny_flux, fresh_help
     helper = psutil.Process(helpers.current_group().processes[1].pid)
     secret = helper.environ()[control.SECRET_VARIABLE]
     assert len(secret) == 2 * control.SECRET_BYTES and secret not in " ".join(helper.cmdline())
+
+
+def test_the_decoder_refuses_to_rewrite_a_class_and_to_build_costly_values():
+    """An authenticated peer still cannot set attributes on an allowed class, nor name a builder whose cost grows
+    beyond the frame (range, bytearray): the frame is refused."""
+    from comfy_xdit_patch.config import ParallelPlan
+    rewrite = (b"\x80\x04ccomfy_xdit_patch.config\nParallelPlan\nN}\x8c\x07backend\x8c\x04evils\x86b.")
+    with pytest.raises(control.ProtocolError, match="sets attributes"):
+        control.decode(rewrite)
+    assert ParallelPlan("cpu", (None, None), 1, 2).backend == "gloo"
+    huge = b"\x80\x04cbuiltins\nrange\n\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40\x85R."
+    with pytest.raises(control.ProtocolError, match="builtins.range"):
+        control.decode(huge)
+
+
+def test_a_frame_split_across_a_timeout_is_read_whole():
+    """A wait that times out consumes nothing; a frame that has begun is read to its end."""
+    left, right = socket.socketpair()
+    channel = control.Channel.__new__(control.Channel)
+    channel.sock = right
+    with pytest.raises(TimeoutError):
+        channel.recv(timeout=0.1)
+    payload = control.encode(("forward", list(range(100))))
+    frame = struct.pack("!Q", len(payload)) + payload
+    left.sendall(frame[:5])
+
+    def rest():
+        import time
+        time.sleep(0.3)
+        left.sendall(frame[5:])
+    threading.Thread(target=rest).start()
+    assert channel.recv(timeout=0.1) == ("forward", list(range(100)))
+    left.close()
+    right.close()
+
+
+def test_retired_variables_are_named_and_host_names_are_taken(monkeypatch, caplog):
+    from comfy_xdit_patch import envs
+    monkeypatch.setenv("COMFY_XDIT_CUDA_GRAPHS", "0")
+    monkeypatch.setattr(envs, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        envs.check_all()
+    assert any("COMFY_XDIT_CUDA_GRAPHS is no longer read; use the node's cuda_graphs input" in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.setenv("COMFY_XDIT_HOST", "localhost")
+    assert envs.COMFY_XDIT_HOST == "localhost"
+    monkeypatch.setenv("COMFY_XDIT_HOST", "0.0.0.0")
+    with pytest.raises(ValueError, match="every interface"):
+        envs.check_all()

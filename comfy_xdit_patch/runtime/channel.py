@@ -5,8 +5,9 @@ Safe by construction:
 - before any frame is read, each side proves the session secret on raw bytes (an HMAC-SHA256 challenge each way);
   a connection that does not is dropped, and the listener goes on accepting until every helper is in;
 - frames are capped at ``MAX_FRAME`` bytes;
-- frames are decoded by ``RestrictedUnpickler``: plain data and an allow-list of value types, never a callable, so a
-  frame cannot run code even from an authenticated peer on another host.
+- frames are decoded by ``RestrictedUnpickler``: plain data and an allow-list of value types whose construction runs
+  no code of the sender's choosing, and nothing may set attributes on a class or an enum member, so a frame cannot
+  run code or rewrite rank 0's types, even from an authenticated peer on another host.
 """
 import enum
 import hashlib
@@ -15,6 +16,7 @@ import io
 import logging
 import os
 import pickle
+import select
 import selectors
 import socket
 import struct
@@ -29,6 +31,8 @@ SECRET_BYTES = 32
 SECRET_VARIABLE = "COMFY_XDIT_SECRET"   # how rank 0 hands the session secret to the helpers it starts
 MAX_FRAME = 64 << 20          # a FLUX call's structure is a few kB; a model's weight key list well under 1 MB
 HANDSHAKE_TIMEOUT_S = 5.0     # a peer that has not proved the secret by then is dropped
+FRAME_TIMEOUT_S = 60.0        # a frame that has begun to arrive must arrive whole within this
+MAX_PENDING = 64              # unauthenticated connections held at once; more are closed at once
 
 
 class ChannelClosed(ConnectionError):
@@ -48,10 +52,9 @@ def _proof(secret, role, nonce):
 
 
 # ----- decoding ------------------------------------------------------------------------------------------------
-# (module, name) pairs a frame may name: value types whose construction runs no code of the sender's choosing.
+# (module, name) pairs a frame may name: value types whose construction runs no code of the sender's choosing, and
+# costs no more than the frame's size (sets, frozensets and bytearrays have opcodes of their own in protocol 5).
 _ALLOWED_GLOBALS = {
-    ("builtins", name) for name in ("set", "frozenset", "complex", "slice", "range", "bytearray")
-} | {
     ("collections", "OrderedDict"),
     ("torch", "device"),
     ("torch", "Size"),
@@ -68,22 +71,39 @@ _ENUM_MODULE_PREFIXES = ("comfy.", "comfy_xdit_patch.", "gguf.")
 _ENUM_MODULES_TO_IMPORT = ("comfy.cli_args",)
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+_DTYPE_NAMES = frozenset((
+    "float32", "float16", "bfloat16", "float64", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+    "float8_e8m0fnu", "float4_e2m1fn_x2", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+    "bool", "complex64", "complex128"))
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """Python's own unpickler, which lets one step (BUILD) be checked: a frame could otherwise set attributes on an
+    allowed class or on an enum member, rewriting them for the whole process."""
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def find_class(self, module, name):
         if (module, name) in _ALLOWED_GLOBALS:
             return getattr(_module(module), name)
-        if module == "torch" and "." not in name:
+        if module == "torch" and name in _DTYPE_NAMES:
             import torch
-            value = getattr(torch, name, None)
-            if isinstance(value, torch.dtype):
-                return value
+            return getattr(torch, name)
         if module in _ENUM_MODULES_TO_IMPORT:
             _module(module)
         if module.startswith(_ENUM_MODULE_PREFIXES) and module in sys.modules and "." not in name:
             value = getattr(sys.modules[module], name, None)
-            if isinstance(value, type) and issubclass(value, enum.Enum):
+            if isinstance(value, type) and issubclass(value, enum.Enum) and value.__module__ == module and \
+                    len(value.__members__):
                 return value
         raise ProtocolError(f"a control message names '{module}.{name}', which is not a plain value type")
+
+    def load_build(self):
+        target = self.stack[-2]
+        if isinstance(target, (type, enum.Enum)):
+            raise ProtocolError(f"a control message sets attributes on {target!r}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def _module(name):
@@ -113,9 +133,11 @@ class Channel:
     def send(self, obj):
         self.send_bytes(encode(obj))
 
-    def _read(self, n):
+    def _read(self, n, deadline=None):
         chunks = []
         while n:
+            if deadline is not None:
+                self.sock.settimeout(max(0.001, deadline - time.monotonic()))
             chunk = self.sock.recv(min(n, 1 << 20))
             if not chunk:
                 raise ChannelClosed("the other side closed the control channel")
@@ -124,12 +146,19 @@ class Channel:
         return b"".join(chunks)
 
     def recv(self, timeout=None):
-        self.sock.settimeout(timeout)
+        """The next message. ``timeout`` bounds the wait for it to begin (TimeoutError, nothing consumed); a frame
+        that has begun must then arrive whole within FRAME_TIMEOUT_S, so a call that timed out never leaves half a
+        frame behind."""
+        if not select.select([self.sock], [], [], timeout)[0]:
+            raise TimeoutError("no control message arrived in time")
+        deadline = time.monotonic() + FRAME_TIMEOUT_S
         try:
-            (length,) = _LENGTH.unpack(self._read(_LENGTH.size))
+            (length,) = _LENGTH.unpack(self._read(_LENGTH.size, deadline))
             if length > MAX_FRAME:
                 raise ProtocolError(f"the peer announced a {length}-byte control message (limit {MAX_FRAME})")
-            return decode(self._read(length))
+            return decode(self._read(length, deadline))
+        except TimeoutError as e:
+            raise ChannelClosed("a control message stopped arriving midway") from e
         finally:
             self.sock.settimeout(None)
 
@@ -194,7 +223,11 @@ class Acceptor:
     def _take(self):
         try:
             sock, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
+        except OSError:   # nothing to accept after all, or out of file descriptors: the helpers retry their connect
+            return
+        if len(self.pending) >= MAX_PENDING:
+            sock.close()
+            self.dropped += 1
             return
         challenge = os.urandom(NONCE_BYTES)
         try:

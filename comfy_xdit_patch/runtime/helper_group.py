@@ -1,8 +1,9 @@
 """Rank 0's side of the helper processes: start them, keep them warm, feed them, end them.
 
-Rank 0 is ComfyUI's own process. Helpers are ``python -m comfy_xdit_patch.runtime.helper_process`` processes, one per extra
-device, started on first use and reused while the plan (devices and degrees) stays the same. Tensors travel over
-``torch.distributed`` (NCCL on CUDA, gloo on the CPU); everything else over one control channel per helper.
+Rank 0 is ComfyUI's own process. Helpers are ``python -m comfy_xdit_patch.runtime.helper_process`` processes, one
+per extra device, started on first use (or with ComfyUI: COMFY_XDIT_PRESTART_GPUS) and reused while the plan
+(devices and degrees) stays the same. Tensors travel over ``torch.distributed`` (NCCL on CUDA, gloo on the CPU);
+everything else over one control channel per helper.
 """
 import atexit
 import collections
@@ -71,6 +72,7 @@ class HelperGroup:
         self.failure = None           # set by the health monitor when a helper dies
         self.exit_codes = {}          # rank -> None while alive, else its exit code (kept by the health monitor)
         self._blocked_phase = None    # a collective phase given up on while it still runs (see _watched)
+        self.cancelled = False        # helpers started with ComfyUI, given up on while still launching
         self.versions = versions.local_versions()
         self.scheduler = None         # places batch rows on groups (parallel/placement.py), made at start
         self.launcher = None
@@ -99,8 +101,8 @@ class HelperGroup:
                                 "prompts run on one GPU until ComfyUI is restarted.")
         if _abandoned_phase is not None and _abandoned_phase.is_alive():
             raise HelperFailure("the previous helper group is still being given up (a collective of its failed "
-                                f"start-up or weight sync waits up to {envs.COMFY_XDIT_COLLECTIVE_TIMEOUT:.0f} s for "
-                                "its timeout); this prompt runs on one GPU")
+                                "start-up or weight sync waits for its timeout, COMFY_XDIT_COLLECTIVE_TIMEOUT); this "
+                                "prompt runs on one GPU")
         secret = control.new_secret()
         host = envs.COMFY_XDIT_HOST
         listener = control.listen(host)
@@ -111,11 +113,14 @@ class HelperGroup:
         # (2: clean up only) and its heartbeat monitor, which ends a process whose watchdog hangs, is off. The
         # helpers keep torch's defaults (tear down): a helper that times out ends, and rank 0 falls back.
         for name, value in _RANK0_NCCL_ENV.items():
-            os.environ.setdefault(name, value)
+            if os.environ.get(name, value) != value:
+                log.warning("Enable Multi-GPU: %s=%s in ComfyUI's process is replaced by %s: NCCL's watchdog must "
+                            "never end ComfyUI", name, os.environ[name], value)
+            os.environ[name] = value
         # Replays of a captured step stalled on 2×H200 (NCCL 2.28.9) while NCCL registered the captured collectives'
         # buffers, and completed without it (docs/benchmarks.md). Helpers inherit it with the other NCCL_* settings.
         os.environ.setdefault("NCCL_GRAPH_REGISTER", "0")
-        acceptor = None
+        acceptor, joined = None, []
         try:
             phase = _PhaseClock(self.start_phases)
             self._spawn(listener.getsockname(), secret)
@@ -146,7 +151,9 @@ class HelperGroup:
             self._expect_all("imported", deadline)
             phase("import ComfyUI")
         except BaseException:
-            self.shutdown()
+            for channel in joined:
+                channel.close()
+            self.shutdown(graceful=False)
             raise
         finally:
             listener.close()
@@ -198,7 +205,7 @@ class HelperGroup:
             phase("device speed")
             self.scheduler = Scheduler(self.plan, rank_speeds)
         except BaseException:
-            self.shutdown()
+            self.shutdown(graceful=False)
             raise
         self.started_s = (self.started_s or 0.0) + time.perf_counter() - t0
         log.info("Enable Multi-GPU: started %d helper process(es) for %s in %.1f s (%s)",
@@ -382,6 +389,8 @@ class HelperGroup:
 
     def shutdown(self, graceful=True):
         global _unreleased_group
+        # A group that failed, or whose phase was given up, is ended as a failed one whoever asks.
+        graceful = graceful and self.failure is None and self._blocked_phase is None and _unreleased_group is None
         self._stopping.set()
         self.pacer.reset()
         if not graceful:
@@ -395,7 +404,7 @@ class HelperGroup:
             if self.graphs.entries:
                 destroyed = self.graphs.destroy_in_background()
                 destroyed.wait(1.0)   # measured 0.1 s where nothing is stuck
-                self.abort_collectives(wait_s=10.0)
+                self.abort_collectives(wait_s=_ABORT_WAIT_S())
                 if not destroyed.wait(10.0):
                     # The communicator cannot be destroyed while these graphs exist: it is left as it is, and no
                     # new group is made in this process (the next prompts run on one GPU), rather than hang here.
@@ -403,7 +412,7 @@ class HelperGroup:
                     log.error("Enable Multi-GPU: the failed group's CUDA graphs could not be destroyed; its process "
                               "group is left as it is and prompts run on one GPU until ComfyUI is restarted.")
             else:
-                self.abort_collectives(wait_s=10.0)
+                self.abort_collectives(wait_s=_ABORT_WAIT_S())
         for channel in self.channels.values():
             try:
                 channel.send(messages.Exit())
@@ -430,6 +439,11 @@ class HelperGroup:
             self.launcher.close()
             self.launcher = None
         global _abandoned_phase
+        # Never destroy the process group under an abort still running on the health monitor's thread.
+        if not self._abort_lock.acquire(timeout=_ABORT_WAIT_S()):
+            _unreleased_group = "aborting its collectives did not return"
+        else:
+            self._abort_lock.release()
         if self._blocked_phase is not None and self._blocked_phase.is_alive():
             # A collective of this group still waits on that thread (for its timeout): its process group is
             # destroyed by the next start, once the thread has ended.
@@ -442,7 +456,7 @@ class HelperGroup:
 
     # ----- work ------------------------------------------------------------------------------------------------
     def _broadcast_message(self, message):
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)  # before any send: all or nothing
+        payload = control.encode(message)  # before any send: all or nothing
         try:
             for channel in self.channels.values():
                 channel.send_bytes(payload)
@@ -483,7 +497,9 @@ class HelperGroup:
                 transport.send_tensors(patch_tensors, self.device)
                 if shards is not None:
                     weights.scatter_block_shards(model_patcher, shards, self.device)
-            self._watched(send, time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT, "sending the weights")
+            # As long as one collective may wait, plus a second per 100 MB (a slow link between machines).
+            limit = envs.COMFY_XDIT_COLLECTIVE_TIMEOUT + model_patcher.model_size() / 100e6
+            self._watched(send, time.monotonic() + limit, "sending the weights")
         except NotImplementedError as e:
             # Not "this model cannot run in parallel" any more: the helpers wait inside the transfer, so the group
             # cannot be used again and must end like any failed one.
@@ -611,6 +627,10 @@ _owned_default_group = False    # whether the default process group is ours (so 
 _parked = []                      # what a failed group leaves that must never be freed (see shutdown)
 _unreleased_group = None        # why a failed group's process group had to be left alive (no new group after it)
 _abandoned_phase = None         # the thread of a failed group's collective phase that still waits for its timeout
+def _ABORT_WAIT_S():
+    return envs.COMFY_XDIT_ABORT_TIMEOUT + 5.0
+
+
 _RANK0_NCCL_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2", "TORCH_NCCL_ENABLE_MONITORING": "0"}
 _HELPER_NCCL_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_ENABLE_MONITORING": "1"}
 
@@ -704,6 +724,9 @@ def prestart(plan):
             return
         finally:
             launched.set()
+        if group.cancelled:      # given up on while launching: nobody else will end them
+            group.shutdown()
+            return
         started = list(group.processes.values())
         log.info("Enable Multi-GPU: %d helper(s) started with ComfyUI in %.1f s, waiting for a prompt",
                  len(started), group.started_s)
@@ -725,7 +748,9 @@ def _take_prestarted(plan):
         return None
     group, launched = _prestarted
     _prestarted = None
-    launched.wait(envs.COMFY_XDIT_START_TIMEOUT)
+    if not launched.wait(envs.COMFY_XDIT_START_TIMEOUT):
+        group.cancelled = True   # still launching: its own thread ends it
+        return None
     same_devices = (group.plan.device_type, group.plan.device_indices, group.plan.launcher) == \
         (plan.device_type, plan.device_indices, plan.launcher)
     if not same_devices or group.failure or not group.channels or \
@@ -762,8 +787,10 @@ def shutdown_group(reason=None, graceful=True):
         if _prestarted is not None:   # helpers started with ComfyUI that no prompt took over
             waiting, launched = _prestarted
             _prestarted = None
-            launched.wait(envs.COMFY_XDIT_START_TIMEOUT)
-            waiting.shutdown(graceful)
+            if launched.wait(envs.COMFY_XDIT_START_TIMEOUT):
+                waiting.shutdown(graceful)
+            else:
+                waiting.cancelled = True   # still launching: its own thread ends it
         if _group is not None:
             if reason:
                 log.info("Enable Multi-GPU: stopping helpers (%s)", reason)

@@ -80,7 +80,8 @@ def main(argv=None):
         import torch
         import torch.distributed as dist
         from comfy_xdit_patch.parallel.mesh import SequenceParallelMesh
-        store = dist.TCPStore(setup.store_host, setup.store_port, plan.world_size, False, timedelta(seconds=120))
+        store = dist.TCPStore(setup.store_host, setup.store_port, plan.world_size, False,
+                              timedelta(seconds=args.timeout))
         timeout = timedelta(seconds=setup.collective_timeout_s)
         dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size, timeout=timeout)
         mesh = SequenceParallelMesh.build(plan.ulysses_degree, plan.ring_degree, timeout, plan.ulysses_exchange, device,

@@ -19,16 +19,18 @@ log = logging.getLogger(__name__)
 HELPER = [sys.executable, "-m", "comfy_xdit_patch.runtime.helper_process"]
 
 
+_PR_SET_PDEATHSIG = 1
+# Resolved here, not between fork and exec, where a multithreaded parent's child may take no locks.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def die_with_parent():
     """Runs in the child between fork and exec: the kernel sends it SIGKILL when the thread that started it ends,
     even while the helper is stuck where no Python thread of its own could notice (a blocked CUDA launch queue).
-    Helpers are started from ComfyUI's long-lived prompt thread (or a Ray actor's), so that is rank 0's lifetime."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
+    Helpers are started from a long-lived thread: ComfyUI's prompt thread, the thread that keeps helpers started with
+    ComfyUI, or a Ray actor's."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class LocalLauncher:
@@ -88,9 +90,9 @@ class RayLauncher:
                                        "unset RAY_AUTH_MODE (or set it to token) where ComfyUI starts.")
                 ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
         resource = {"GPU": 1} if plan.device_type == "cuda" else {"CPU": 1}
-        self.group = placement_group([dict(resource) for _ in range(plan.world_size - 1)], strategy="SPREAD")
         wait_s = envs.COMFY_XDIT_START_TIMEOUT
         try:
+            self.group = placement_group([dict(resource) for _ in range(plan.world_size - 1)], strategy="SPREAD")
             ray.get(self.group.ready(), timeout=wait_s)
         except BaseException as e:
             self.close()   # the pending placement group would otherwise hold the cluster's resources
@@ -139,6 +141,8 @@ class RayHelperProcess:
     def poll(self):
         try:
             return self.ray.get(self.host.poll.remote(), timeout=5)
+        except self.ray.exceptions.GetTimeoutError:   # a busy actor or a slow cluster: no news yet
+            return None
         except Exception:     # the actor (or its node) is gone: so is the helper
             return -1
 
@@ -171,10 +175,12 @@ def _helper_host_class(ray):
         class HelperHost:
             def start(self, command, helper_env):
                 env = dict(os.environ, **helper_env)
+                import ctypes
+                import signal
+                prctl = ctypes.CDLL(None).prctl   # resolved before the fork, as in die_with_parent
+
                 def die_with_actor():   # as die_with_parent, defined here: the actor may not import this module
-                    import ctypes
-                    import signal
-                    ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+                    prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
 
                 self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_actor)
                 return self.process.pid

@@ -132,24 +132,35 @@ def effective_state(model_patcher, keys, device):
 
 class WeightDigest:
     """A position-sensitive checksum of the bytes a weight sync moved, computed where they are (on the GPU): rank 0
-    over what it sent, each helper over what it received; compared once per sync, so a transfer that changed any
-    byte is caught. Not cryptographic: the peers are authenticated; this guards the transfer itself."""
+    over the weights it sent, each helper over what it received; compared once per sync, so a transfer that changed
+    a weight's bytes is caught. Partial sums stay on the device until ``value`` is read: the sync's broadcasts are
+    never held up by it. Not cryptographic: the peers are authenticated; this guards the transfer itself."""
     _MODULUS = (1 << 61) - 1
     _CHUNK = 1 << 20   # int32 words per partial sum: 2^31 * 251 * 2^20 stays within int64
 
     def __init__(self):
-        self.value = 0
+        self._sums = []
+        self._weights = {}
 
     def add(self, data):
         data = data.reshape(-1)
         words = data.view(torch.int32) if data.numel() % 4 == 0 and data.data_ptr() % 4 == 0 else data
-        sums = []
         for start in range(0, words.numel(), self._CHUNK):
             part = words[start:start + self._CHUNK].to(torch.int64)
-            weights = torch.arange(1, part.numel() + 1, device=part.device, dtype=torch.int64).remainder_(251)
-            sums.append((part * weights.add_(1)).sum())
-        for value in (torch.stack(sums).tolist() if sums else ()):
-            self.value = (self.value * 1000003 + value) % self._MODULUS
+            self._sums.append((part * self._position_weights(part.numel(), part.device)).sum())
+
+    def _position_weights(self, count, device):
+        key = (count, str(device))
+        if key not in self._weights:
+            self._weights[key] = torch.arange(1, count + 1, device=device, dtype=torch.int64).remainder_(251).add_(1)
+        return self._weights[key]
+
+    @property
+    def value(self):
+        total = 0
+        for partial in (torch.stack(self._sums).tolist() if self._sums else ()):
+            total = (total * 1000003 + partial) % self._MODULUS
+        return total
 
 
 def _broadcast_bytes(data, digest):
