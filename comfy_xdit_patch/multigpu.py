@@ -1,7 +1,8 @@
 """Enable Multi-GPU on a ModelPatcher: the whole behaviour behind the node.
 
 The returned clone carries, under one key so that all of it can be found and removed together:
-- the FLUX hooks (``patches/flux.py``): post_input sharding, the attention override, the forward_orig object patch;
+- the model family's hooks (its adapter in ``patches/``), e.g. FLUX's post_input sharding, attention override and
+  forward_orig object patch;
 - an ON_PRE_RUN callback that starts (or reuses) the helper processes and syncs the weights once per sampling run;
 - a DIFFUSION_MODEL wrapper that hands each model call to the helpers and runs rank 0's shard in ComfyUI's thread.
 
@@ -23,7 +24,7 @@ from .config import MultiGPUOptions, check_exchange_kernels, check_helper_memory
 from .parallel.call import TRANSFORMER_OPTIONS_KEY
 from .parallel import symmetric
 from .parallel.weight_shards import blocks
-from .patches import flux
+from . import patches
 from .runtime import helper_group
 from .runtime import launchers
 from .runtime import step_graphs
@@ -39,8 +40,9 @@ KEY = "comfy_xdit_patch"
 class MultiGPURun:
     """Behind the wrapper and the callback of one enabled model (shared by its clones)."""
 
-    def __init__(self, plan):
+    def __init__(self, plan, adapter):
         self.plan = plan
+        self.adapter = adapter        # the model family's adapter (patches/)
         self.reasons_logged = set()
         self.blocked = None   # why this sampling run cannot be parallel at all, decided in on_pre_run
         self.graphs_allowed = False
@@ -69,7 +71,7 @@ class MultiGPURun:
         self.reasons_logged.clear()
         self.sampling_patcher = weakref.ref(model_patcher)
         monitor.new_run(self.plan)
-        foreign = flux.foreign_object_patches(model_patcher)
+        foreign = self.adapter.foreign_object_patches(model_patcher)
         self.blocked = ("another node replaced parts of the diffusion model (" + ", ".join(foreign) + ")"
                         if foreign else None)
         if self.blocked:
@@ -112,7 +114,7 @@ class MultiGPURun:
     # the helpers, graph capture and replay, the wait for the step) stays out of dynamo: traced, it was recompiled at
     # every step (its guards held the step's tensors) and a step took twice as long as on one GPU.
     # Only this frame is skipped: the model's own code below it still compiles.
-    @flux.ours
+    @patches.ours
     @torch.compiler.disable(recursive=False)
     def diffusion_model_wrapper(self, executor, *args, **kwargs):
         def one_gpu():
@@ -131,19 +133,19 @@ class MultiGPURun:
         if group.diffusion_model is not executor.class_obj:
             self._one_gpu("the helpers hold another model (was the sampler started without ModelPatcher.pre_run?)")
             return one_gpu()
-        arguments = flux.named_arguments(executor.original, args, kwargs)
+        arguments = self.adapter.named_arguments(executor.original, args, kwargs)
         transformer_options = arguments.pop("transformer_options")
         placement = group.scheduler.placement(arguments["x"].shape[0])
         token_weights = None if placement is None or placement[1] is None else [
             weights for weights, rows in zip(placement[1], placement[0]) if rows]
-        reason = flux.unsupported_reason(arguments, transformer_options, executor.class_obj, self.plan.sp_degree,
+        reason = self.adapter.unsupported_reason(arguments, transformer_options, executor.class_obj, self.plan.sp_degree,
                                          self.plan.ring_degree, token_weights)
         if reason is not None:
             self._one_gpu(reason)
             return one_gpu()
         # A Cancel that arrived between steps stops here, before the helpers are engaged: they stay warm and in step.
         comfy.model_management.throw_exception_if_processing_interrupted()
-        call_args = dict(arguments, transformer_options=flux.helper_transformer_options(transformer_options))
+        call_args = dict(arguments, transformer_options=self.adapter.helper_transformer_options(transformer_options))
         try:
             return self._parallel_step(group, executor, call_args, transformer_options, one_gpu)
         finally:
@@ -247,17 +249,18 @@ def _visible_cuda():
 
 def enable_multigpu(model, options=None, **fields):
     """A clone of ``model`` that samples sequence-parallel, for ``options`` (a MultiGPUOptions, or its fields as
-    keywords). Raises ValueError naming the fix for a bad config. A model other than FLUX comes back unchanged, with
-    one log line."""
+    keywords). Raises ValueError naming the fix for a bad config. A model no adapter supports comes back unchanged,
+    with one log line."""
     options = options if options is not None else MultiGPUOptions(**fields)
     envs.check_all()
     launchers.check_allowed(options.launcher)
     diffusion_model = model.get_model_object("diffusion_model")
-    if not flux.supports(diffusion_model):
-        log.warning("Enable Multi-GPU: %s is not a FLUX or Chroma model; passing it through unchanged (one GPU).",
-                    type(diffusion_model).__name__)
+    adapter = patches.adapter_for(diffusion_model)
+    if adapter is None:
+        log.warning("Enable Multi-GPU: %s is not %s; passing it through unchanged (one GPU).",
+                    type(diffusion_model).__name__, patches.SUPPORTED)
         return model
-    plan = resolve_plan(options, flux.num_heads(diffusion_model), model.load_device, _visible_cuda())
+    plan = resolve_plan(options, adapter.num_heads(diffusion_model), model.load_device, _visible_cuda())
     if plan.world_size == 1:
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model
@@ -266,8 +269,8 @@ def enable_multigpu(model, options=None, **fields):
     plan = check_peer_access(plan, torch.cuda.can_device_access_peer)
     plan = check_exchange_kernels(plan, lambda: symmetric.build_problem(model.load_device))
     clone = model.clone()
-    flux.install_on_patcher(clone, plan.shard_weights)
-    run = MultiGPURun(plan)
+    adapter.install_on_patcher(clone, plan.shard_weights)
+    run = MultiGPURun(plan, adapter)
     clone.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, KEY, run.diffusion_model_wrapper)
     clone.add_callback_with_key(ext.CallbacksMP.ON_PRE_RUN, KEY, run.on_pre_run)
     if run.offloaded is not None:

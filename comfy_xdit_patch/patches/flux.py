@@ -23,6 +23,7 @@ from ..parallel.attention import sequence_parallel_attention
 from ..parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall, active_call
 from ..parallel.token_split import clip_to_shard, gather_shards, take_shard
 
+NAME = "flux"
 FORWARD_ORIG = "diffusion_model.forward_orig"
 OUR_MARK = "_comfy_xdit_patch"
 

@@ -586,7 +586,7 @@ class HelperGroup:
         return message, tensors
 
     def sequence_parallel_call(self, token_weights):
-        """What rank 0's shard of a call puts into its transformer_options for the FLUX hooks."""
+        """What rank 0's shard of a call puts into its transformer_options for the adapter's hooks (patches/)."""
         return SequenceParallelCall(self.mesh, token_weights, self.pacer, self.block_shards)
 
     @torch.compiler.disable

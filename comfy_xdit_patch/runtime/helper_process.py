@@ -107,14 +107,14 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     import collections
     import torch
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
-    from comfy_xdit_patch.patches import flux
+    from comfy_xdit_patch.patches import adapter_named
     from comfy_xdit_patch.runtime import gguf_weights, messages, transport, weights
     from comfy_xdit_patch.runtime.step import ParallelStep
     from comfy_xdit_patch.parallel.weight_shards import ShardedBlocks, is_block_weight
     from comfy_xdit_patch.runtime.step_graphs import StepGraphs
     from comfy_xdit_patch.profiling import HelperProfile
 
-    diffusion_model = loaded_spec = shards = replacements = None
+    diffusion_model = loaded_spec = shards = replacements = adapter = None
     compiled = None     # (settings, torch.compile of diffusion_model) while rank 0 runs TorchCompileModel
     last_compile = None  # the settings the last call ran with (None: eager), for the stats
     graphs = StepGraphs()
@@ -137,7 +137,8 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
             if spec != loaded_spec:
                 diffusion_model = None  # free the previous model's memory before building the next one
                 diffusion_model = weights.build_diffusion_model(spec, device)
-                flux.install_on_model(diffusion_model)
+                adapter = adapter_named(spec["adapter"])
+                adapter.install_on_model(diffusion_model)
                 loaded_spec = spec
                 compiled = None
             # Same model class and config (e.g. only a LoRA strength changed): weights land in the same memory.
@@ -151,7 +152,7 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
                 shards = ShardedBlocks(diffusion_model, mesh.world_size, device, dtype=spec["block_dtype"],
                                        rank=mesh.rank, pull=shard_gathers == "pull")
                 weights.receive_block_shards(shards)
-                replacements = flux.block_replacements(diffusion_model)
+                replacements = adapter.block_replacements(diffusion_model)
             link.send(messages.Reply("loaded", digest.value))
         elif isinstance(message, messages.Forward):
             compile_kwargs = last_compile = message.compile_kwargs
@@ -169,7 +170,7 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
             def run_shard(call_args, token_weights, model=model):
                 call_args = dict(call_args)
                 call = SequenceParallelCall(mesh, token_weights, weight_shards=shards)
-                options = flux.hooked_transformer_options(call_args.pop("transformer_options"), call, replacements)
+                options = adapter.hooked_transformer_options(call_args.pop("transformer_options"), call, replacements)
                 return model(**call_args, transformer_options=options)
 
             profiled.before(forwards, device, log)

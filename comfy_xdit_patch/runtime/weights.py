@@ -33,7 +33,9 @@ def model_spec(model_patcher):
     base = model_patcher.model
     diffusion_model = base.diffusion_model
     cls = type(diffusion_model)
+    from ..patches import adapter_for
     return {
+        "adapter": adapter_for(diffusion_model).NAME,   # the helpers install the same family's hooks
         "module": cls.__module__,
         "class": cls.__qualname__,
         "unet_config": dict(base.model_config.unet_config),
