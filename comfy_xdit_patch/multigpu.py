@@ -40,7 +40,7 @@ KEY = "comfy_xdit_patch"
 class MultiGPURun:
     """Behind the wrapper and the callback of one enabled model (shared by its clones)."""
 
-    def __init__(self, plan, adapter):
+    def __init__(self, plan, adapter=None):
         self.plan = plan
         self.adapter = adapter        # the model family's adapter (patches/)
         self.reasons_logged = set()
