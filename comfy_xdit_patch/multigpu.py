@@ -147,16 +147,16 @@ class MultiGPURun:
         comfy.model_management.throw_exception_if_processing_interrupted()
         call_args = dict(arguments, transformer_options=self.adapter.helper_transformer_options(transformer_options))
         try:
-            return self._parallel_step(group, executor, call_args, transformer_options, one_gpu)
+            return self._parallel_step(group, executor, call_args, transformer_options, placement, one_gpu)
         finally:
             if self.resident_weights is not None:
                 self.resident_weights.unpin()   # pinned for a capture or replay (_graph_ready)
 
     @torch.compiler.disable(recursive=False)   # as the wrapper: our host work stays out of dynamo
-    def _parallel_step(self, group, executor, call_args, transformer_options, one_gpu):
+    def _parallel_step(self, group, executor, call_args, transformer_options, placement, one_gpu):
         try:
             message, tensors = group.dispatch_forward(call_args, self.graphs_allowed, self.compile_kwargs,
-                                                      self._graph_ready)
+                                                      self._graph_ready, placement)
         except (pickle.PicklingError, TypeError, AttributeError, ValueError) as e:
             self._one_gpu(f"a model input cannot be sent to the helpers ({e})")
             return one_gpu()

@@ -232,11 +232,9 @@ class HelperGroup:
             self.exit_codes[rank] = None
 
     def _check_processes(self):
-        for rank, process in self.processes.items():
-            code = process.poll()
-            if code is not None:
-                raise HelperFailure(f"helper rank {rank} exited with code {code} (its log is above in ComfyUI's "
-                                    "console)")
+        problem = self._dead_helper()
+        if problem is not None:
+            raise HelperFailure(f"{problem} (its log is above in ComfyUI's console)")
 
     def _accept(self, acceptor, deadline):
         while True:
@@ -251,7 +249,7 @@ class HelperGroup:
         while True:
             self._check_processes()
             if time.monotonic() > deadline:
-                raise HelperFailure(f"a helper did not send {what} within {envs.COMFY_XDIT_START_TIMEOUT:.0f} s")
+                raise HelperFailure(f"a helper did not send {what} in time")
             try:
                 return channel.recv(timeout=0.5)
             except TimeoutError:
@@ -262,18 +260,10 @@ class HelperGroup:
         sends here is its error report."""
         replies = []
         for rank, channel in sorted(self.channels.items()):
-            while True:
-                self._check_processes()
-                if time.monotonic() > deadline:
-                    raise HelperFailure(f"helper rank {rank} did not report '{what}' in time")
-                try:
-                    reply = channel.recv(timeout=0.5)
-                except TimeoutError:
-                    continue
-                if isinstance(reply, messages.Reply) and reply.what == what:
-                    replies.append(reply.value)
-                    break
+            reply = self._receive(channel, deadline, f"'{what}' (rank {rank})")
+            if not (isinstance(reply, messages.Reply) and reply.what == what):
                 raise HelperFailure(f"helper rank {rank} failed: {reply}")
+            replies.append(reply.value)
         return replies
 
     def _watched(self, work, deadline, what):
@@ -555,16 +545,18 @@ class HelperGroup:
         self.scheduler.learn(self.helper_report)
 
     @torch.compiler.disable   # host work only; see multigpu.MultiGPURun.diffusion_model_wrapper
-    def dispatch_forward(self, call_args, allow_graph, compile_kwargs=None, graph_ready=None):
+    def dispatch_forward(self, call_args, allow_graph, compile_kwargs=None, graph_ready=None, placement=...):
         """Send one model call (a dict of its arguments) to every helper; they start computing at once.
         ``compile_kwargs``: torch.compile settings the helpers apply to their model (None: eager).
         ``graph_ready(mode)``: whether rank 0's weights allow capturing (CAPTURE) or replaying (REPLAY) now; when it
         says no, the call runs eagerly, and a refused replay drops every rank's graphs to be captured anew.
+        ``placement``: the scheduler's placement of this call's rows, when the caller already asked for it.
         Returns the call's messages.Forward and its tensors, for rank 0's own share (``run_step``)."""
         tensors = []
         skeleton = transport.extract_tensors(call_args, tensors)
         tensor_layout = transport.layout(tensors)
-        placement = self.scheduler.placement(call_args["x"].shape[0])
+        if placement is ...:
+            placement = self.scheduler.placement(call_args["x"].shape[0])
         key, mode = None, EAGER
         if allow_graph and placement is None:   # a graph is keyed by the call's structure: shapes and options
             structure = pickle.dumps((graph_structure(skeleton), tensor_layout), protocol=pickle.HIGHEST_PROTOCOL)
@@ -595,8 +587,7 @@ class HelperGroup:
         then waits until the step completed on the device (``wait_step``). Returns the output, a copy in graph
         modes (the graph's buffer is overwritten by the next replay)."""
         started = time.perf_counter()
-        step = ParallelStep(self.mesh, self.device, self.graphs,
-                            self.scheduler.group_ms if self.times_groups else None)
+        step = ParallelStep(self.mesh, self.device, self.graphs, self.scheduler.group_ms)   # timed per message
         out = step.run(message, tensors, run_shard)
         if message.mode != EAGER:
             out = out.clone()
