@@ -85,6 +85,23 @@ class ParallelPlan:
         return f"{self.world_size} {where} ({layout})"
 
 
+def for_any_model(options, model_name, families):
+    """The options for a model without a sequence-parallel adapter, which runs CFG/batch-parallel (every GPU a group
+    of its own), or ValueError naming the setting to change."""
+    reason = (f"{model_name} has no sequence-parallel adapter (Enable Multi-GPU splits the tokens of {families}); it "
+              "runs CFG/batch-parallel, placing the CFG branches and batch items on the GPUs.")
+    if options.parallelism != "auto":
+        raise ValueError(f"{reason} Set parallelism to auto.")
+    if options.ulysses_degree or options.ring_degree:
+        raise ValueError(f"{reason} Set ulysses_degree and ring_degree to 0.")
+    if options.sequence_degree > 1:
+        raise ValueError(f"{reason} Set sequence_degree to 0.")
+    if options.shard_weights:
+        raise ValueError(f"{reason} shard_weights needs a family adapter that names the transformer blocks: turn "
+                         "shard_weights off.")
+    return dataclasses.replace(options, sequence_degree=1)
+
+
 def _divisors(n):
     return [d for d in range(1, n + 1) if n % d == 0]
 

@@ -2,15 +2,17 @@
 
 The returned clone carries, under one key so that all of it can be found and removed together:
 - the model family's hooks (its adapter in ``patches/``), e.g. FLUX's post_input sharding, attention override and
-  forward_orig object patch;
+  forward_orig object patch; a model without a family adapter gets none and runs CFG/batch-parallel;
 - an ON_PRE_RUN callback that starts (or reuses) the helper processes and syncs the weights once per sampling run;
-- a DIFFUSION_MODEL wrapper that hands each model call to the helpers and runs rank 0's shard in ComfyUI's thread.
+- a DIFFUSION_MODEL wrapper (or, for a model whose forward runs no such wrappers, an object patch on its forward)
+  that hands each model call to the helpers and runs rank 0's shard in ComfyUI's thread.
 
 Anything the helpers cannot reproduce sends that call to one GPU with one log line, and a failure during a parallel
 call ends the helpers and reruns the call on one GPU: the user always gets the image.
 """
 import itertools
 import logging
+import math
 import pickle
 import weakref
 
@@ -20,11 +22,13 @@ import torch
 import comfy.model_management
 import comfy.patcher_extension as ext
 
-from .config import MultiGPUOptions, check_exchange_kernels, check_helper_memory, check_peer_access, resolve_plan
+from .config import (MultiGPUOptions, check_exchange_kernels, check_helper_memory, check_peer_access,
+                     for_any_model, resolve_plan)
 from .parallel.call import TRANSFORMER_OPTIONS_KEY
 from .parallel import symmetric
-from .parallel.weight_shards import blocks
 from . import patches
+from .patches.adapter import WRAPPER_ENTRY
+from .patches.any_model import nothing_to_split
 from .runtime import helper_group
 from .runtime import launchers
 from .runtime import step_graphs
@@ -51,6 +55,7 @@ class MultiGPURun:
         # Classic loading with sharded weights: ComfyUI's copy of the blocks stays off rank 0's GPU.
         self.offloaded = OffloadedBlocks() if plan.shard_weights else None
         self.sampling_patcher = lambda: None   # weak: the ModelPatcher of the current sampling run (on_pre_run)
+        self.idle = None   # why the coming sampling run has nothing to place on other GPUs (outer_sample_wrapper)
 
     def _one_gpu(self, reason):
         if reason not in self.reasons_logged:
@@ -73,7 +78,8 @@ class MultiGPURun:
         monitor.new_run(self.plan)
         foreign = self.adapter.foreign_object_patches(model_patcher)
         self.blocked = ("another node replaced parts of the diffusion model (" + ", ".join(foreign) + ")"
-                        if foreign else None)
+                        if foreign else self.idle)
+        self.idle = None
         if self.blocked:
             self._restore_blocks(model_patcher)
             return
@@ -109,6 +115,19 @@ class MultiGPURun:
         except Exception:   # on a failure path already: the run still works, casting the blocks layer by layer
             log.warning("Enable Multi-GPU: could not bring ComfyUI's copy of the blocks back to the GPU; this run "
                         "casts them from host RAM layer by layer", exc_info=True)
+
+    @patches.ours
+    def outer_sample_wrapper(self, executor, noise, *args, **kwargs):
+        """Before the sampling run starts the helpers: a model without a family adapter whose run has one row per
+        call (cfg 1 and batch 1) has nothing to place on another GPU, so no helper is started or sent weights."""
+        if not self.adapter.sequence_parallel:
+            guider = executor.class_obj
+            cfg = getattr(guider, "cfg", None)
+            cfg_one = cfg is not None and math.isclose(cfg, 1.0) and \
+                not guider.model_options.get("disable_cfg1_optimization", False)
+            if noise.shape[0] == 1 and cfg_one:
+                self.idle = nothing_to_split(guider.model_patcher.get_model_object("diffusion_model"))
+        return executor(noise, *args, **kwargs)
 
     # Under TorchCompileModel this wrapper runs inside the compiled diffusion model. Our host work (the dispatch to
     # the helpers, graph capture and replay, the wait for the step) stays out of dynamo: traced, it was recompiled at
@@ -234,7 +253,8 @@ def _graph_safe(model_patcher, group, cuda_graphs=True):
         return False, None
     if model_patcher.is_dynamic():
         diffusion_model = model_patcher.model.diffusion_model
-        sharded = [block for _, block in blocks(diffusion_model)] if group.block_shards is not None else ()
+        sharded = [block for _, block in patches.transformer_blocks(diffusion_model)] \
+            if group.block_shards is not None else ()
         resident = ResidentWeights.of(diffusion_model, excluded=sharded)
         return resident is not None, resident
     if group.block_shards is not None:
@@ -247,20 +267,26 @@ def _visible_cuda():
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def enable_multigpu(model, options=None, **fields):
-    """A clone of ``model`` that samples sequence-parallel, for ``options`` (a MultiGPUOptions, or its fields as
-    keywords). Raises ValueError naming the fix for a bad config. A model no adapter supports comes back unchanged,
-    with one log line."""
-    options = options if options is not None else MultiGPUOptions(**fields)
-    envs.check_all()
-    launchers.check_allowed(options.launcher)
+def model_plan(model, options):
+    """(the model's adapter, the plan for ``options``): a family adapter splits the tokens; any other model runs
+    CFG/batch-parallel, and options it cannot honour raise ValueError naming the fix."""
     diffusion_model = model.get_model_object("diffusion_model")
     adapter = patches.adapter_for(diffusion_model)
     if adapter is None:
-        log.warning("Enable Multi-GPU: %s is not %s; passing it through unchanged (one GPU).",
-                    type(diffusion_model).__name__, patches.SUPPORTED)
-        return model
-    plan = resolve_plan(options, adapter.num_heads(diffusion_model), model.load_device, _visible_cuda())
+        adapter = patches.ANY_MODEL
+        options = for_any_model(options, type(diffusion_model).__name__, patches.FAMILIES)
+    return adapter, resolve_plan(options, adapter.num_heads(diffusion_model) or 1, model.load_device,
+                                 _visible_cuda())
+
+
+def enable_multigpu(model, options=None, **fields):
+    """A clone of ``model`` that samples in parallel, for ``options`` (a MultiGPUOptions, or its fields as
+    keywords): sequence-parallel where the model's family has an adapter, CFG/batch-parallel otherwise. Raises
+    ValueError naming the fix for a bad config."""
+    options = options if options is not None else MultiGPUOptions(**fields)
+    envs.check_all()
+    launchers.check_allowed(options.launcher)
+    adapter, plan = model_plan(model, options)
     if plan.world_size == 1:
         log.info("Enable Multi-GPU: one device requested; the model is unchanged.")
         return model
@@ -268,13 +294,39 @@ def enable_multigpu(model, options=None, **fields):
                         lambda: psutil.virtual_memory().available)
     plan = check_peer_access(plan, torch.cuda.can_device_access_peer)
     plan = check_exchange_kernels(plan, lambda: symmetric.build_problem(model.load_device))
+    clone = hooked_clone(model, plan, adapter)
+    what = "sequence-parallel" if adapter.sequence_parallel else \
+        f"CFG/batch-parallel ({type(model.get_model_object('diffusion_model')).__name__} has no " \
+        "sequence-parallel adapter)"
+    log.info("Enable Multi-GPU: %s, %s", plan.describe(), what)
+    return clone
+
+
+def hooked_clone(model, plan, adapter):
+    """The clone the node returns for ``plan``: the family's hooks, the hand-off of every model call, and the
+    callbacks that start the helpers and collect their figures."""
     clone = model.clone()
     adapter.install_on_patcher(clone, plan.shard_weights)
     run = MultiGPURun(plan, adapter)
-    clone.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, KEY, run.diffusion_model_wrapper)
+    diffusion_model = clone.get_model_object("diffusion_model")
+    if adapter.entry(diffusion_model) == WRAPPER_ENTRY:
+        clone.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, KEY, run.diffusion_model_wrapper)
+    elif "diffusion_model.forward" not in clone.object_patches:   # another node's forward: on_pre_run says so
+        clone.add_object_patch("diffusion_model.forward",
+                               _forward_entry(clone.get_model_object("diffusion_model.forward"), diffusion_model,
+                                              run.diffusion_model_wrapper))
+    clone.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, KEY, run.outer_sample_wrapper)
     clone.add_callback_with_key(ext.CallbacksMP.ON_PRE_RUN, KEY, run.on_pre_run)
     if run.offloaded is not None:
         clone.add_wrapper_with_key(ext.WrappersMP.PREPARE_SAMPLING, KEY, run.offloaded.prepare_sampling_wrapper)
     clone.add_callback_with_key(ext.CallbacksMP.ON_CLEANUP, KEY, run.on_cleanup)
-    log.info("Enable Multi-GPU: %s", plan.describe())
     return clone
+
+
+def _forward_entry(original, diffusion_model, wrapper):
+    """For a model whose forward runs no DIFFUSION_MODEL wrappers: its forward, run through ``wrapper`` as ComfyUI
+    runs such wrappers (an executor over the original)."""
+    @patches.ours
+    def forward(*args, **kwargs):
+        return ext.WrapperExecutor.new_class_executor(original, diffusion_model, [wrapper]).execute(*args, **kwargs)
+    return forward

@@ -238,3 +238,299 @@ class FakeServer:
 
     def queue_updated(self):
         pass
+
+
+def _random_state(shapes, seed, prefix="", weight_scale=0.02, vector_scale=0.1, fan_in=False):
+    """Random fp32 tensors of the given shapes, keys prefixed: matrices and kernels N(0, weight_scale), vectors
+    N(0, vector_scale); with ``fan_in``, matrices and kernels N(0, 1 / fan-in) and norm scales 1 + N(0, 0.1), so that
+    activations keep their size through the layers (a UNet's attention is otherwise lost under its residuals), and a
+    stored position table ('pos_embed') N(0, 0.5), as large as the patch embeddings it is added to, so that a token
+    given the wrong position changes the result."""
+    import math
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, v in shapes.items():
+        noise = torch.randn(v.shape, generator=generator)
+        if not fan_in:
+            state[prefix + k] = noise * (weight_scale if v.ndim > 1 else vector_scale)
+        elif k.split(".")[-1] == "pos_embed":
+            state[prefix + k] = noise * 0.5
+        elif v.ndim > 1:
+            state[prefix + k] = noise / math.sqrt(math.prod(v.shape[1:]))
+        elif k.endswith(".bias"):
+            state[prefix + k] = noise * 0.02
+        else:
+            state[prefix + k] = 1.0 + noise * 0.1
+    return state
+
+
+def _tiny_model_patcher(model_config, seed, fan_in=False):
+    """ComfyUI's model for ``model_config`` (fp32) with random weights (``_random_state``), as a ModelPatcher: what
+    ``load_diffusion_model_state_dict`` does after detection."""
+    import torch
+    import comfy.model_management
+    import comfy.model_patcher
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    model.load_model_weights(_random_state(model.diffusion_model.state_dict(), seed, "model.diffusion_model.",
+                                           fan_in=fan_in), "model.diffusion_model.")
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def tiny_sd3_unet_config(variant="sd35_large", blocks=3, context_dim=256, pooled_dim=128, pos_embed_max_size=32):
+    """The unet_config ComfyUI's MMDiT takes (the keys comfy.model_detection finds in an SD3 checkpoint), tiny.
+
+    ComfyUI's MMDiT ties its width to ``depth``: depth heads of 64 channels (hidden 64 * depth), and ``num_blocks``
+    joint blocks (``depth`` unless given, as in every real checkpoint). The tiny models keep the heads that make the
+    sequence-parallel tests meaningful and cut the blocks:
+      "sd35_large":  6 heads (like the real 38: 2 divides it, 4 does not), RMS qk-norm, no x-block self-attention;
+      "sd35_medium": 4 heads (like the real 24: 2 and 4 divide it), RMS qk-norm, the MMDiT-X second self-attention
+                     (x_block attn2) on every block but the last (the real one: layers 0-12 of 24);
+      "sd3_medium":  4 heads, no qk-norm, no x-block self-attention.
+    Text width 4096 and pooled width 2048 become ``context_dim`` / ``pooled_dim``; ``pos_embed_max_size`` 32 takes
+    latents up to 64x64 (patch 2); 16 latent channels; no registers."""
+    shapes = {"sd35_large": (6, "rms", []),
+              "sd35_medium": (4, "rms", list(range(blocks - 1))),
+              "sd3_medium": (4, None, [])}
+    if variant not in shapes:
+        raise ValueError(f"unknown SD3 variant {variant!r}; one of {sorted(shapes)}")
+    heads, qk_norm, self_attn_layers = shapes[variant]
+    config = dict(in_channels=16, out_channels=16, patch_size=2, depth=heads, num_blocks=blocks, input_size=None,
+                  adm_in_channels=pooled_dim, pos_embed_scaling_factor=None, pos_embed_max_size=pos_embed_max_size,
+                  num_patches=pos_embed_max_size * pos_embed_max_size, x_block_self_attn_layers=self_attn_layers,
+                  context_embedder_config={"target": "torch.nn.Linear",
+                                           "params": {"in_features": context_dim, "out_features": 64 * heads}})
+    if qk_norm is not None:
+        config["qk_norm"] = qk_norm
+    return config
+
+
+def load_tiny_sd3(variant="sd35_large", seed=80, blocks=3, context_dim=256, pooled_dim=128):
+    """A tiny SD3 / SD3.5 (ComfyUI's model_base.SD3 around its OpenAISignatureMMDITWrapper, random fp32 weights) as a
+    ModelPatcher, through ComfyUI's SD3 model config (the one class it uses for SD3 and SD3.5): see
+    ``tiny_sd3_unet_config`` for the variants' shapes. Condition it with ``sd3_conditioning`` (same widths)."""
+    import comfy.supported_models
+    config = tiny_sd3_unet_config(variant, blocks, context_dim, pooled_dim)
+    return _tiny_model_patcher(comfy.supported_models.SD3(config), seed, fan_in=True)
+
+
+def sd3_conditioning(text_tokens=77, seed=1, context_dim=256, pooled_dim=128):
+    """Conditioning as ComfyUI's text encode node gives it to SD3: T5/CLIP tokens and the pooled CLIP vector."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    cond = torch.randn(1, text_tokens, context_dim, generator=generator)
+    pooled = torch.randn(1, pooled_dim, generator=generator)
+    return [[cond, {"pooled_output": pooled}]]
+
+
+def tiny_sd3_controlnet_state_dict(variant="sd35_large", blocks=2, seed=90, context_dim=256, pooled_dim=128):
+    """An SD3 ControlNet in the diffusers format (InstantX-style: 'transformer_blocks.*', 'controlnet_blocks.*',
+    'pos_embed_input.*'), random weights, sized like the tiny SD3 of the same variant, so that ComfyUI's own loader
+    (load_controlnet_state_dict -> load_controlnet_mmdit) detects and builds it. The weights are made in ComfyUI's
+    MMDiT naming (comfy.cldm.mmdit.ControlNet) and renamed with ComfyUI's own diffusers map (comfy.utils.
+    mmdit_to_diffusers; q, k and v become slices of qkv). The controlnet blocks are random, not zero, so a control
+    changes the result."""
+    import torch
+    import comfy.ops
+    import comfy.utils
+    from comfy.cldm.mmdit import ControlNet
+    config = tiny_sd3_unet_config(variant, blocks, context_dim, pooled_dim)
+    config.pop("out_channels")
+    with torch.device("meta"):
+        shapes = ControlNet(operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="meta",
+                            control_latent_channels=16, **config).state_dict()
+    internal = _random_state(shapes, seed, fan_in=True)
+    diffusers, renamed = {}, set()
+    for name, target in comfy.utils.mmdit_to_diffusers({"depth": config["depth"], "num_blocks": blocks}).items():
+        key = target if isinstance(target, str) else target[0]
+        if key not in internal:
+            continue
+        renamed.add(key)
+        if isinstance(target, str):
+            diffusers[name] = internal[key]
+        elif target[1] is not None:
+            diffusers[name] = internal[key].narrow(*target[1]).clone()
+        else:
+            diffusers[name] = target[2](internal[key]) if len(target) > 2 else internal[key]
+    diffusers.update({k: v for k, v in internal.items() if k not in renamed})  # controlnet_blocks, pos_embed_input
+    return diffusers
+
+
+def tiny_sd3_controlnet(variant="sd35_large", blocks=2, seed=90, context_dim=256, pooled_dim=128):
+    """The tiny SD3 ControlNet loaded by ComfyUI's loader: a comfy.controlnet.ControlNet around comfy.cldm.mmdit.
+    ControlNet, what ControlNetApplyAdvanced / ControlNetApplySD3 take (with a VAE: ``tiny_sd3_vae``)."""
+    import torch
+    import comfy.controlnet
+    return comfy.controlnet.load_controlnet_state_dict(
+        tiny_sd3_controlnet_state_dict(variant, blocks, seed, context_dim, pooled_dim),
+        model_options={"dtype": torch.float32})
+
+
+def tiny_sd3_vae(seed=95, latent_channels=16, width=32):
+    """A 16-channel, 8x VAE (the SD3 / FLUX latent layout) with a narrow encoder and decoder, random weights, as a
+    comfy.sd.VAE. ComfyUI's checkpoint detection builds the encoder at full width (128), so the tiny one is described
+    by a config (ComfyUI's AutoencoderKL); SD3 ControlNets need it to encode their hint image."""
+    import torch
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    ddconfig = {"double_z": True, "z_channels": latent_channels, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                "ch": width, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    params = {"ddconfig": ddconfig, "embed_dim": latent_channels}
+    with torch.device("meta"):
+        shapes = AutoencoderKL(**params).state_dict()
+    vae = comfy.sd.VAE(sd=_random_state(shapes, seed, fan_in=True), config={"params": params},
+                       dtype=torch.float32)
+    vae.latent_channels = latent_channels
+    return vae
+
+
+def tiny_sdxl_unet_config(model_channels=32, context_dim=64, pooled_dim=64):
+    """SDXL's UNet layout (ComfyUI's detected SDXL config: 3 levels, no attention at the first, linear proj in the
+    transformers, class-embedding input 'sequential') at a tiny width: one transformer block per attention level
+    instead of 2 and 10. The y input is what model_base.SDXL.encode_adm builds: the pooled text vector followed by 6
+    size embeddings of 256 (height, width, crop_h, crop_w, target_height, target_width), so adm_in_channels is
+    ``pooled_dim`` + 1536 (the real 2816 = 1280 + 1536)."""
+    return dict(use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=model_channels,
+                use_spatial_transformer=True, legacy=False, num_classes="sequential",
+                adm_in_channels=pooled_dim + 6 * 256, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4],
+                transformer_depth=[0, 0, 1, 1, 1, 1], transformer_depth_middle=1,
+                transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1], use_linear_in_transformer=True,
+                context_dim=context_dim, use_temporal_attention=False, use_temporal_resblock=False)
+
+
+def load_tiny_sdxl(seed=100, model_channels=32, context_dim=64, pooled_dim=64, head_channels=16):
+    """A tiny SDXL (ComfyUI's model_base.SDXL around its openaimodel UNetModel, random fp32 weights, eps prediction)
+    as a ModelPatcher, through comfy.supported_models.SDXL. The SDXL class fixes 64 channels a head
+    (unet_extra_config); the tiny model uses ``head_channels`` instead (set on the config before the model is built)
+    so its attention levels (64 and 128 channels) have 4 and 8 heads, which 2 and 4 divide. Condition it with
+    ``sdxl_conditioning`` (same widths)."""
+    import comfy.supported_models
+    model_config = comfy.supported_models.SDXL(tiny_sdxl_unet_config(model_channels, context_dim, pooled_dim))
+    model_config.unet_config["num_head_channels"] = head_channels
+    return _tiny_model_patcher(model_config, seed, fan_in=True)
+
+
+def sdxl_conditioning(text_tokens=77, seed=1, context_dim=64, pooled_dim=64, width=1024, height=1024, crop_w=0,
+                      crop_h=0, target_width=None, target_height=None):
+    """Conditioning as CLIPTextEncodeSDXL outputs it: the tokens, the pooled CLIP-G vector and the size keys
+    model_base.SDXL turns into its y input."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    cond = torch.randn(1, text_tokens, context_dim, generator=generator)
+    pooled = torch.randn(1, pooled_dim, generator=generator)
+    return [[cond, {"pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w, "crop_h": crop_h,
+                    "target_width": width if target_width is None else target_width,
+                    "target_height": height if target_height is None else target_height}]]
+
+
+def tiny_sd15_unet_config(model_channels=32, context_dim=64):
+    """SD1.5's UNet layout (ComfyUI's detected SD15 config: 4 levels, attention at the first three, conv proj in the
+    transformers, no y input) at a tiny width."""
+    return dict(use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=model_channels,
+                use_spatial_transformer=True, legacy=False, adm_in_channels=None, num_res_blocks=[2, 2, 2, 2],
+                channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+                transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], use_linear_in_transformer=False,
+                context_dim=context_dim, use_temporal_attention=False, use_temporal_resblock=False)
+
+
+def load_tiny_sd15(seed=110, model_channels=32, context_dim=64):
+    """A tiny SD1.5 (ComfyUI's model_base.BaseModel around its UNetModel, random fp32 weights, eps prediction) as a
+    ModelPatcher, through comfy.supported_models.SD15, whose 8 heads at every level (head width = channels / 8) it
+    keeps. Latent sides should be multiples of 8 (three downsamplings)."""
+    import comfy.supported_models
+    config = comfy.supported_models.SD15(tiny_sd15_unet_config(model_channels, context_dim))
+    return _tiny_model_patcher(config, seed, fan_in=True)
+
+
+def sd15_conditioning(text_tokens=77, seed=1, context_dim=64):
+    """Conditioning as CLIPTextEncode outputs it for SD1.5 (the pooled vector rides along; SD1.5 ignores it)."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    cond = torch.randn(1, text_tokens, context_dim, generator=generator)
+    pooled = torch.randn(1, context_dim, generator=generator)
+    return [[cond, {"pooled_output": pooled}]]
+
+
+def latent(channels, height, width, batch=1):
+    """An empty latent of height x width latent pixels (SD3 / FLUX: 16 channels, SDXL / SD1.5: 4)."""
+    import torch
+    return {"samples": torch.zeros(batch, channels, height, width)}
+
+
+def ksample_latent(model, positive, negative, latent_image, steps=2, cfg=1.0, seed=42, sampler="euler",
+                   scheduler="simple"):
+    """ComfyUI's KSampler node on any model, conditioning and latent; returns the sampled latent tensor."""
+    import nodes
+    return nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, positive, negative,
+                                   latent_image)[0]["samples"]
+
+
+def _default_lora_layers(keys):
+    """The Linear layers a tiny LoRA patches: every attention projection and the first MLP layer of each block."""
+    unet = (".attn1.to_q", ".attn1.to_k", ".attn1.to_v", ".attn1.to_out.0", ".attn2.to_q", ".attn2.to_k",
+            ".attn2.to_v", ".ff.net.0.proj")
+    mmdit = (".attn.qkv", ".attn.proj", ".attn2.qkv", ".mlp.fc1")
+    return [k[:-len(".weight")] for k in keys if k.endswith(".weight") and k[:-len(".weight")].endswith(unet + mmdit)]
+
+
+def tiny_unet_lora(model, layers=None, rank=4, seed=120, scale=0.05, style="kohya"):
+    """A tiny LoRA (random up/down matrices, alpha = rank) for a tiny UNet (SDXL / SD1.5) or MMDiT (SD3), in a key
+    naming ComfyUI's LoRA loader maps (comfy.lora.model_lora_keys_unet), so that
+    ``comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)`` patches it.
+
+    ``model``: the ModelPatcher, or a diffusion-model state dict (keys with or without 'diffusion_model.').
+    ``layers``: diffusion-model keys without '.weight' (default: every attention projection and the first MLP layer).
+    ``style``:
+      "kohya":     'lora_unet_<ldm key, dots as _>.lora_up/.lora_down/.alpha' (SDXL kohya, or any model's own keys);
+      "diffusers": needs the ModelPatcher; the diffusers module names ComfyUI maps back: for a UNet
+                   'lora_unet_<diffusers unet name>' (SD1.5 kohya LoRAs), for MMDiT
+                   'transformer.<diffusers name>.lora_A/.lora_B' (SD3 diffusers LoRAs), where ComfyUI patches q, k
+                   and v as slices of the fused qkv weight."""
+    import torch
+    if hasattr(model, "model"):
+        state = model.model.diffusion_model.state_dict()
+    else:
+        state = {k[len("diffusion_model."):] if k.startswith("diffusion_model.") else k: v for k, v in model.items()}
+    if layers is None:
+        layers = _default_lora_layers(state)
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+
+    def add(name, out_features, in_features, up="lora_up", down="lora_down", alpha=True):
+        lora[f"{name}.{up}.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+        lora[f"{name}.{down}.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+        if alpha:
+            lora[name + ".alpha"] = torch.tensor(float(rank))
+
+    if style == "kohya":
+        for layer in layers:
+            out_features, in_features = state[layer + ".weight"].shape
+            add("lora_unet_" + layer.replace(".", "_"), out_features, in_features)
+        return lora
+    if style != "diffusers":
+        raise ValueError(f"unknown LoRA style {style!r}")
+    if not hasattr(model, "model"):
+        raise ValueError("the diffusers style needs the ModelPatcher (its unet_config names the modules)")
+    import comfy.model_base
+    import comfy.utils
+    unet_config = model.model.model_config.unet_config
+    wanted = {layer + ".weight" for layer in layers}
+    if isinstance(model.model, comfy.model_base.SD3):
+        for name, target in comfy.utils.mmdit_to_diffusers(unet_config).items():
+            if not name.endswith(".weight"):
+                continue
+            key = target if isinstance(target, str) else target[0]
+            if key not in wanted:
+                continue
+            out_features, in_features = state[key].shape
+            if not isinstance(target, str) and target[1] is not None:
+                out_features = target[1][2]
+            add("transformer." + name[:-len(".weight")], out_features, in_features, "lora_B", "lora_A", alpha=False)
+        return lora
+    for name, key in comfy.utils.unet_to_diffusers(unet_config).items():
+        if key in wanted:
+            out_features, in_features = state[key].shape[:2]
+            add("lora_unet_" + name[:-len(".weight")].replace(".", "_"), out_features, in_features)
+    return lora

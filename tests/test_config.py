@@ -10,6 +10,7 @@ from comfy_xdit_patch.config import choose_degrees
 from comfy_env import plan_for as resolve_plan
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.nodes import EnableMultiGPU
+from comfy_xdit_patch.patches import adapter_named
 
 
 def test_more_gpus_than_visible_names_what_is_visible():
@@ -48,13 +49,26 @@ def test_disabled_node_returns_the_model_unchanged(tiny_flux):
     assert EnableMultiGPU.execute(tiny_flux, enabled=False, gpus=2, parallelism="auto").result[0] is tiny_flux
 
 
-def test_non_flux_model_passes_through_with_one_log_line(tiny_flux, caplog):
+def test_a_model_without_a_family_adapter_runs_cfg_batch_parallel_and_refuses_token_settings(tiny_flux, caplog):
+    """A model no family adapter splits gets CFG/batch parallelism (each GPU a group of its own); a setting only
+    sequence parallelism can honour fails before any work, naming the setting."""
     other = tiny_flux.clone()
     other.add_object_patch("diffusion_model", torch.nn.Linear(2, 2))
-    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
-        assert enable_multigpu(other, gpus=2) is other
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        patched = enable_multigpu(other, gpus=2)
+    assert patched is not other
     assert [r.getMessage() for r in caplog.records] == [
-        "Enable Multi-GPU: Linear is not a FLUX or Chroma model; passing it through unchanged (one GPU)."]
+        "Enable Multi-GPU: 2 CPU ranks (2 groups of ulysses 1 x ring 1, round_robin), CFG/batch-parallel (Linear has "
+        "no sequence-parallel adapter)"]
+    for setting, fix in [(dict(parallelism="ulysses"), "Set parallelism to auto."),
+                         (dict(ring_degree=2), "Set ulysses_degree and ring_degree to 0."),
+                         (dict(sequence_degree=2), "Set sequence_degree to 0."),
+                         (dict(shard_weights=True), "turn shard_weights off.")]:
+        with pytest.raises(ValueError) as error:
+            enable_multigpu(other, gpus=2, **setting)
+        assert str(error.value).startswith("Linear has no sequence-parallel adapter (Enable Multi-GPU splits the "
+                                           "tokens of FLUX, Chroma, SD3 and SD3.5)")
+        assert str(error.value).endswith(fix)
 
 
 def test_foreign_object_patch_on_the_diffusion_model_runs_on_one_gpu(tiny_flux, caplog):
@@ -209,7 +223,7 @@ def _call(latent_hw, text=77, references=()):
 def test_a_call_with_fewer_tokens_than_ranks_is_sent_to_one_gpu_with_the_reason(tiny_flux):
     """Every rank needs at least one text and one image token (FLUX's blocks cannot reshape an empty shard); one of
     each is enough, for ring, Ulysses and USP alike (the sampling test below runs them)."""
-    from comfy_xdit_patch.patches.flux import unsupported_reason
+    unsupported_reason = adapter_named("flux").unsupported_reason
     model = tiny_flux.get_model_object("diffusion_model")
 
     def reason(arguments, ranks, weights=None):
@@ -241,7 +255,7 @@ def test_the_copy_engine_exchange_never_gets_a_member_with_fewer_than_two_tokens
     GPU before dispatch: whenever the rule lets a call through, each member holds at least two."""
     import itertools
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
-    from comfy_xdit_patch.patches.flux import unsupported_reason
+    unsupported_reason = adapter_named("flux").unsupported_reason
     from types import SimpleNamespace
     model = tiny_flux.get_model_object("diffusion_model")
     passed = refused = 0

@@ -16,7 +16,7 @@ import pytest
 import comfy.model_patcher
 from comfy_env import ksample, relative_error
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.parallel.weight_shards import blocks
+from comfy_xdit_patch.patches import transformer_blocks as blocks
 from comfy_xdit_patch.runtime import helper_group as helpers
 from comfy_xdit_patch.runtime import offloaded_blocks
 

@@ -7,13 +7,14 @@ import torch
 from comfy_env import ksample, relative_error, tiny_flux_state_dict
 from comfy_xdit_patch.config import ParallelPlan, check_helper_memory
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.parallel.weight_shards import BlockLayout, is_block_weight
+from comfy_xdit_patch.parallel.weight_shards import BlockLayout
+from comfy_xdit_patch.patches import adapter_named
 from comfy_xdit_patch.runtime import helper_group as helpers
 
 
 def block_bytes(model):
     state = model.model.diffusion_model.state_dict()
-    blocks = sum(t.numel() * t.element_size() for k, t in state.items() if is_block_weight(k))
+    blocks = sum(t.numel() * t.element_size() for k, t in state.items() if adapter_named("flux").is_block_weight(k))
     return blocks, sum(t.numel() * t.element_size() for t in state.values()) - blocks
 
 
@@ -136,8 +137,9 @@ def test_a_call_that_failed_midway_leaves_no_gather_behind(monkeypatch):
     model = torch.nn.Module()
     model.double_blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
     model.single_blocks = torch.nn.ModuleList([])
-    shards = weight_shards.ShardedBlocks(model, 1, torch.device("cpu"), pull=False)
-    for key, module in weight_shards.blocks(model):
+    blocks = [(("double_blocks", index), module) for index, module in enumerate(model.double_blocks)]
+    shards = weight_shards.ShardedBlocks(blocks, 1, torch.device("cpu"), pull=False)
+    for key, module in blocks:
         shards.shards[key] = shards.layouts[key].flatten(dict(module.named_parameters()), 1, "cpu")
     first, second = shards.order
     SequenceParallelCall(mesh=None, weight_shards=shards)

@@ -25,7 +25,7 @@ class SequenceParallelCall:
         self.weight_shards = weight_shards   # ShardedBlocks when the blocks' weights are sharded
         if weight_shards is not None:
             weight_shards.start_call()
-        self.txt_sizes = self.main_sizes = self.ref_sizes = self._layout = None
+        self.txt_sizes = self.main_sizes = self.ref_sizes = self._layout = self._image_layout = None
         self._mask = None   # (mask, the mask in the token order of the gathered sequence): every block passes the same
 
     def _split(self, length):
@@ -37,7 +37,7 @@ class SequenceParallelCall:
         self.txt_sizes = self._split(txt_len)
         self.main_sizes = self._split(img_len - ref_len)
         self.ref_sizes = self._split(ref_len)
-        self._layout = None
+        self._layout = self._image_layout = None
 
     @property
     def attention_layout(self):
@@ -45,6 +45,19 @@ class SequenceParallelCall:
         if self._layout is None:
             self._layout = AttentionLayout(self.mesh, self.seq_lens)
         return self._layout
+
+    def layout_for(self, length):
+        """The layout of an attention whose local sequence has ``length`` tokens: the joint one (this rank's text and
+        image tokens), or one over the image tokens alone (SD3.5 Medium's second attention)."""
+        rank = self.mesh.sp_rank
+        if length == self.seq_lens[rank]:
+            return self.attention_layout
+        if length == self.img_sizes[rank]:
+            if self._image_layout is None:
+                self._image_layout = AttentionLayout(self.mesh, self.img_sizes)
+            return self._image_layout
+        raise RuntimeError(f"an attention over {length} local tokens matches neither this rank's text and image "
+                           f"({self.seq_lens[rank]}) nor its image tokens ({self.img_sizes[rank]})")
 
     @property
     def img_sizes(self):

@@ -22,29 +22,18 @@ import torch.distributed as dist
 from .comm import all_gather_single
 from .peer_memory import PeerMemory, aligned, settle
 
-BLOCK_LISTS = (("double_blocks", "double_block"), ("single_blocks", "single_block"))
 
-
-def blocks(diffusion_model):
-    """((kind, index), module) of every transformer block, in the order the forward runs them."""
-    for attribute, kind in BLOCK_LISTS:
-        for index, module in enumerate(getattr(diffusion_model, attribute)):
-            yield (kind, index), module
-
-
-def check_shardable(diffusion_model):
-    """Raises NotImplementedError naming why these blocks cannot be sharded; nothing is allocated or moved."""
-    for _, module in blocks(diffusion_model):
+def check_shardable(blocks):
+    """Raises NotImplementedError naming why these blocks cannot be sharded; nothing is allocated or moved.
+    ``blocks``: ((attribute, index), module) of every transformer block (the model's adapter lists them)."""
+    for _, module in blocks:
         BlockLayout(module, 1)
 
 
 def block_prefix(key):
-    kind, index = key
-    return f"{kind}s.{index}."
-
-
-def is_block_weight(state_key):
-    return state_key.startswith(tuple(f"{attribute}." for attribute, _ in BLOCK_LISTS))
+    """The state-dict prefix of block ``key`` = (the model's attribute holding the block list, index)."""
+    attribute, index = key
+    return f"{attribute}.{index}."
 
 
 class Entry(NamedTuple):
@@ -105,12 +94,13 @@ class _CopiesDone:
 class ShardedBlocks:
     """This rank's pieces of every block, and the gather that rebuilds one block at a time."""
 
-    def __init__(self, diffusion_model, world_size, device, dtype=None, rank=0, pull=True):
-        """``pull``: gather by copies from the peers' pieces (ranks on one machine); otherwise all-gather over
-        the default group."""
+    def __init__(self, blocks, world_size, device, dtype=None, rank=0, pull=True):
+        """``blocks``: ((attribute, index), module) of every transformer block in run order. ``pull``: gather by
+        copies from the peers' pieces (ranks on one machine); otherwise all-gather over the default group."""
         self.world_size, self.device, self.rank, self.pull = world_size, device, rank, pull
-        self.order = [key for key, _ in blocks(diffusion_model)]
-        self.layouts = {key: BlockLayout(module, world_size, dtype) for key, module in blocks(diffusion_model)}
+        blocks = list(blocks)
+        self.order = [key for key, _ in blocks]
+        self.layouts = {key: BlockLayout(module, world_size, dtype) for key, module in blocks}
         # Blocks alternate between two buffers; each block's successor is prefetched while it runs.
         self.slot = {key: position % 2 for position, key in enumerate(self.order)}
         self.successor = dict(zip(self.order, self.order[1:]))

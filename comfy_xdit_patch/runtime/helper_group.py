@@ -21,7 +21,8 @@ import torch.distributed as dist
 
 from ..parallel.mesh import SequenceParallelMesh
 from ..parallel.placement import Scheduler, measure_speed
-from ..parallel.weight_shards import ShardedBlocks, is_block_weight
+from ..parallel.weight_shards import ShardedBlocks
+from .. import patches
 from .. import envs
 from .launchers import make_launcher
 from . import channel as control
@@ -460,21 +461,22 @@ class HelperGroup:
             self.diffusion_model = model_patcher.model.diffusion_model
             return False
         weights.check_transferable(model_patcher)
+        spec = weights.model_spec(model_patcher)
+        adapter = patches.adapter_named(spec["adapter"])
         shards = None
         if self.plan.shard_weights:   # raises NotImplementedError for weights it cannot shard, before any transfer
-            shards = ShardedBlocks(model_patcher.model.diffusion_model, self.plan.world_size, self.device,
-                                   pull=self.plan.shard_gathers == "pull")
+            shards = ShardedBlocks(adapter.blocks(model_patcher.model.diffusion_model), self.plan.world_size,
+                                   self.device, pull=self.plan.shard_gathers == "pull")
         t0 = time.perf_counter()
         keys = weights.weight_keys(model_patcher)
         if shards is not None:
-            keys = [key for key in keys if not is_block_weight(key)]
+            keys = [key for key in keys if not adapter.is_block_weight(key)]
         # A GGUF model's LoRA: the patch lists ComfyUI-GGUF applies while dequantizing (structure here, tensors after
         # the weights in one broadcast). Raises, before anything is sent, for a patch the helpers cannot rebuild.
-        patches, patch_tensors = gguf_weights.patch_message(model_patcher)
-        spec = weights.model_spec(model_patcher)
+        patch_lists, patch_tensors = gguf_weights.patch_message(model_patcher)
         if shards is not None:
             spec["block_dtype"] = shards.dtype   # the helpers' blocks are meta placeholders: no dtype of their own
-        self._broadcast_message(messages.Load(spec, keys, patches, transport.layout(patch_tensors)))
+        self._broadcast_message(messages.Load(spec, keys, patch_lists, transport.layout(patch_tensors)))
         try:
             if self.block_shards is not None:   # the helpers close theirs at the same point
                 self.block_shards.close()

@@ -110,7 +110,7 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     from comfy_xdit_patch.patches import adapter_named
     from comfy_xdit_patch.runtime import gguf_weights, messages, transport, weights
     from comfy_xdit_patch.runtime.step import ParallelStep
-    from comfy_xdit_patch.parallel.weight_shards import ShardedBlocks, is_block_weight
+    from comfy_xdit_patch.parallel.weight_shards import ShardedBlocks
     from comfy_xdit_patch.runtime.step_graphs import StepGraphs
     from comfy_xdit_patch.profiling import HelperProfile
 
@@ -144,12 +144,12 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
             # Same model class and config (e.g. only a LoRA strength changed): weights land in the same memory.
             digest = weights.WeightDigest()
             weights.receive_weights(diffusion_model, keys, device, spec,
-                                    sharded=is_block_weight if shard_weights else None, digest=digest)
+                                    sharded=adapter.is_block_weight if shard_weights else None, digest=digest)
             patch_tensors = transport.receive_tensors(patch_layout, device)
             if spec.get("gguf"):
                 gguf_weights.attach_patches(diffusion_model, patches, patch_tensors)
             if shard_weights:   # the blocks' parameters stay meta placeholders; only this rank's pieces are held
-                shards = ShardedBlocks(diffusion_model, mesh.world_size, device, dtype=spec["block_dtype"],
+                shards = ShardedBlocks(adapter.blocks(diffusion_model), mesh.world_size, device, dtype=spec["block_dtype"],
                                        rank=mesh.rank, pull=shard_gathers == "pull")
                 weights.receive_block_shards(shards)
                 replacements = adapter.block_replacements(diffusion_model)

@@ -23,7 +23,8 @@ import logging
 
 import comfy.model_management
 
-from ..parallel.weight_shards import blocks, check_shardable
+from ..parallel.weight_shards import check_shardable
+from ..patches import transformer_blocks
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def applies(model_patcher):
 
 
 def _block_modules(model_patcher):
-    return [module for _, block in blocks(model_patcher.model.diffusion_model) for module in block.modules()]
+    return [module for _, block in transformer_blocks(model_patcher.model.diffusion_model) for module in block.modules()]
 
 
 def _blocks_on(model_patcher, device):
@@ -63,7 +64,7 @@ class OffloadedBlocks:
                      if parameter.device == model_patcher.load_device]
         freed = 0
         if on_device:
-            check_shardable(model.diffusion_model)
+            check_shardable(transformer_blocks(model.diffusion_model))
             block_bytes = sum(parameter.nbytes for parameter in on_device)
             others = [module for module in model.modules()
                       if id(module) not in inside and getattr(module, "comfy_patched_weights", False)]

@@ -33,9 +33,9 @@ def model_spec(model_patcher):
     base = model_patcher.model
     diffusion_model = base.diffusion_model
     cls = type(diffusion_model)
-    from ..patches import adapter_for
+    from ..patches import ANY_MODEL, adapter_for
     return {
-        "adapter": adapter_for(diffusion_model).NAME,   # the helpers install the same family's hooks
+        "adapter": (adapter_for(diffusion_model) or ANY_MODEL).name,   # the helpers install the same hooks
         "module": cls.__module__,
         "class": cls.__qualname__,
         "unet_config": dict(base.model_config.unet_config),

@@ -1,0 +1,202 @@
+"""What a model family declares to run in parallel, and the behaviour every family shares.
+
+A family's adapter is an ``Adapter`` whose class attributes say:
+- ``name``: carried by the model spec, so the helpers install the same family's hooks;
+- ``split``: where the tokens are split (a ``TokenSplit``: the model method whose inputs are tokens, which of its
+  arguments are image tokens, text tokens or per-block residuals over the image) and so where the output gathers
+  (that method's return value: the image tokens);
+- ``block_lists``: the transformer blocks, in the order the forward runs them (what ``shard_weights`` shards);
+- ``limits``: what it cannot run in parallel and why (those calls run on one GPU, with the reason in the log).
+and its methods say which classes it serves (``supports``) and how many attention heads bound Ulysses
+(``num_heads``). The hooks themselves (patches/hooks.py) are shared; ComfyUI's forward is never copied.
+"""
+import inspect
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from ..parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall, active_call
+from ..parallel.token_split import clip_to_shard, gather_shards, take_shard
+from . import hooks
+
+# Where rank 0 hands each model call to the helpers: ComfyUI's DIFFUSION_MODEL wrapper where the model's forward
+# runs those wrappers, else an object patch on its forward.
+WRAPPER_ENTRY, FORWARD_ENTRY = "diffusion_model wrapper", "forward"
+
+
+@dataclass(frozen=True)
+class TokenSplit:
+    """``method`` of the diffusion model takes the embedded tokens (B, L, C) and returns the image tokens: its
+    ``image`` and ``text`` arguments are split along L, each rank keeping its slice; ``residuals`` are per-block
+    additions over the image tokens (ControlNet's {"output": [...]} lists), sliced like them; the return value is
+    gathered. Image and text are split on their own, so every rank holds some of both."""
+    method: str
+    image: tuple = ()
+    text: tuple = ()
+    residuals: tuple = ()
+
+
+class Adapter:
+    name = None
+    split = None
+    block_lists = ()      # ((attribute, patches_replace "dit" kind), ...): ComfyUI's block replacement keys
+    limits = ()           # (what, why): documented here, enforced by unsupported_reason
+    sequence_parallel = True
+
+    named_arguments = staticmethod(hooks.named_arguments)
+    helper_transformer_options = staticmethod(hooks.data_options)
+    foreign_object_patches = staticmethod(hooks.foreign_object_patches)
+
+    def supports(self, diffusion_model):
+        raise NotImplementedError
+
+    def num_heads(self, diffusion_model):
+        raise NotImplementedError
+
+    def entry(self, diffusion_model):
+        return uses_diffusion_model_wrappers(type(diffusion_model))
+
+    # ----- blocks (shard_weights) -------------------------------------------------------------------------------
+    def blocks(self, diffusion_model):
+        """((attribute, index), module) of every transformer block, in run order."""
+        for attribute, _ in self.block_lists:
+            for index, module in enumerate(getattr(diffusion_model, attribute)):
+                yield (attribute, index), module
+
+    def is_block_weight(self, state_key):
+        return state_key.startswith(tuple(f"{attribute}." for attribute, _ in self.block_lists))
+
+    def block_replacements(self, diffusion_model):
+        """patches_replace["dit"] entries that gather each block's sharded weights around it."""
+        kinds = dict(self.block_lists)
+        return {(kinds[attribute], index): hooks.sharded_block((attribute, index))
+                for (attribute, index), _ in self.blocks(diffusion_model)}
+
+    # ----- installing -------------------------------------------------------------------------------------------
+    def install_on_patcher(self, model_patcher, shard_weights=False):
+        """Rank 0: the family's hooks on a ModelPatcher clone, through ComfyUI's patch APIs."""
+        if shard_weights:
+            # Another node's block replacement stays: its calls run on one GPU (foreign_hooks), where it must act.
+            existing = model_patcher.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+            for key, patch in self.block_replacements(model_patcher.get_model_object("diffusion_model")).items():
+                if key not in existing:
+                    model_patcher.set_model_patch_replace(patch, "dit", *key)
+        options = model_patcher.model_options["transformer_options"]
+        # A foreign attention override stays in place: unsupported_reason() then runs those calls on one GPU.
+        if options.get("optimized_attention_override") is None:
+            options["optimized_attention_override"] = hooks.parallel_attention
+        if self.split is not None:
+            name = "diffusion_model." + self.split.method
+            model_patcher.add_object_patch(name, split_tokens(self.split, model_patcher.get_model_object(name)))
+
+    def install_on_model(self, diffusion_model):
+        """A helper: the same hooks on its bare model (transformer_options come with every call)."""
+        if self.split is not None:
+            setattr(diffusion_model, self.split.method,
+                    split_tokens(self.split, getattr(diffusion_model, self.split.method)))
+
+    def hooked_transformer_options(self, data_options, call, replacements=None):
+        """A helper's transformer_options for its shard: rank 0's data plus our hooks and the call state.
+        ``replacements``: our block replacements when the weights are sharded."""
+        options = dict(data_options)
+        options["optimized_attention_override"] = hooks.parallel_attention
+        if replacements:
+            options["patches_replace"] = {"dit": replacements}
+        options[TRANSFORMER_OPTIONS_KEY] = call
+        return options
+
+    # ----- what cannot run in parallel --------------------------------------------------------------------------
+    def unsupported_reason(self, arguments, transformer_options, diffusion_model, sp_degree, ring_degree=1,
+                           token_weights=None):
+        """Why this model call cannot run in parallel (it then runs on one GPU), or None. ``sp_degree``: ranks per
+        sequence-parallel group; ``token_weights``: per group that computes rows of this call, its ranks' token
+        weights (None: the even split)."""
+        foreign = hooks.foreign_hooks(transformer_options)
+        if foreign:
+            return "the model carries patches the helper GPUs cannot reproduce: " + ", ".join(foreign)
+        return self.family_reason(arguments, diffusion_model, ring_degree) or \
+            self.empty_shard_reason(arguments, diffusion_model, sp_degree, token_weights)
+
+    def family_reason(self, arguments, diffusion_model, ring_degree):
+        """The family's own limits for this call, or None."""
+        return None
+
+    def token_counts(self, arguments, diffusion_model):
+        """(text tokens, generated image tokens, reference image tokens) of one call."""
+        raise NotImplementedError
+
+    def empty_shard_reason(self, arguments, diffusion_model, sp_degree, token_weights=None):
+        """Why a rank would get no text or no image tokens of this call, or None. An empty shard of either stream
+        fails on every rank; one token of each is enough for ring, Ulysses and USP, and meets the copy-engine
+        exchange's two tokens per member (parallel/copy_engine.py)."""
+        text, main, reference = self.token_counts(arguments, diffusion_model)
+        image = main + reference
+        for weights in token_weights or [None]:
+            call = SequenceParallelCall(SimpleNamespace(sp_degree=sp_degree), weights)
+            call.plan_tokens(text, image, reference)   # the split the parallel call makes
+            if min(call.img_sizes) < 1:
+                counted = f"{image} token{'s' if image != 1 else ''}"
+                if reference:
+                    counted += f" ({main} generated, {reference} of reference images)"
+                if image < sp_degree:
+                    return (f"the image has {counted}, fewer than the {sp_degree} sequence-parallel ranks: every "
+                            "rank needs at least one; use fewer GPUs or a larger image")
+                if weights is None:   # each part is split on its own: both fall short of a token per rank
+                    return (f"the image has {counted}; the generated and the reference tokens are split over the "
+                            f"{sp_degree} sequence-parallel ranks each on its own, and both are fewer than the "
+                            "ranks, so a rank would get none: use fewer GPUs or a larger image")
+                return (f"the image has {counted}; split by the GPUs' measured speeds, a rank would get none: use "
+                        "fewer GPUs, scheduling round_robin or least_loaded, or a larger image")
+            if min(call.txt_sizes) < 1:
+                counted = f"{text} text token{'s' if text != 1 else ''}"
+                if text < sp_degree:
+                    return (f"the prompt has {counted}, fewer than the {sp_degree} sequence-parallel ranks: every "
+                            "rank needs at least one; use fewer GPUs")
+                return (f"the prompt has {counted}; split by the GPUs' measured speeds, a rank would get none: use "
+                        "fewer GPUs, or scheduling round_robin or least_loaded")
+        return None
+
+
+def split_tokens(split, original):
+    """``original`` (the bound method ``split.method``) as a parallel call runs it: its token arguments sliced to
+    this rank's share, its image tokens gathered from every rank afterwards. Outside a parallel call: as it is."""
+    signature = inspect.signature(original)
+
+    @hooks.ours
+    def split_call(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        call = active_call(bound.arguments.get("transformer_options"))
+        if call is None:
+            return original(*args, **kwargs)
+        arguments = bound.arguments
+        text = sum(arguments[name].shape[1] for name in split.text[:1])
+        image = arguments[split.image[0]].shape[1]
+        call.plan_tokens(text, image)
+        rank = call.mesh.sp_rank
+        for name in split.text:
+            arguments[name] = take_shard(arguments[name], call.txt_sizes, rank)
+        for name in split.image:
+            arguments[name] = take_shard(arguments[name], call.main_sizes, rank)
+        for name in split.residuals:
+            if arguments.get(name) is not None:
+                arguments[name] = {key: [None if t is None else clip_to_shard(t, call.main_sizes, rank) for t in value]
+                                   if isinstance(value, list) else value for key, value in arguments[name].items()}
+        local = original(*bound.args, **bound.kwargs)
+        return gather_shards(local, call.main_sizes, rank, group=call.mesh.sp_group)
+
+    split_call.__wrapped__ = original
+    return split_call
+
+
+_WRAPPER_USERS = {}
+
+
+def uses_diffusion_model_wrappers(cls):
+    """Whether ``cls``'s forward runs ComfyUI's DIFFUSION_MODEL wrappers (most models since ComfyUI added them;
+    some, SD3's MMDiT among them, do not): where rank 0 hands calls to the helpers."""
+    if cls not in _WRAPPER_USERS:
+        try:
+            source = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            source = ""
+        _WRAPPER_USERS[cls] = WRAPPER_ENTRY if "WrappersMP.DIFFUSION_MODEL" in source else FORWARD_ENTRY
+    return _WRAPPER_USERS[cls]
