@@ -1,4 +1,5 @@
-"""comfy-xdit-patch: one FLUX image on several GPUs, by sequence parallelism patched into ComfyUI's own model.
+"""comfy-xdit-patch: one image on several GPUs, by sequence parallelism (or CFG/batch parallelism) patched into
+ComfyUI's own model.
 
 This package imports nothing of ComfyUI at import time, so helper processes can import it before ComfyUI is set up.
 """

@@ -13,9 +13,10 @@ def multigpu_inputs(optional=False):
                      tooltip="How many GPUs to use; 0 = every visible GPU. With ComfyUI started with --cpu: that many "
                              "CPU processes (0 = 2)."),
         io.Combo.Input("parallelism", options=list(PARALLELISMS), default="auto", optional=optional,
-                       tooltip="auto: Ulysses over as many GPUs as the heads allow, ring for the rest, or the "
-                               "degrees below when set. ulysses: all-to-all of heads. ring: K/V passed around a ring. "
-                               "usp: both, by the degrees below."),
+                       tooltip="auto: for a model with a sequence-parallel adapter (FLUX, Chroma, SD3), Ulysses over "
+                               "as many GPUs as the heads allow, ring for the rest, or the degrees below when set; for "
+                               "any other model, the CFG branches and batch items on different GPUs. ulysses: "
+                               "all-to-all of heads. ring: K/V passed around a ring. usp: both, by the degrees below."),
         io.Int.Input("ulysses_degree", default=0, min=0, max=64, optional=True,
                      tooltip="For usp or auto: GPUs per Ulysses group (0 = automatic, or what ring_degree leaves). "
                              "ulysses_degree x ring_degree must equal the GPUs of a sequence-parallel group. Leave 0 "
