@@ -267,16 +267,17 @@ def _visible_cuda():
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def model_plan(model, options):
+def model_plan(model, options, visible_cuda=None):
     """(the model's adapter, the plan for ``options``): a family adapter splits the tokens; any other model runs
-    CFG/batch-parallel, and options it cannot honour raise ValueError naming the fix."""
+    CFG/batch-parallel, and options it cannot honour raise ValueError naming the fix. ``visible_cuda``: the CUDA
+    devices to plan for (default: those visible)."""
     diffusion_model = model.get_model_object("diffusion_model")
     adapter = patches.adapter_for(diffusion_model)
     if adapter is None:
         adapter = patches.ANY_MODEL
         options = for_any_model(options, type(diffusion_model).__name__, patches.FAMILIES)
     return adapter, resolve_plan(options, adapter.num_heads(diffusion_model) or 1, model.load_device,
-                                 _visible_cuda())
+                                 _visible_cuda() if visible_cuda is None else visible_cuda)
 
 
 def enable_multigpu(model, options=None, **fields):
