@@ -89,6 +89,17 @@ def test_sd3_lora_and_controlnet_are_exact():
     assert relative_error(got, expected) <= 1e-5
 
 
+def test_sd3_sharded_weights_equal_one_rank():
+    """shard_weights: each rank holds half of every joint block (the adapter names MMDiT's block list)."""
+    model = load_tiny_sd3("sd35_medium")
+    expected = sample_sd3(model, cfg=2.0)
+    got = sample_sd3(enable_multigpu(model, gpus=2, parallelism="ring", shard_weights=True), cfg=2.0)
+    group = ran_on(2, 2)
+    assert group.block_shards is not None and len(group.block_shards.order) == len(
+        model.get_model_object("diffusion_model").joint_blocks)
+    assert relative_error(got, expected) <= 1e-5
+
+
 def test_sd3_ulysses_beyond_the_heads_is_refused_naming_the_fix():
     with pytest.raises(ValueError, match=r"head count \(6\) to divide by 4"):
         enable_multigpu(load_tiny_sd3("sd35_large"), gpus=4, parallelism="ulysses")
