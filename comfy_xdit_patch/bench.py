@@ -1,17 +1,23 @@
-"""1 device vs N devices on ComfyUI's own FLUX, through the Enable Multi-GPU patch: speed-up and equivalence.
+"""1 device vs N devices on a ComfyUI model, through the Enable Multi-GPU patch: speed-up and equivalence.
 
     python -m comfy_xdit_patch.bench                      # every visible GPU, FLUX.1-dev size, random bf16 weights
     python -m comfy_xdit_patch.bench --gpus 2 --res 1024,2048 --steps 10
+    python -m comfy_xdit_patch.bench --model sdxl         # SDXL's UNet at cfg 4 (cond and uncond in one call)
+    python -m comfy_xdit_patch.bench --passthrough        # one GPU: what the node costs when it passes through
     python -m comfy_xdit_patch.bench --cpu                # no GPU: CPU ranks over gloo and a tiny FLUX
 
-Each resolution is sampled with ComfyUI's real sampler (``comfy.sample.sample``, euler/simple) on the unpatched
-model and on the patched clone, in the same process, with the same seed. Per-step times come from the sampler
-callback after a CUDA synchronise; the table reports medians after warm-up, the first timed sampling run, the
-relative L2 error of the final latent against 1 device, peak memory per device and the helpers' start, in the columns
-that have a figure in this run; a whole warm prompt (``--e2e-steps``: 28 steps on GPUs, 4 on CPU) follows it. On CPU
-ranks the error is the result: the ranks share the machine's cores, so their times measure the plumbing, not a
-speed-up. With ``--kernel-baseline`` the 1-device run is repeated with the kernel that ring attention uses, so that a
-kernel choice is never reported as parallel speed-up.
+The model (``--model``, bench_models.py) has random weights named as its family's checkpoints, loaded by ComfyUI's own
+diffusion-model loader. Each resolution is sampled with ComfyUI's real sampler (``comfy.sample.sample``,
+euler/simple) on the unpatched model and on the patched clone, in the same process, with the same seed. Per-step
+times come from the sampler callback after a CUDA synchronise; the table reports medians after warm-up, the first
+timed sampling run, the relative L2 error of the final latent against 1 device, peak memory per device and the
+helpers' start, in the columns that have a figure in this run; a whole warm prompt (``--e2e-steps``: 28 steps on
+GPUs, 4 on CPU) follows it. On CPU ranks the error is the result: the ranks share the machine's cores, so their times
+measure the plumbing, not a speed-up. With ``--kernel-baseline`` the 1-device run is repeated with the kernel that
+ring attention uses, so that a kernel choice is never reported as parallel speed-up.
+
+``--passthrough`` times, on one device and interleaved, the unpatched model, the node with gpus=1 and the node's
+clone with all its hooks whose every call runs on one device: what the node costs where it does not parallelise.
 """
 import argparse
 import contextlib
@@ -22,8 +28,10 @@ import statistics
 import sys
 import time
 
-FLUX_DEV = dict(hidden=3072, heads=24, depth=19, depth_single=38)
-TINY = dict(hidden=512, heads=4, depth=2, depth_single=2)
+from .bench_models import MODELS
+# The FLUX builder's names, imported from here by evidence.py and the tests.
+from .bench_models import FLUX_DEV, TINY, bfl_name, random_flux_state_dict, weight_shapes  # noqa: F401
+from .bench_models import flux_conditioning as conditioning  # noqa: F401
 
 
 def _find_comfy():
@@ -38,21 +46,6 @@ def _find_comfy():
                 return path
             path = os.path.dirname(path)
     return starts[0]
-
-
-@contextlib.contextmanager
-def weight_shapes():
-    """Build a model on meta to read its state dict's shapes. Under dynamic VRAM ComfyUI's layers create no weight
-    until one is loaded (comfy/ops.py), so their state dict would be nearly empty; the build runs with that off."""
-    import torch
-    import comfy.memory_management
-    lazy = comfy.memory_management.aimdo_enabled
-    comfy.memory_management.aimdo_enabled = False
-    try:
-        with torch.device("meta"):
-            yield
-    finally:
-        comfy.memory_management.aimdo_enabled = lazy
 
 
 def _load_aimdo_library():
@@ -100,47 +93,29 @@ def setup_comfy(cpu, comfy_args="", dynamic_vram=False):
     import comfy.model_management  # noqa: F401
 
 
-def random_flux_state_dict(size, dtype, device, seed=0, guidance=True, context_dim=4096, in_channels=16):
-    """BFL-named FLUX weights with random values, created on ``device``. ComfyUI's model detection reads the sizes
-    back from the shapes; it hard-codes axes_dim [16, 56, 56], so ``hidden`` must be 128 x ``heads``."""
-    import torch
-    import comfy.ops
-    from comfy.ldm.flux.model import Flux
-    with weight_shapes():
-        shapes = Flux(operations=comfy.ops.disable_weight_init, dtype=dtype, device="meta", in_channels=in_channels,
-                      out_channels=16, vec_in_dim=768, context_in_dim=context_dim, hidden_size=size["hidden"],
-                      mlp_ratio=4.0, num_heads=size["heads"], depth=size["depth"],
-                      depth_single_blocks=size["depth_single"], axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                      qkv_bias=True, guidance_embed=guidance, txt_ids_dims=[]).state_dict()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return {bfl_name(k): (torch.randn(v.shape, generator=generator, device=device, dtype=torch.float32) *
-                          (0.02 if v.ndim > 1 else 0.01)).to(dtype) for k, v in shapes.items()}
-
-
-def bfl_name(key):
-    """BFL checkpoints name the q/k RMSNorm weights '.scale'; ComfyUI renames them to '.weight' on load."""
-    return key[:-len(".weight")] + ".scale" if key.endswith(("query_norm.weight", "key_norm.weight")) else key
+def load_random_model(spec, dtype, device, seed=0, from_host=False):
+    """``spec``'s random model (a bench_models.BenchModel) loaded by ComfyUI's own diffusion-model loader, which
+    detects the family from the weights' names and shapes. The weights are made on ``device`` (fast); ``from_host``:
+    handed to the loader in host memory, as a file's weights are. Dynamic VRAM needs that: its layers stream a weight
+    from the host and apply LoRA patches on the way (comfy/ops.py cast_bias_weight), but a weight already on the GPU
+    takes the classic path, which leaves those patches out (ComfyUI's own 1-GPU result would then lack the patches
+    that the helpers' weights have)."""
+    return _load_state_dict(spec.state_dict(dtype, device, seed), dtype, from_host)
 
 
 def load_random_flux(size, dtype, device, seed=0, from_host=False):
-    """A random FLUX loaded by ComfyUI's own diffusion-model loader. The weights are made on ``device`` (fast);
-    ``from_host``: handed to the loader in host memory, as a file's weights are. Dynamic VRAM needs that: its layers
-    stream a weight from the host and apply LoRA patches on the way (comfy/ops.py cast_bias_weight), but a weight
-    already on the GPU takes the classic path, which leaves those patches out (ComfyUI's own 1-GPU result would then
-    lack the patches that the helpers' weights have)."""
+    """A random FLUX of ``size`` (FLUX_DEV, TINY), loaded as ``load_random_model`` loads one."""
+    return _load_state_dict(random_flux_state_dict(size, dtype, device, seed), dtype, from_host)
+
+
+def _load_state_dict(state, dtype, from_host):
     import comfy.sd
-    state = random_flux_state_dict(size, dtype, device, seed)
     if from_host:
         state = {key: value.cpu() for key, value in state.items()}
-    return comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
-
-
-def conditioning(tokens, seed):
-    """Random FLUX conditioning (T5 tokens, CLIP pooled output, guidance) in ComfyUI's format."""
-    import torch
-    generator = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, tokens, 4096, generator=generator), {
-        "pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}]]
+    model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
+    if model is None:
+        raise ValueError("ComfyUI did not detect a model family in the benchmark's random weights")
+    return model
 
 
 def sync_device(device):
@@ -149,8 +124,9 @@ def sync_device(device):
         torch.cuda.synchronize(device)
 
 
-def run_sampler(model, latent, positive, negative, steps, device, on_step=None, seed=7):
-    """ComfyUI's sampler (euler, cfg 1) with a synchronised mark after every step; ``on_step(step)`` runs there too.
+def run_sampler(model, latent, positive, negative, steps, device, on_step=None, seed=7, cfg=1.0):
+    """ComfyUI's sampler (euler) with a synchronised mark after every step; ``on_step(step)`` runs there too. At cfg 1
+    ComfyUI leaves the negative out; above 1 it batches both into one model call where they fit.
     Returns (final latent, per-step seconds, total seconds)."""
     import comfy.sample
     noise = comfy.sample.prepare_noise(latent, seed)
@@ -164,26 +140,35 @@ def run_sampler(model, latent, positive, negative, steps, device, on_step=None, 
 
     sync_device(device)
     start = time.perf_counter()
-    out = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", positive, negative, latent,
+    out = comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
                               callback=callback, disable_pbar=True, seed=seed)
     sync_device(device)
     return out, [b - a for a, b in zip(marks, marks[1:])], time.perf_counter() - start
 
 
-def sample(model, latent_hw, steps, text_tokens, device, seed=7):
-    """The benchmark's run: an empty latent of ``latent_hw`` and random conditioning of ``text_tokens``."""
+def sample(model, latent_hw, steps, text_tokens, device, seed=7, spec=None, cfg=None):
+    """The benchmark's run: an empty latent of ``latent_hw`` and random conditioning of ``text_tokens``, both in the
+    format of ``spec``'s family (a bench_models.BenchModel; FLUX if None), at ``cfg`` (``spec``'s if None)."""
     import torch
-    return run_sampler(model, torch.zeros(1, 16, *latent_hw), conditioning(text_tokens, 1),
-                       conditioning(text_tokens, 2), steps, device, seed=seed)
+    spec = spec or MODELS["flux-dev"]
+    image_hw = tuple(side * spec.latent_downscale for side in latent_hw)
+    return run_sampler(model, torch.zeros(1, spec.latent_channels, *latent_hw),
+                       spec.conditioning(text_tokens, 1, image_hw), spec.conditioning(text_tokens, 2, image_hw),
+                       steps, device, seed=seed, cfg=spec.cfg if cfg is None else cfg)
 
 
-def settle(model, resolutions, text_tokens, device):
+def settle(model, resolutions, text_tokens, device, spec=None, cfg=None):
     """One step at each resolution, unmeasured. ComfyUI's first prompt in a process computes slightly differently
     from every later one (FLUX.1-dev size at 1024² on an H200: 6.93e-3 against the second prompt, which every later
     one equals bit for bit; docs/benchmarks.md, "Correctness"), so no figure may come from the first prompt: a 1-GPU
     reference taken there would count that difference as the parallel run's error."""
     for res in resolutions:
-        sample(model, (res // 8, res // 8), 1, text_tokens, device)
+        sample(model, _latent_hw(res, spec), 1, text_tokens, device, spec=spec, cfg=cfg)
+
+
+def _latent_hw(res, spec=None):
+    side = res // (spec or MODELS["flux-dev"]).latent_downscale
+    return side, side
 
 
 def _peak(device):
@@ -242,30 +227,30 @@ def _graphed_one_device(model, device):
     return clone
 
 
-def _profile(model, latent_hw, text_tokens, device, label):
+def _profile(model, latent_hw, text_tokens, device, label, workload):
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sample(model, latent_hw, 2, text_tokens, device)
+    sample(model, latent_hw, 2, text_tokens, device, **workload)
     with profile(activities=activities) as prof:
-        sample(model, latent_hw, 3, text_tokens, device)
+        sample(model, latent_hw, 3, text_tokens, device, **workload)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(f"\n## profile of rank 0, 3 steps, {label}")
     print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
 
 
-def _gpu_busy(model, latent_hw, text_tokens, device, tag, steps=4):
+def _gpu_busy(model, latent_hw, text_tokens, device, tag, workload, steps=4):
     """Rank 0's GPU over ``steps`` steps (profiling.kernel_time), from CUDA activity only (no CPU-op tracing, so the
     host runs nearly as fast as unprofiled), unless COMFY_XDIT_TRACE_DIR asks for a trace of the host's CUDA calls."""
     from torch.profiler import profile
     from comfy_xdit_patch.profiling import export_trace, kernel_time, profiler_activities
-    sample(model, latent_hw, 2, text_tokens, device)
+    sample(model, latent_hw, 2, text_tokens, device, **workload)
     with profile(activities=profiler_activities()) as prof:
-        sample(model, latent_hw, steps, text_tokens, device)
+        sample(model, latent_hw, steps, text_tokens, device, **workload)
     export_trace(prof, 0, tag)
     return kernel_time(prof, steps)
 
 
-def _prompt(model, latent_hw, steps, text_tokens, device, label, host_profile=False):
+def _prompt(model, latent_hw, steps, text_tokens, device, label, workload, host_profile=False):
     """A whole warm prompt: (its seconds, the seconds outside its steps after the first, i.e. the first step, the
     sampler's set-up and wind-down and the node's work around the sampling run). With ``host_profile`` the prompt runs
     under cProfile and the host functions that took longest are printed."""
@@ -274,7 +259,7 @@ def _prompt(model, latent_hw, steps, text_tokens, device, label, host_profile=Fa
         import cProfile
         profiler = cProfile.Profile()
         profiler.enable()
-    _, step_times, total = sample(model, latent_hw, steps, text_tokens, device)
+    _, step_times, total = sample(model, latent_hw, steps, text_tokens, device, **workload)
     if profiler is not None:
         import pstats
         profiler.disable()
@@ -329,30 +314,119 @@ def table_columns(cpu, repeat):
 
 def print_table(rows, cpu, repeat):
     """The rows as a markdown table of the columns that have a figure in at least one row."""
-    columns = table_columns(cpu, repeat)
+    _print_markdown(table_columns(cpu, repeat), rows)
+    print("1st run s: the first timed sampling run of that size; on N devices the configuration's first one includes "
+          "the helpers' start and weight sync")
+
+
+def _print_markdown(columns, rows):
+    """``rows`` as a markdown table of those ``columns`` ((header, cell)) that have a figure in at least one row."""
     cells = [[cell(r) for _, cell in columns] for r in rows]
     kept = [i for i in range(len(columns)) if any(row[i] is not None for row in cells)]
     print("| " + " | ".join(columns[i][0] for i in kept) + " |")
     print("|" + "---|" * len(kept))
     for row in cells:
         print("| " + " | ".join("-" if row[i] is None else row[i] for i in kept) + " |")
-    print("1st run s: the first timed sampling run of that size; on N devices the configuration's first one includes "
-          "the helpers' start and weight sync")
+
+
+def passthrough_variants(model):
+    """(label, model) of what ``--passthrough`` times, the reference first: ComfyUI's model, the node with one GPU
+    (which returns the model itself), and the node's clone for two GPUs with every hook installed while each of its
+    calls passes through to this device (its helpers never start: see ``no_helpers``)."""
+    from .config import MultiGPUOptions
+    from .multigpu import enable_multigpu, hooked_clone, model_plan
+    adapter, plan = model_plan(model, MultiGPUOptions(gpus=2), visible_cuda=2)
+    return [("ComfyUI, unpatched", model), ("node, gpus=1", enable_multigpu(model, gpus=1)),
+            ("node's hooks, calls on 1 device", hooked_clone(model, plan, adapter))]
+
+
+@contextlib.contextmanager
+def no_helpers():
+    """While timing the pass-through: the node finds no helpers to start, so every call of its sampling runs takes
+    its one-GPU path, through all of its hooks."""
+    from .runtime import helper_group
+    original = helper_group.ensure_group
+
+    def refuse(plan):
+        raise NotImplementedError("the benchmark times the pass-through")
+
+    helper_group.ensure_group = refuse
+    try:
+        yield
+    finally:
+        helper_group.ensure_group = original
+
+
+def passthrough(variants, res, steps, warmup, rounds, text_tokens, device, workload):
+    """Each of ``variants`` sampled ``rounds`` times at ``res``, interleaved (A B C A B C ...) so that drift in clocks
+    and temperature falls on all alike. Per variant: its median step after ``warmup`` over all rounds, the median and
+    range of its rounds' ratios to the first variant's in the same round, its final latents' largest difference from
+    the first variant's first one, whether all of them equal it bit for bit, and its peak memory."""
+    import torch
+    hw = _latent_hw(res, workload["spec"])
+    for _, model in variants:   # a variant's first sampling run loads and sets up: unmeasured
+        sample(model, hw, 1, text_tokens, device, **workload)
+    runs = {label: [] for label, _ in variants}
+    for _ in range(rounds):
+        for label, model in variants:
+            _peak(device)
+            out, step_times, _ = sample(model, hw, steps, text_tokens, device, **workload)
+            runs[label].append((out, step_times[warmup:] or step_times, _peak(device)))
+    reference_runs = runs[variants[0][0]]
+    reference = reference_runs[0][0]
+    reference_each = [statistics.median(times) for _, times, _ in reference_runs]
+    rows = []
+    for label, _ in variants:
+        step = statistics.median(t for _, times, _ in runs[label] for t in times)
+        ratios = [statistics.median(times) / ref for (_, times, _), ref in zip(runs[label], reference_each)]
+        peaks = [peak for _, _, peak in runs[label] if peak is not None]
+        rows.append(dict(
+            variant=label, res=res, tokens=workload["spec"].attention_tokens(res, text_tokens), step=step,
+            ratio=statistics.median(ratios), spread=(min(ratios), max(ratios)),
+            max_diff=max((out.float() - reference.float()).abs().max().item() for out, _, _ in runs[label]),
+            identical=all(torch.equal(out, reference) for out, _, _ in runs[label]),
+            peak=max(peaks) if peaks else None))
+    return rows
+
+
+def print_passthrough_table(rows):
+    """``--passthrough``'s rows as a markdown table (no memory column on the CPU)."""
+    _print_markdown([
+        ("variant", lambda r: r["variant"]),
+        ("res", lambda r: str(r["res"])),
+        ("tokens", lambda r: str(r["tokens"])),
+        ("ms/step", lambda r: f"{r['step'] * 1e3:.2f}"),
+        ("vs unpatched", lambda r: f"{r['ratio']:.3f}x ({r['spread'][0]:.3f}-{r['spread'][1]:.3f})"),
+        ("max abs diff", lambda r: f"{r['max_diff']:.2e}"),
+        ("bit-identical", lambda r: "yes" if r["identical"] else "no"),
+        ("peak GiB", lambda r: None if r["peak"] is None else f"{r['peak'] / 2**30:.2f}"),
+    ], rows)
+    print("vs unpatched: median and range of each round's median step over the unpatched model's in that round; "
+          "max abs diff and bit-identical: every round's final latent against the unpatched model's first (its own "
+          "row: run to run)")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", type=int, default=0, help="devices for the parallel run (0 = all; CPU: 2)")
     parser.add_argument("--cpu", action="store_true", help="CPU ranks over gloo and a tiny FLUX (default without CUDA)")
-    parser.add_argument("--res", default=None, help="image sizes, comma separated (GPU default 1024,2048; CPU 256)")
+    parser.add_argument("--model", choices=tuple(MODELS), default=None, help="the random-weight model to time "
+                        "(bench_models.py; GPU default flux-dev, CPU tiny)")
+    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance (default the model's: FLUX "
+                        "1, SD3.5 and SDXL 4); above 1 ComfyUI batches cond and uncond into one model call")
+    parser.add_argument("--passthrough", action="store_true", help="one device only: time the unpatched model, the "
+                        "node with gpus=1 and the node's hooked clone passing every call through, interleaved")
+    parser.add_argument("--res", default=None, help="image sizes, comma separated (GPU default the model's: FLUX "
+                        "1024,2048, SD3.5 and SDXL 1024; CPU 256)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps per run (GPU default 10; CPU 4)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the per-step median")
-    parser.add_argument("--text-tokens", type=int, default=None, help="text length (GPU default 512; CPU 77)")
+    parser.add_argument("--text-tokens", type=int, default=None, help="text length (GPU default the model's: FLUX "
+                        "512, SD3.5 154, SDXL 77; CPU 77)")
     parser.add_argument("--parallelism", default="auto", help="auto, ulysses, ring, usp or a comma list of them")
-    parser.add_argument("--model", choices=("flux-dev", "tiny"), default=None)
     parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
-    parser.add_argument("--repeat", type=int, default=1, help="sample each configuration this many times (1 device "
-                        "and N devices alike) and report the median of the runs' medians, with the min-max speed-up")
+    parser.add_argument("--repeat", type=int, default=None, help="sample each configuration this many times (1 "
+                        "device and N devices alike) and report the median of the runs' medians, with the min-max "
+                        "speed-up (default 1; --passthrough: rounds of its interleaved variants, default 5)")
     parser.add_argument("--graph-baseline", action="store_true", help="also time 1 GPU with its step replayed as a "
                         "CUDA graph (the fair baseline for the graphed N-GPU step)")
     parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
@@ -404,43 +478,63 @@ def main(argv=None):
     from comfy_xdit_patch.runtime import helper_group
 
     device = comfy.model_management.get_torch_device()
-    size = TINY if (args.model == "tiny" or (args.model is None and cpu)) else FLUX_DEV
+    spec = MODELS[args.model or ("tiny" if cpu else "flux-dev")]
+    cfg = spec.cfg if args.cfg is None else args.cfg
+    workload = dict(spec=spec, cfg=cfg)
     dtype = torch.float32 if cpu else torch.bfloat16
-    resolutions = [int(r) for r in (args.res or ("256" if cpu else "1024,2048")).split(",")]
+    resolutions = [int(r) for r in args.res.split(",")] if args.res else [256] if cpu else list(spec.resolutions)
     steps = args.steps or (4 if cpu else 10)
-    text_tokens = args.text_tokens or (77 if cpu else 512)
+    text_tokens = args.text_tokens or (77 if cpu else spec.text_tokens)
+    repeat = args.repeat or (5 if args.passthrough else 1)
     e2e_steps = (4 if cpu else 28) if args.e2e_steps is None else args.e2e_steps
     if cpu:
         torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
     t0 = time.perf_counter()
-    model = load_random_flux(size, dtype, device, from_host=args.dynamic_vram)
-    logging.info("random %s FLUX (%s) ready in %.1f s; ComfyUI patcher: %s", "FLUX.1-dev-size" if size is FLUX_DEV
-                 else "tiny", dtype, time.perf_counter() - t0, type(model).__name__)
+    model = load_random_model(spec, dtype, device, from_host=args.dynamic_vram)
+    logging.info("random %s (%s) ready in %.1f s; ComfyUI %s, patcher: %s", spec.description, dtype,
+                 time.perf_counter() - t0, type(model.model).__name__, type(model).__name__)
     if args.torch_compile:
         from comfy_api.torch_helpers import set_torch_compile_wrapper
         model = model.clone()
         set_torch_compile_wrapper(model, backend=args.torch_compile)
 
-    settle(model, resolutions, text_tokens, device)
+    settle(model, resolutions, text_tokens, device, **workload)
+    title = (f"# {'CPU' if cpu else torch.cuda.get_device_name(device)}, ComfyUI {type(model).__name__}"
+             f"{' ' + args.comfy_args if args.comfy_args else ''}"
+             f"{', TorchCompileModel ' + args.torch_compile if args.torch_compile else ''}, random {spec.description}, "
+             f"cfg {cfg:g}, {steps} euler steps, median of steps after {args.warmup} warm-up, text {text_tokens} "
+             f"tokens, {dtype}")
+    if args.passthrough:
+        variants = passthrough_variants(model)
+        with no_helpers():
+            rows = [row for res in resolutions for row in passthrough(variants, res, steps, args.warmup, repeat,
+                                                                      text_tokens, device, workload)]
+        print()
+        print(f"{title}, {repeat} interleaved rounds")
+        print_passthrough_table(rows)
+        sys.stdout.flush()
+        return rows
     rows = []
     baselines = {}
     median = lambda times: statistics.median(times[args.warmup:] or times)
     for res in resolutions:
-        hw = (res // 8, res // 8)
+        hw = _latent_hw(res, spec)
         _peak(device)
-        repeats1 = [sample(model, hw, steps, text_tokens, device) for _ in range(args.repeat)]
+        repeats1 = [sample(model, hw, steps, text_tokens, device, **workload) for _ in range(repeat)]
         out1, steps1, total1 = repeats1[0]
         baselines[res] = dict(out=out1, step=statistics.median(median(r[1]) for r in repeats1),
                               each=[median(r[1]) for r in repeats1], total=total1, peak=_peak(device))
         if args.kernel_baseline:
-            baselines[res]["kernel_step"] = median(sample(_kernel_baseline(model), hw, steps, text_tokens, device)[1])
+            baselines[res]["kernel_step"] = median(sample(_kernel_baseline(model), hw, steps, text_tokens, device,
+                                                          **workload)[1])
         if args.graph_baseline and not cpu:
             baselines[res]["graph_step"] = median(sample(_graphed_one_device(model, device), hw, steps, text_tokens,
-                                                         device)[1])
+                                                         device, **workload)[1])
     e2e, busy = {}, {}
+    first_hw = _latent_hw(resolutions[0], spec)
     if e2e_steps:
-        e2e["1 device"] = _prompt(model, (resolutions[0] // 8,) * 2, e2e_steps, text_tokens, device, "1 device",
+        e2e["1 device"] = _prompt(model, first_hw, e2e_steps, text_tokens, device, "1 device", workload,
                                   args.host_profile)
 
     graph_settings = {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]
@@ -459,9 +553,9 @@ def main(argv=None):
         configured = parallelism + (" +sharded" if shard_weights else "") + \
             (" (all-gathered)" if shard_weights and gathers == "all-gather" else "")
         for res in resolutions:
-            hw = (res // 8, res // 8)
+            hw = _latent_hw(res, spec)
             _peak(device)
-            repeatsn = [sample(patched, hw, steps, text_tokens, device) for _ in range(args.repeat)]
+            repeatsn = [sample(patched, hw, steps, text_tokens, device, **workload) for _ in range(repeat)]
             outn, stepsn, totaln = repeatsn[0]
             group = helper_group.current_group()
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
@@ -476,7 +570,7 @@ def main(argv=None):
             ratios = [b / n for b, n in zip(base["each"], eachn)]
             rows.append(dict(
                 parallelism=label, layout=group.plan.describe() if group else "1 device (fallback)",
-                res=res, tokens=(res // 16) ** 2 + text_tokens, step1=base["step"], stepn=stepn,
+                res=res, tokens=spec.attention_tokens(res, text_tokens), step1=base["step"], stepn=stepn,
                 speedup=base["step"] / stepn, spread=(min(ratios), max(ratios)),
                 kernel_speedup=base["kernel_step"] / stepn if "kernel_step" in base else None,
                 graph_speedup=base["graph_step"] / stepn if "graph_step" in base else None,
@@ -487,25 +581,22 @@ def main(argv=None):
                 helper_weights=[s.get("weight_bytes") for s in helper_peaks.values()],
                 start_s=group.started_s if group else None))
         if e2e_steps:
-            e2e[label] = _prompt(patched, (resolutions[0] // 8,) * 2, e2e_steps, text_tokens, device,
-                                 label, args.host_profile)
+            e2e[label] = _prompt(patched, first_hw, e2e_steps, text_tokens, device, label, workload,
+                                 args.host_profile)
         if args.profile:
-            _profile(patched, (resolutions[0] // 8,) * 2, text_tokens, device, f"{label}, N devices")
+            _profile(patched, first_hw, text_tokens, device, f"{label}, N devices", workload)
         if args.gpu_busy and not cpu:
-            busy[label] = _gpu_busy_or_none(patched, (resolutions[0] // 8,) * 2, text_tokens, device, "")
+            busy[label] = _gpu_busy_or_none(patched, first_hw, text_tokens, device, "", workload)
     if args.profile:
-        _profile(model, (resolutions[0] // 8,) * 2, text_tokens, device, "1 device")
+        _profile(model, first_hw, text_tokens, device, "1 device", workload)
     if args.gpu_busy and not cpu:
-        busy["1 device"] = _gpu_busy_or_none(model, (resolutions[0] // 8,) * 2, text_tokens, device, "-1device")
+        busy["1 device"] = _gpu_busy_or_none(model, first_hw, text_tokens, device, "-1device", workload)
 
     print()
-    print(f"# {'CPU' if cpu else torch.cuda.get_device_name(device)}, ComfyUI {type(model).__name__}"
-          f"{' ' + args.comfy_args if args.comfy_args else ''}"
-          f"{', TorchCompileModel ' + args.torch_compile if args.torch_compile else ''}, {steps} euler steps, median of steps after "
-          f"{args.warmup} warm-up, text {text_tokens} tokens, {dtype}")
+    print(title)
     if cpu:
         print(cpu_meaning())
-    print_table(rows, cpu, args.repeat)
+    print_table(rows, cpu, repeat)
     print()
     for name, (busy_ms, span_ms, families) in ((n, b) for n, b in busy.items() if b):
         print(f"rank 0's GPU at {resolutions[0]}, {name}: {describe(busy_ms, span_ms, families)}")

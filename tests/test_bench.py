@@ -124,3 +124,103 @@ def test_step_starts_pairs_each_graph_launch_with_its_kernels(tmp_path):
     with gzip.open(path, "wt") as f:
         json.dump({"baseTimeNanoseconds": 1_000_000, "traceEvents": events}, f)
     assert step_starts(path) == [(1100, 1110, 1190), (1300, 1320, 1330)]
+
+
+def _meta_model(name):
+    """The registry's weights for ``name`` on meta (shapes only), ComfyUI's detected config, and the model ComfyUI
+    builds from that config, also on meta."""
+    import torch
+    import comfy.model_detection
+    from comfy_xdit_patch.bench_models import MODELS, weight_shapes
+    state = MODELS[name].state_dict(torch.bfloat16, "meta")
+    config = comfy.model_detection.model_config_from_unet(state, "")
+    with weight_shapes():
+        model = config.get_model(state, device="meta")
+    return state, config, model
+
+
+def test_the_sd35_weights_are_detected_as_sd3_with_their_heads_and_self_attention_layers():
+    """ComfyUI has one model config for SD3 and SD3.5 (supported_models.SD3); its MMDiT has depth heads of 64."""
+    _, large, model = _meta_model("sd35-large")
+    assert type(large).__name__ == "SD3" and large.unet_config["depth"] == 38
+    assert large.unet_config["qk_norm"] == "rms" and large.unet_config["x_block_self_attn_layers"] == []
+    assert model.diffusion_model.num_heads == 38 and model.diffusion_model.hidden_size == 2432
+    assert model.diffusion_model.context_embedder.in_features == 4096 and model.adm_channels == 2048
+    _, medium, model = _meta_model("sd35-medium")
+    assert type(medium).__name__ == "SD3" and model.diffusion_model.num_heads == 24
+    assert medium.unet_config["x_block_self_attn_layers"] == list(range(13))
+
+
+def test_the_sdxl_weights_are_detected_as_sdxl_and_take_the_conditioning_clip_text_encode_sdxl_gives():
+    """SDXL's ADM input is CLIP-G's pooled output and six embedded sizes: 2816 wide only in that format."""
+    import torch
+    from comfy_xdit_patch.bench_models import MODELS
+    _, config, model = _meta_model("sdxl")
+    unet = config.unet_config
+    assert type(config).__name__ == "SDXL" and type(model).__name__ == "SDXL"
+    assert (unet["in_channels"], unet["model_channels"], unet["context_dim"], unet["adm_in_channels"]) == \
+        (4, 320, 2048, 2816)
+    assert unet["transformer_depth"] == [0, 0, 2, 2, 10, 10]
+    assert model.diffusion_model.middle_block[1].transformer_blocks[0].attn1.heads == 20
+    [[tokens, extra]] = MODELS["sdxl"].conditioning(77, 1, (1024, 768))
+    assert tokens.shape == (1, 77, 2048) and (extra["width"], extra["height"]) == (768, 1024)
+    assert model.encode_adm(**extra, device=torch.device("cpu")).shape == (1, 2816)
+
+
+def test_an_sd35_shaped_model_samples_at_its_cfg_with_its_conditioning():
+    """The SD3 builder at a reduced size (2 heads, the second self-attention on its first layer), through ComfyUI's
+    loader and sampler with the registry's conditioning at cfg 4: cond and uncond in one call."""
+    import dataclasses
+    import functools
+    import torch
+    from comfy_xdit_patch import bench
+    from comfy_xdit_patch.bench_models import MODELS, random_sd3_state_dict
+    small = dict(depth=2, pos_embed_max_size=16, x_block_self_attn_layers=(0,))
+    spec = dataclasses.replace(MODELS["sd35-medium"], state_dict=functools.partial(random_sd3_state_dict, small))
+    model = bench.load_random_model(spec, torch.float32, torch.device("cpu"))
+    assert type(model.model).__name__ == "SD3" and model.model.diffusion_model.num_heads == 2
+    batches = []
+
+    def record(apply_model, call):
+        batches.append(call["input"].shape[0])
+        return apply_model(call["input"], call["timestep"], **call["c"])
+
+    model.set_model_unet_function_wrapper(record)
+    out, _, _ = bench.sample(model, (16, 16), 2, 20, torch.device("cpu"), spec=spec)
+    assert out.shape == (1, 16, 16, 16) and torch.isfinite(out).all()
+    assert spec.cfg > 1 and batches == [2, 2]
+
+
+def test_the_main_job_times_an_sd35_shaped_model_on_cpu_ranks_at_its_cfg(monkeypatch, capsys):
+    """``bench --model sd35-medium`` with the registry's SD3 builder at a reduced size (4 heads): the same table as
+    FLUX's, the 1-device reference and the parallel run at cfg 4, within float32 rounding of each other."""
+    import dataclasses
+    import functools
+    from comfy_xdit_patch import bench, bench_models
+    small = dict(depth=4, pos_embed_max_size=16, x_block_self_attn_layers=(0,))
+    monkeypatch.setitem(bench_models.MODELS, "sd35-medium", dataclasses.replace(
+        bench_models.MODELS["sd35-medium"], state_dict=functools.partial(bench_models.random_sd3_state_dict, small)))
+    [row] = bench.main(["--cpu", "--model", "sd35-medium", "--res", "128", "--steps", "2", "--e2e-steps", "0"])
+    assert row["layout"] == "2 CPU ranks (ulysses 2 x ring 1)" and row["tokens"] == 64 + 77
+    assert row["err"] <= 1e-5, row["err"]
+    assert "random SD3.5-Medium-size MMDiT, cfg 4," in capsys.readouterr().out
+
+
+def test_passthrough_times_the_node_on_one_device_and_its_latents_are_bit_identical(capsys):
+    """``--passthrough`` on the CPU: the unpatched model, the node with gpus=1 and the node's hooked clone, each
+    round's final latent equal bit for bit to the unpatched model's; no helper starts."""
+    from comfy_xdit_patch import bench
+    from comfy_xdit_patch.runtime import helper_group as helpers
+    helpers.shutdown_group()
+    rows = bench.main(["--cpu", "--model", "tiny", "--passthrough", "--res", "128", "--steps", "3", "--warmup", "1",
+                       "--repeat", "2"])
+    variants = [row["variant"] for row in rows]
+    assert variants == ["ComfyUI, unpatched", "node, gpus=1", "node's hooks, calls on 1 device"]
+    assert helpers.current_group() is None, "the hooked clone started helpers instead of passing through"
+    assert all(row["identical"] and row["max_diff"] == 0.0 for row in rows), rows
+    out = capsys.readouterr().out
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("|")]
+    header = table[0]
+    assert header == ["variant", "res", "tokens", "ms/step", "vs unpatched", "max abs diff", "bit-identical"]
+    assert [dict(zip(header, row))["bit-identical"] for row in table[2:]] == ["yes"] * len(rows)
+    assert "random tiny FLUX, cfg 1," in out and "2 interleaved rounds" in out

@@ -1,0 +1,183 @@
+"""The models ``bench --model`` can time: random weights named as each family's checkpoints are, so that ComfyUI's own
+loader detects the family and builds its own model class, and the latent and conditioning a sampling run of it takes.
+
+Every builder reads the shapes from ComfyUI's model class built on the meta device, so a size here is always one
+that ComfyUI can build, and ``device="meta"`` returns those shapes without values (to check detection for free).
+"""
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+FLUX_DEV = dict(hidden=3072, heads=24, depth=19, depth_single=38)
+TINY = dict(hidden=512, heads=4, depth=2, depth_single=2)
+
+# ComfyUI's MMDiT derives its width from depth: hidden size 64 x depth, depth heads of 64 channels.
+# pos_embed_max_size: the side, in patches, of the position-embedding grid every image's is cropped from.
+SD35_LARGE = dict(depth=38, pos_embed_max_size=192, x_block_self_attn_layers=())
+SD35_MEDIUM = dict(depth=24, pos_embed_max_size=384, x_block_self_attn_layers=tuple(range(13)))
+
+# ComfyUI's SDXL UNet (comfy/model_detection.py, unet_config_from_diffusers_unet) with BASE's 64-channel heads.
+SDXL_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+                 channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
+                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048, adm_in_channels=2816,
+                 num_classes="sequential", num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
+                 use_spatial_transformer=True, legacy=False, use_checkpoint=False, use_temporal_attention=False,
+                 use_temporal_resblock=False)
+
+
+@contextlib.contextmanager
+def weight_shapes():
+    """Build a model on meta to read its state dict's shapes. Under dynamic VRAM ComfyUI's layers create no weight
+    until one is loaded (comfy/ops.py), so their state dict would be nearly empty; the build runs with that off."""
+    import torch
+    import comfy.memory_management
+    lazy = comfy.memory_management.aimdo_enabled
+    comfy.memory_management.aimdo_enabled = False
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        comfy.memory_management.aimdo_enabled = lazy
+
+
+def random_values(shapes, dtype, device, seed=0, name=lambda key: key, norm_scales=False):
+    """Random weights of ``shapes`` (a meta state dict) on ``device``, under the names ``name`` gives its keys:
+    matrices and kernels N(0, 0.02), vectors N(0, 0.01). ``norm_scales``: 1-D '.weight's are norm scales, 1 + N(0, 0.1),
+    so that every branch counts in the output (at 0.01 a UNet's output is its skip connections alone, and an error
+    against 1 device would measure nothing). On meta: the shapes alone."""
+    import torch
+    if torch.device(device).type == "meta":
+        return {name(k): torch.empty(v.shape, dtype=dtype, device="meta") for k, v in shapes.items()}
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def value(key, shape):
+        noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        if len(shape) > 1:
+            return noise * 0.02
+        return 1.0 + noise * 0.1 if norm_scales and key.endswith(".weight") else noise * 0.01
+
+    return {name(k): value(k, v.shape).to(dtype) for k, v in shapes.items()}
+
+
+def bfl_name(key):
+    """BFL checkpoints name the q/k RMSNorm weights '.scale'; ComfyUI renames them to '.weight' on load."""
+    return key[:-len(".weight")] + ".scale" if key.endswith(("query_norm.weight", "key_norm.weight")) else key
+
+
+def random_flux_state_dict(size, dtype, device, seed=0, guidance=True, context_dim=4096, in_channels=16):
+    """BFL-named FLUX weights with random values, created on ``device``. ComfyUI's model detection reads the sizes
+    back from the shapes; it hard-codes axes_dim [16, 56, 56], so ``hidden`` must be 128 x ``heads``."""
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+    with weight_shapes():
+        shapes = Flux(operations=comfy.ops.disable_weight_init, dtype=dtype, device="meta", in_channels=in_channels,
+                      out_channels=16, vec_in_dim=768, context_in_dim=context_dim, hidden_size=size["hidden"],
+                      mlp_ratio=4.0, num_heads=size["heads"], depth=size["depth"],
+                      depth_single_blocks=size["depth_single"], axes_dim=[16, 56, 56], theta=10000, patch_size=2,
+                      qkv_bias=True, guidance_embed=guidance, txt_ids_dims=[]).state_dict()
+    return random_values(shapes, dtype, device, seed, bfl_name)   # small norm scales: docs/benchmarks.md took FLUX so
+
+
+def random_sd3_state_dict(size, dtype, device, seed=0):
+    """SD3.5 weights with random values in the SAI checkpoint naming, which is ComfyUI's own MMDiT's: 16 latent
+    channels, T5 context of 4096, CLIP-L+G pooled 2048, RMS q/k norm; ``x_block_self_attn_layers`` (SD3.5 Medium)
+    get the second attention that ComfyUI detects by its keys."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+    hidden = 64 * size["depth"]
+    with weight_shapes():
+        shapes = OpenAISignatureMMDITWrapper(
+            input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=size["depth"], adm_in_channels=2048,
+            context_embedder_config={"target": "torch.nn.Linear",
+                                     "params": {"in_features": 4096, "out_features": hidden}},
+            num_patches=size["pos_embed_max_size"] ** 2, pos_embed_max_size=size["pos_embed_max_size"],
+            qk_norm="rms", x_block_self_attn_layers=list(size["x_block_self_attn_layers"]), dtype=dtype,
+            device="meta", operations=comfy.ops.disable_weight_init).state_dict()
+    return random_values(shapes, dtype, device, seed, norm_scales=True)
+
+
+def random_unet_state_dict(config, dtype, device, seed=0):
+    """UNet weights with random values in the SGM checkpoint naming ('input_blocks.*', 'label_emb.*'), which is
+    ComfyUI's own UNetModel's."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    with weight_shapes():
+        shapes = UNetModel(**config, dtype=dtype, device="meta", operations=comfy.ops.disable_weight_init).state_dict()
+    return random_values(shapes, dtype, device, seed, norm_scales=True)
+
+
+def flux_conditioning(tokens, seed, image_hw=None):
+    """Random FLUX conditioning (T5 tokens, CLIP pooled output, guidance) in ComfyUI's format."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, 4096, generator=generator), {
+        "pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}]]
+
+
+def sd3_conditioning(tokens, seed, image_hw=None):
+    """Random SD3 conditioning as its CLIP-L+G and T5 encoders give it: tokens of 4096, pooled output of 2048."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, 4096, generator=generator), {
+        "pooled_output": torch.randn(1, 2048, generator=generator)}]]
+
+
+def sdxl_conditioning(tokens, seed, image_hw):
+    """Random SDXL conditioning as CLIPTextEncodeSDXL gives it: CLIP-L+G tokens of 2048, CLIP-G's pooled 1280 and the
+    image size the UNet's ADM input embeds (uncropped, the target size the image's own)."""
+    import torch
+    height, width = image_hw
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, 2048, generator=generator), {
+        "pooled_output": torch.randn(1, 1280, generator=generator), "width": width, "height": height,
+        "crop_w": 0, "crop_h": 0, "target_width": width, "target_height": height}]]
+
+
+def joint_tokens(res, text_tokens):
+    """A joint-attention transformer with 2x2 patches: image patches and text in one sequence."""
+    return (res // 16) ** 2 + text_tokens
+
+
+def unet_tokens(res, text_tokens):
+    """SDXL: its first attention level is the latent downsampled once; text is only cross-attended."""
+    return (res // 16) ** 2
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """One ``--model``: its random weights and what one sampling run of it is fed."""
+    description: str
+    state_dict: Callable        # (dtype, device, seed=0) -> random weights, named as the family's checkpoints
+    latent_channels: int
+    conditioning: Callable      # (text_tokens, seed, (height, width) in pixels) -> ComfyUI conditioning
+    cfg: float                  # above 1 ComfyUI batches cond and uncond into one model call
+    resolutions: tuple          # GPU default, pixels
+    text_tokens: int            # GPU default: what the family's text encoders give a short prompt
+    attention_tokens: Callable  # (res, text_tokens) -> the longest sequence one attention of a model call sees
+    latent_downscale: int = 8
+
+
+MODELS = {
+    "flux-dev": BenchModel(
+        description="FLUX.1-dev-size FLUX", state_dict=functools.partial(random_flux_state_dict, FLUX_DEV),
+        latent_channels=16, conditioning=flux_conditioning, cfg=1.0, resolutions=(1024, 2048), text_tokens=512,
+        attention_tokens=joint_tokens),
+    "tiny": BenchModel(
+        description="tiny FLUX", state_dict=functools.partial(random_flux_state_dict, TINY),
+        latent_channels=16, conditioning=flux_conditioning, cfg=1.0, resolutions=(1024, 2048), text_tokens=512,
+        attention_tokens=joint_tokens),
+    # SD3's text: CLIP-L+G's 77 tokens and T5's 77, concatenated.
+    "sd35-large": BenchModel(
+        description="SD3.5-Large-size MMDiT", state_dict=functools.partial(random_sd3_state_dict, SD35_LARGE),
+        latent_channels=16, conditioning=sd3_conditioning, cfg=4.0, resolutions=(1024,), text_tokens=154,
+        attention_tokens=joint_tokens),
+    "sd35-medium": BenchModel(
+        description="SD3.5-Medium-size MMDiT", state_dict=functools.partial(random_sd3_state_dict, SD35_MEDIUM),
+        latent_channels=16, conditioning=sd3_conditioning, cfg=4.0, resolutions=(1024,), text_tokens=154,
+        attention_tokens=joint_tokens),
+    "sdxl": BenchModel(
+        description="SDXL-size UNet", state_dict=functools.partial(random_unet_state_dict, SDXL_UNET),
+        latent_channels=4, conditioning=sdxl_conditioning, cfg=4.0, resolutions=(1024,), text_tokens=77,
+        attention_tokens=unet_tokens),
+}
