@@ -3,6 +3,7 @@
     python -m comfy_xdit_patch.bench                      # every visible GPU, FLUX.1-dev size, random bf16 weights
     python -m comfy_xdit_patch.bench --gpus 2 --res 1024,2048 --steps 10
     python -m comfy_xdit_patch.bench --model sdxl         # SDXL's UNet at cfg 4 (cond and uncond in one call)
+    python -m comfy_xdit_patch.bench --model wan-14b --res 832x480,1280x720 --frames 33   # Wan video, 5-D latents
     python -m comfy_xdit_patch.bench --passthrough        # one GPU: what the node costs when it passes through
     python -m comfy_xdit_patch.bench --cpu                # no GPU: CPU ranks over gloo and a tiny FLUX
 
@@ -146,13 +147,14 @@ def run_sampler(model, latent, positive, negative, steps, device, on_step=None, 
     return out, [b - a for a, b in zip(marks, marks[1:])], time.perf_counter() - start
 
 
-def sample(model, latent_hw, steps, text_tokens, device, seed=7, spec=None, cfg=None):
-    """The benchmark's run: an empty latent of ``latent_hw`` and random conditioning of ``text_tokens``, both in the
-    format of ``spec``'s family (a bench_models.BenchModel; FLUX if None), at ``cfg`` (``spec``'s if None)."""
+def sample(model, latent_size, steps, text_tokens, device, seed=7, spec=None, cfg=None):
+    """The benchmark's run: an empty latent of ``latent_size`` (its shape after batch and channels: height, width, or
+    frames, height, width for video) and random conditioning of ``text_tokens``, both in the format of ``spec``'s
+    family (a bench_models.BenchModel; FLUX if None), at ``cfg`` (``spec``'s if None)."""
     import torch
     spec = spec or MODELS["flux-dev"]
-    image_hw = tuple(side * spec.latent_downscale for side in latent_hw)
-    return run_sampler(model, torch.zeros(1, spec.latent_channels, *latent_hw),
+    image_hw = tuple(side * spec.latent_downscale for side in latent_size[-2:])
+    return run_sampler(model, torch.zeros(1, spec.latent_channels, *latent_size),
                        spec.conditioning(text_tokens, 1, image_hw), spec.conditioning(text_tokens, 2, image_hw),
                        steps, device, seed=seed, cfg=spec.cfg if cfg is None else cfg)
 
@@ -163,12 +165,11 @@ def settle(model, resolutions, text_tokens, device, spec=None, cfg=None):
     one equals bit for bit; docs/benchmarks.md, "Correctness"), so no figure may come from the first prompt: a 1-GPU
     reference taken there would count that difference as the parallel run's error."""
     for res in resolutions:
-        sample(model, _latent_hw(res, spec), 1, text_tokens, device, spec=spec, cfg=cfg)
+        sample(model, _latent_size(res, spec), 1, text_tokens, device, spec=spec, cfg=cfg)
 
 
-def _latent_hw(res, spec=None):
-    side = res // (spec or MODELS["flux-dev"]).latent_downscale
-    return side, side
+def _latent_size(res, spec=None):
+    return (spec or MODELS["flux-dev"]).latent_size(res)
 
 
 def _peak(device):
@@ -206,17 +207,17 @@ def _graphed_one_device(model, device):
     from comfy_xdit_patch.runtime.step_graphs import EAGER, StepGraphs
     graphs, keys = StepGraphs(), {}
 
-    def wrapper(executor, x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs):
+    def wrapper(executor, *args, **kwargs):
+        # ComfyUI's FLUX, Wan and UNet forwards pass transformer_options last; it holds no input of the graph.
+        *inputs, transformer_options = args
         tensors = []
-        skeleton = transport.extract_tensors(dict(kwargs, x=x, timestep=timestep, context=context, y=y,
-                                                  guidance=guidance, ref_latents=ref_latents, control=control), tensors)
+        skeleton = transport.extract_tensors((tuple(inputs), kwargs), tensors)
         key = keys.setdefault(pickle.dumps((skeleton, transport.layout(tensors))), len(keys))
         mode = graphs.choose(key)
 
-        def forward(inputs):
-            a = transport.insert_tensors(skeleton, inputs)
-            return executor(a.pop("x"), a.pop("timestep"), a.pop("context"), a.pop("y"), a.pop("guidance"),
-                            a.pop("ref_latents"), a.pop("control"), transformer_options, **a)
+        def forward(tensors_in):
+            positional, named = transport.insert_tensors(skeleton, tensors_in)
+            return executor(*positional, transformer_options, **named)
 
         if mode == EAGER:
             return graphs.run(key, mode, forward, tensors)
@@ -227,30 +228,30 @@ def _graphed_one_device(model, device):
     return clone
 
 
-def _profile(model, latent_hw, text_tokens, device, label, workload):
+def _profile(model, latent_size, text_tokens, device, label, workload):
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sample(model, latent_hw, 2, text_tokens, device, **workload)
+    sample(model, latent_size, 2, text_tokens, device, **workload)
     with profile(activities=activities) as prof:
-        sample(model, latent_hw, 3, text_tokens, device, **workload)
+        sample(model, latent_size, 3, text_tokens, device, **workload)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(f"\n## profile of rank 0, 3 steps, {label}")
     print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
 
 
-def _gpu_busy(model, latent_hw, text_tokens, device, tag, workload, steps=4):
+def _gpu_busy(model, latent_size, text_tokens, device, tag, workload, steps=4):
     """Rank 0's GPU over ``steps`` steps (profiling.kernel_time), from CUDA activity only (no CPU-op tracing, so the
     host runs nearly as fast as unprofiled), unless COMFY_XDIT_TRACE_DIR asks for a trace of the host's CUDA calls."""
     from torch.profiler import profile
     from comfy_xdit_patch.profiling import export_trace, kernel_time, profiler_activities
-    sample(model, latent_hw, 2, text_tokens, device, **workload)
+    sample(model, latent_size, 2, text_tokens, device, **workload)
     with profile(activities=profiler_activities()) as prof:
-        sample(model, latent_hw, steps, text_tokens, device, **workload)
+        sample(model, latent_size, steps, text_tokens, device, **workload)
     export_trace(prof, 0, tag)
     return kernel_time(prof, steps)
 
 
-def _prompt(model, latent_hw, steps, text_tokens, device, label, workload, host_profile=False):
+def _prompt(model, latent_size, steps, text_tokens, device, label, workload, host_profile=False):
     """A whole warm prompt: (its seconds, the seconds outside its steps after the first, i.e. the first step, the
     sampler's set-up and wind-down and the node's work around the sampling run). With ``host_profile`` the prompt runs
     under cProfile and the host functions that took longest are printed."""
@@ -259,7 +260,7 @@ def _prompt(model, latent_hw, steps, text_tokens, device, label, workload, host_
         import cProfile
         profiler = cProfile.Profile()
         profiler.enable()
-    _, step_times, total = sample(model, latent_hw, steps, text_tokens, device, **workload)
+    _, step_times, total = sample(model, latent_size, steps, text_tokens, device, **workload)
     if profiler is not None:
         import pstats
         profiler.disable()
@@ -363,14 +364,14 @@ def passthrough(variants, res, steps, warmup, rounds, text_tokens, device, workl
     range of its rounds' ratios to the first variant's in the same round, its final latents' largest difference from
     the first variant's first one, whether all of them equal it bit for bit, and its peak memory."""
     import torch
-    hw = _latent_hw(res, workload["spec"])
+    size = _latent_size(res, workload["spec"])
     for _, model in variants:   # a variant's first sampling run loads and sets up: unmeasured
-        sample(model, hw, 1, text_tokens, device, **workload)
+        sample(model, size, 1, text_tokens, device, **workload)
     runs = {label: [] for label, _ in variants}
     for _ in range(rounds):
         for label, model in variants:
             _peak(device)
-            out, step_times, _ = sample(model, hw, steps, text_tokens, device, **workload)
+            out, step_times, _ = sample(model, size, steps, text_tokens, device, **workload)
             runs[label].append((out, step_times[warmup:] or step_times, _peak(device)))
     reference_runs = runs[variants[0][0]]
     reference = reference_runs[0][0]
@@ -381,7 +382,7 @@ def passthrough(variants, res, steps, warmup, rounds, text_tokens, device, workl
         ratios = [statistics.median(times) / ref for (_, times, _), ref in zip(runs[label], reference_each)]
         peaks = [peak for _, _, peak in runs[label] if peak is not None]
         rows.append(dict(
-            variant=label, res=res, tokens=workload["spec"].attention_tokens(res, text_tokens), step=step,
+            variant=label, res=res, tokens=workload["spec"].tokens(res, text_tokens), step=step,
             ratio=statistics.median(ratios), spread=(min(ratios), max(ratios)),
             max_diff=max((out.float() - reference.float()).abs().max().item() for out, _, _ in runs[label]),
             identical=all(torch.equal(out, reference) for out, _, _ in runs[label]),
@@ -413,15 +414,18 @@ def main(argv=None):
     parser.add_argument("--model", choices=tuple(MODELS), default=None, help="the random-weight model to time "
                         "(bench_models.py; GPU default flux-dev, CPU tiny)")
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance (default the model's: FLUX "
-                        "1, SD3.5 and SDXL 4); above 1 ComfyUI batches cond and uncond into one model call")
+                        "1, SD3.5 and SDXL 4, Wan 5); above 1 ComfyUI batches cond and uncond into one model call")
     parser.add_argument("--passthrough", action="store_true", help="one device only: time the unpatched model, the "
                         "node with gpus=1 and the node's hooked clone passing every call through, interleaved")
-    parser.add_argument("--res", default=None, help="image sizes, comma separated (GPU default the model's: FLUX "
-                        "1024,2048, SD3.5 and SDXL 1024; CPU 256)")
+    parser.add_argument("--res", default=None, help="image sides, or WIDTHxHEIGHT for video models, comma separated "
+                        "(GPU default the model's: FLUX 1024,2048, SD3.5 and SDXL 1024, Wan 832x480, wan-5b 1280x704; "
+                        "CPU 256, video 256x256)")
+    parser.add_argument("--frames", type=int, default=None, help="video models: the clip's length in pixel frames "
+                        "(default 33); the latent has (frames - 1) // 4 + 1 frames")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps per run (GPU default 10; CPU 4)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the per-step median")
     parser.add_argument("--text-tokens", type=int, default=None, help="text length (GPU default the model's: FLUX "
-                        "512, SD3.5 154, SDXL 77; CPU 77)")
+                        "and Wan 512, SD3.5 154, SDXL 77; CPU 77)")
     parser.add_argument("--parallelism", default="auto", help="auto, ulysses, ring, usp or a comma list of them")
     parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
     parser.add_argument("--repeat", type=int, default=None, help="sample each configuration this many times (1 "
@@ -466,9 +470,23 @@ def main(argv=None):
         parser.error("--dynamic-vram: no graph baseline (a graphed step needs weights that stay put, which dynamic "
                      "VRAM does not promise); leave out --graph-baseline")
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
     cpu = args.cpu or not torch.cuda.is_available()
+    spec = MODELS[args.model or ("tiny" if cpu else "flux-dev")]
+    if args.frames is not None and not spec.frames:
+        parser.error(f"--frames: {args.model or 'the default model'} makes images; --frames is for the video models "
+                     f"({', '.join(name for name, model in MODELS.items() if model.frames)})")
+    if args.frames is not None and args.frames < 1:
+        parser.error("--frames: a clip has 1 frame or more")
+    try:
+        resolutions = [spec.resolution(r, args.frames) for r in args.res.split(",")] if args.res else \
+            [spec.resolution("256x256" if spec.frames else 256, args.frames)] if cpu else \
+            [spec.resolution(r, args.frames) for r in spec.resolutions]
+    except ValueError:
+        parser.error(f"--res {args.res}: {'WIDTHxHEIGHT in pixels' if spec.frames else 'image sides in pixels'}, "
+                     "comma separated")
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     setup_comfy(cpu, args.comfy_args, dynamic_vram=args.dynamic_vram)
     if args.dynamic_vram and not enable_dynamic_vram():
         sys.exit("--dynamic-vram: comfy-aimdo could not switch dynamic VRAM on here (it needs an NVIDIA GPU)")
@@ -478,11 +496,9 @@ def main(argv=None):
     from comfy_xdit_patch.runtime import helper_group
 
     device = comfy.model_management.get_torch_device()
-    spec = MODELS[args.model or ("tiny" if cpu else "flux-dev")]
     cfg = spec.cfg if args.cfg is None else args.cfg
     workload = dict(spec=spec, cfg=cfg)
     dtype = torch.float32 if cpu else torch.bfloat16
-    resolutions = [int(r) for r in args.res.split(",")] if args.res else [256] if cpu else list(spec.resolutions)
     steps = args.steps or (4 if cpu else 10)
     text_tokens = args.text_tokens or (77 if cpu else spec.text_tokens)
     repeat = args.repeat or (5 if args.passthrough else 1)
@@ -519,22 +535,22 @@ def main(argv=None):
     baselines = {}
     median = lambda times: statistics.median(times[args.warmup:] or times)
     for res in resolutions:
-        hw = _latent_hw(res, spec)
+        size = _latent_size(res, spec)
         _peak(device)
-        repeats1 = [sample(model, hw, steps, text_tokens, device, **workload) for _ in range(repeat)]
+        repeats1 = [sample(model, size, steps, text_tokens, device, **workload) for _ in range(repeat)]
         out1, steps1, total1 = repeats1[0]
         baselines[res] = dict(out=out1, step=statistics.median(median(r[1]) for r in repeats1),
                               each=[median(r[1]) for r in repeats1], total=total1, peak=_peak(device))
         if args.kernel_baseline:
-            baselines[res]["kernel_step"] = median(sample(_kernel_baseline(model), hw, steps, text_tokens, device,
+            baselines[res]["kernel_step"] = median(sample(_kernel_baseline(model), size, steps, text_tokens, device,
                                                           **workload)[1])
         if args.graph_baseline and not cpu:
-            baselines[res]["graph_step"] = median(sample(_graphed_one_device(model, device), hw, steps, text_tokens,
+            baselines[res]["graph_step"] = median(sample(_graphed_one_device(model, device), size, steps, text_tokens,
                                                          device, **workload)[1])
     e2e, busy = {}, {}
-    first_hw = _latent_hw(resolutions[0], spec)
+    first_size = _latent_size(resolutions[0], spec)
     if e2e_steps:
-        e2e["1 device"] = _prompt(model, first_hw, e2e_steps, text_tokens, device, "1 device", workload,
+        e2e["1 device"] = _prompt(model, first_size, e2e_steps, text_tokens, device, "1 device", workload,
                                   args.host_profile)
 
     graph_settings = {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]
@@ -553,9 +569,9 @@ def main(argv=None):
         configured = parallelism + (" +sharded" if shard_weights else "") + \
             (" (all-gathered)" if shard_weights and gathers == "all-gather" else "")
         for res in resolutions:
-            hw = _latent_hw(res, spec)
+            size = _latent_size(res, spec)
             _peak(device)
-            repeatsn = [sample(patched, hw, steps, text_tokens, device, **workload) for _ in range(repeat)]
+            repeatsn = [sample(patched, size, steps, text_tokens, device, **workload) for _ in range(repeat)]
             outn, stepsn, totaln = repeatsn[0]
             group = helper_group.current_group()
             # What the node did, not what was asked: it replays graphs only where that is safe (not under dynamic
@@ -570,7 +586,7 @@ def main(argv=None):
             ratios = [b / n for b, n in zip(base["each"], eachn)]
             rows.append(dict(
                 parallelism=label, layout=group.plan.describe() if group else "1 device (fallback)",
-                res=res, tokens=spec.attention_tokens(res, text_tokens), step1=base["step"], stepn=stepn,
+                res=res, tokens=spec.tokens(res, text_tokens), step1=base["step"], stepn=stepn,
                 speedup=base["step"] / stepn, spread=(min(ratios), max(ratios)),
                 kernel_speedup=base["kernel_step"] / stepn if "kernel_step" in base else None,
                 graph_speedup=base["graph_step"] / stepn if "graph_step" in base else None,
@@ -581,16 +597,16 @@ def main(argv=None):
                 helper_weights=[s.get("weight_bytes") for s in helper_peaks.values()],
                 start_s=group.started_s if group else None))
         if e2e_steps:
-            e2e[label] = _prompt(patched, first_hw, e2e_steps, text_tokens, device, label, workload,
+            e2e[label] = _prompt(patched, first_size, e2e_steps, text_tokens, device, label, workload,
                                  args.host_profile)
         if args.profile:
-            _profile(patched, first_hw, text_tokens, device, f"{label}, N devices", workload)
+            _profile(patched, first_size, text_tokens, device, f"{label}, N devices", workload)
         if args.gpu_busy and not cpu:
-            busy[label] = _gpu_busy_or_none(patched, first_hw, text_tokens, device, "", workload)
+            busy[label] = _gpu_busy_or_none(patched, first_size, text_tokens, device, "", workload)
     if args.profile:
-        _profile(model, first_hw, text_tokens, device, "1 device", workload)
+        _profile(model, first_size, text_tokens, device, "1 device", workload)
     if args.gpu_busy and not cpu:
-        busy["1 device"] = _gpu_busy_or_none(model, first_hw, text_tokens, device, "-1device", workload)
+        busy["1 device"] = _gpu_busy_or_none(model, first_size, text_tokens, device, "-1device", workload)
 
     print()
     print(title)

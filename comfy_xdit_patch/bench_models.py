@@ -25,6 +25,13 @@ SDXL_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32
                  use_spatial_transformer=True, legacy=False, use_checkpoint=False, use_temporal_attention=False,
                  use_temporal_resblock=False)
 
+# Wan 2.1 / 2.2 text-to-video (comfy/ldm/wan/model.py). ComfyUI's detection reads dim, ffn_dim, the layers and the
+# channels from the shapes and takes num_heads as dim // 128, the umT5 width 4096 and patch (1, 2, 2) as fixed.
+# The 14B is Wan 2.1's and each of Wan 2.2 A14B's two experts; the 5B is Wan 2.2 TI2V with its 48-channel VAE.
+WAN_14B = dict(dim=5120, heads=40, ffn_dim=13824, layers=40, channels=16)
+WAN_1_3B = dict(dim=1536, heads=12, ffn_dim=8960, layers=30, channels=16)
+WAN_5B = dict(dim=3072, heads=24, ffn_dim=14336, layers=30, channels=48)
+
 
 @contextlib.contextmanager
 def weight_shapes():
@@ -107,6 +114,22 @@ def random_unet_state_dict(config, dtype, device, seed=0):
     return random_values(shapes, dtype, device, seed, norm_scales=True)
 
 
+def random_wan_state_dict(size, dtype, device, seed=0):
+    """Wan text-to-video weights with random values in the original checkpoints' naming, which is ComfyUI's own
+    WanModel's ('blocks.N.self_attn.q', 'head.modulation'): umT5 context of 4096, patch (1, 2, 2), qk-norm."""
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+    if size["dim"] != 128 * size["heads"]:
+        raise ValueError(f"Wan dim {size['dim']} with {size['heads']} heads: ComfyUI's detection would build "
+                         f"{size['dim'] // 128} heads (it assumes heads of 128)")
+    with weight_shapes():
+        shapes = WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=size["channels"], out_dim=size["channels"],
+                          dim=size["dim"], ffn_dim=size["ffn_dim"], freq_dim=256, text_dim=4096,
+                          num_heads=size["heads"], num_layers=size["layers"], qk_norm=True, cross_attn_norm=True,
+                          eps=1e-6, dtype=dtype, device="meta", operations=comfy.ops.disable_weight_init).state_dict()
+    return random_values(shapes, dtype, device, seed, norm_scales=True)
+
+
 def flux_conditioning(tokens, seed, image_hw=None):
     """Random FLUX conditioning (T5 tokens, CLIP pooled output, guidance) in ComfyUI's format."""
     import torch
@@ -134,14 +157,42 @@ def sdxl_conditioning(tokens, seed, image_hw):
         "crop_w": 0, "crop_h": 0, "target_width": width, "target_height": height}]]
 
 
-def joint_tokens(res, text_tokens):
+def wan_conditioning(tokens, seed, image_hw=None):
+    """Random Wan conditioning as its umT5-XXL encoder gives it (a prompt zero-padded to 512 tokens): tokens of 4096
+    and no pooled output."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, 4096, generator=generator), {"pooled_output": None}]]
+
+
+def joint_tokens(latent_size, text_tokens):
     """A joint-attention transformer with 2x2 patches: image patches and text in one sequence."""
-    return (res // 16) ** 2 + text_tokens
+    height, width = latent_size
+    return (height // 2) * (width // 2) + text_tokens
 
 
-def unet_tokens(res, text_tokens):
+def unet_tokens(latent_size, text_tokens):
     """SDXL: its first attention level is the latent downsampled once; text is only cross-attended."""
-    return (res // 16) ** 2
+    height, width = latent_size
+    return (height // 2) * (width // 2)
+
+
+def video_tokens(latent_size, text_tokens):
+    """Wan: every latent frame's 2x2 patches (ComfyUI pads to whole patches) in one self-attention; text is only
+    cross-attended."""
+    frames, height, width = latent_size
+    return frames * -(-height // 2) * -(-width // 2)
+
+
+@dataclass(frozen=True)
+class VideoSize:
+    """A clip as ComfyUI's video latent nodes take it: width and height in pixels, and its length in frames."""
+    width: int
+    height: int
+    frames: int
+
+    def __str__(self):
+        return f"{self.width}x{self.height}, {self.frames} frames"
 
 
 @dataclass(frozen=True)
@@ -152,10 +203,34 @@ class BenchModel:
     latent_channels: int
     conditioning: Callable      # (text_tokens, seed, (height, width) in pixels) -> ComfyUI conditioning
     cfg: float                  # above 1 ComfyUI batches cond and uncond into one model call
-    resolutions: tuple          # GPU default, pixels
+    resolutions: tuple          # GPU default: image sides in pixels, or a video's WIDTHxHEIGHT
     text_tokens: int            # GPU default: what the family's text encoders give a short prompt
-    attention_tokens: Callable  # (res, text_tokens) -> the longest sequence one attention of a model call sees
+    attention_tokens: Callable  # (latent size, text_tokens) -> the longest sequence one attention of a call sees
     latent_downscale: int = 8
+    frames: int = 0             # a video model's default clip length in pixel frames; 0 for an image model
+    frames_per_latent: int = 4  # a video VAE keeps the first frame and folds each further 4 into one latent frame
+
+    def resolution(self, text, frames=None):
+        """One ``--res`` entry: an image's side in pixels, or a video's WIDTHxHEIGHT of ``frames`` (the model's
+        default if None). ValueError for any other text."""
+        if not self.frames:
+            return int(text)
+        width, height = (int(side) for side in str(text).split("x"))
+        if min(width, height) < self.latent_downscale:
+            raise ValueError(f"{text}: both sides need {self.latent_downscale} pixels or more")
+        return VideoSize(width, height, frames or self.frames)
+
+    def latent_size(self, res):
+        """The latent's shape after batch and channels for ``res`` (``resolution``'s): (height, width), or for a
+        video (frames, height, width)."""
+        if isinstance(res, VideoSize):
+            return ((res.frames - 1) // self.frames_per_latent + 1, res.height // self.latent_downscale,
+                    res.width // self.latent_downscale)
+        side = res // self.latent_downscale
+        return side, side
+
+    def tokens(self, res, text_tokens):
+        return self.attention_tokens(self.latent_size(res), text_tokens)
 
 
 MODELS = {
@@ -180,4 +255,18 @@ MODELS = {
         description="SDXL-size UNet", state_dict=functools.partial(random_unet_state_dict, SDXL_UNET),
         latent_channels=4, conditioning=sdxl_conditioning, cfg=4.0, resolutions=(1024,), text_tokens=77,
         attention_tokens=unet_tokens),
+    # Wan's text: umT5's 512 tokens; cfg 5 batches cond and uncond as Wan's workflows do. 832x480 is Wan's 480p;
+    # the 5B's own size is 720p, in multiples of its 16x VAE and 2x2 patches.
+    "wan-14b": BenchModel(
+        description="Wan-14B-size video DiT", state_dict=functools.partial(random_wan_state_dict, WAN_14B),
+        latent_channels=16, conditioning=wan_conditioning, cfg=5.0, resolutions=("832x480",), text_tokens=512,
+        attention_tokens=video_tokens, frames=33),
+    "wan-1.3b": BenchModel(
+        description="Wan-1.3B-size video DiT", state_dict=functools.partial(random_wan_state_dict, WAN_1_3B),
+        latent_channels=16, conditioning=wan_conditioning, cfg=5.0, resolutions=("832x480",), text_tokens=512,
+        attention_tokens=video_tokens, frames=33),
+    "wan-5b": BenchModel(
+        description="Wan-2.2-5B-size video DiT", state_dict=functools.partial(random_wan_state_dict, WAN_5B),
+        latent_channels=48, conditioning=wan_conditioning, cfg=5.0, resolutions=("1280x704",), text_tokens=512,
+        attention_tokens=video_tokens, latent_downscale=16, frames=33),
 }

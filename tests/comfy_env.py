@@ -534,3 +534,213 @@ def tiny_unet_lora(model, layers=None, rank=4, seed=120, scale=0.05, style="kohy
             out_features, in_features = state[key].shape[:2]
             add("lora_unet_" + name[:-len(".weight")].replace(".", "_"), out_features, in_features)
     return lora
+
+
+def tiny_wan_unet_config(variant="t2v", dim=None, num_heads=None, num_layers=2, ffn_dim=None, text_dim=64,
+                         vace_layers=1):
+    """The unet_config comfy.model_detection builds for a Wan checkpoint ('head.modulation' present), tiny, for
+    ComfyUI's config class of the variant (``wan_config_class``):
+      "t2v":  Wan 2.1 T2V (WAN21_T2V): 16 latent channels in and out, text cross-attention; 4 heads, dim 128;
+      "i2v":  Wan 2.1 I2V (WAN21_I2V): in_dim 36 (noise 16 + concat mask 4 + concat image latent 16), the i2v
+              cross-attention (k_img / v_img) over CLIP-vision tokens projected by img_emb (1280 wide, fixed in
+              ComfyUI); 6 heads, dim 192 (6 is not divisible by 4);
+      "ti2v": Wan 2.2 TI2V 5B (ComfyUI's WAN22_T2V, model_base.WAN22): 48 latent channels in and out (the Wan 2.2
+              VAE, 16x spatial), one timestep per latent frame when the latent carries a noise mask; 8 heads,
+              dim 256;
+      "vace": Wan 2.1 VACE (WAN21_Vace, VaceWanModel): T2V plus ``vace_layers`` VACE blocks fed by a 96-channel
+              control latent (32 + 64 mask channels); 4 heads, dim 128.
+    Head width is dim / num_heads (32 by default; the real models use 128, which detection assumes: num_heads =
+    dim // 128). Patch (1, 2, 2), freq_dim 256, qk-norm and cross-attention norm as in every real checkpoint; the
+    umT5 width 4096 becomes ``text_dim``; ffn_dim defaults to 2 * dim."""
+    shapes = {"t2v": (128, 4, "t2v", 16, 16), "i2v": (192, 6, "i2v", 36, 16), "ti2v": (256, 8, "t2v", 48, 48),
+              "vace": (128, 4, "vace", 16, 16)}
+    if variant not in shapes:
+        raise ValueError(f"unknown Wan variant {variant!r}; one of {sorted(shapes)}")
+    default_dim, default_heads, model_type, in_dim, out_dim = shapes[variant]
+    dim = default_dim if dim is None else dim
+    config = dict(image_model="wan2.1", model_type=model_type, dim=dim, out_dim=out_dim, in_dim=in_dim,
+                  num_heads=default_heads if num_heads is None else num_heads,
+                  ffn_dim=2 * dim if ffn_dim is None else ffn_dim, num_layers=num_layers, patch_size=(1, 2, 2),
+                  freq_dim=256, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
+                  text_dim=text_dim)
+    if variant == "vace":
+        config.update(vace_in_dim=96, vace_layers=vace_layers)
+    return config
+
+
+def wan_config_class(variant):
+    """ComfyUI's model config class (comfy.supported_models) for a tiny Wan variant."""
+    import comfy.supported_models as models
+    classes = {"t2v": models.WAN21_T2V, "i2v": models.WAN21_I2V, "ti2v": models.WAN22_T2V,
+               "vace": models.WAN21_Vace}
+    if variant not in classes:
+        raise ValueError(f"unknown Wan variant {variant!r}; one of {sorted(classes)}")
+    return classes[variant]
+
+
+def load_tiny_wan(variant="t2v", seed=130, **config):
+    """A tiny Wan video model (ComfyUI's model_base.WAN21 / WAN21_Vace / WAN22 around its WanModel / VaceWanModel,
+    random fp32 weights with fan-in scales) as a ModelPatcher, through ComfyUI's own config class of the variant:
+    see ``tiny_wan_unet_config`` (``config``: its size arguments). Condition it with ``wan_conditioning`` (same
+    text_dim) and, for i2v / ti2v / vace, ``wan_inputs``; its latent: ``wan_latent``. ComfyUI's detection alone
+    cannot rebuild it from a file (it assumes 128-wide heads): see ``wan_detection_metadata``."""
+    model_config = wan_config_class(variant)(tiny_wan_unet_config(variant, **config))
+    return _tiny_model_patcher(model_config, seed, fan_in=True)
+
+
+def wan_detection_metadata(model):
+    """The safetensors metadata with which ComfyUI's detection (comfy.model_detection, which reads a 'config' JSON's
+    'transformer' entries over what it infers) rebuilds a tiny Wan from its state dict: without it, detection
+    assumes 128-wide heads (num_heads = dim // 128) and the umT5 width 4096. Save
+    ``model.model.diffusion_model.state_dict()`` with it and UNETLoader / comfy.sd.load_diffusion_model gives the
+    same model."""
+    import json
+    config = model.model.model_config.unet_config
+    return {"config": json.dumps({"transformer": {"num_heads": config["num_heads"], "text_dim": config["text_dim"]}})}
+
+
+def wan_conditioning(text_tokens=24, seed=1, text_dim=64):
+    """Conditioning as CLIPTextEncode outputs it for Wan (umT5-XXL, zero-padded to 512 tokens in the real encoder;
+    ``text_tokens`` here): the token embeddings and a pooled output of None (umT5 has none)."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, text_tokens, text_dim, generator=generator), {"pooled_output": None}]]
+
+
+def wan_latent(frames, height, width, batch=1, channels=16):
+    """An empty Wan video latent (B, C, T, H, W) of ``frames`` latent frames of height x width latent pixels, made
+    by ComfyUI's own node: EmptyHunyuanLatentVideo for 16 channels (Wan 2.1: 4x temporal, 8x spatial; the node
+    also records 'downscale_ratio_spacial': 8), Wan22ImageToVideoLatent without a start image for 48 (Wan 2.2 5B:
+    16x spatial). The latent frames come from 4 * (frames - 1) + 1 video frames."""
+    length = 4 * (frames - 1) + 1
+    if channels == 16:
+        from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo
+        return EmptyHunyuanLatentVideo.execute(width * 8, height * 8, length, batch).result[0]
+    if channels == 48:
+        from comfy_extras.nodes_wan import Wan22ImageToVideoLatent
+        out = Wan22ImageToVideoLatent.execute(None, width * 16, height * 16, length, batch).result[0]
+        # The node ignores batch_size without a start image (its latent has batch 1).
+        out["samples"] = out["samples"].repeat(batch, 1, 1, 1, 1)
+        return out
+    raise ValueError(f"Wan latents have 16 (Wan 2.1) or 48 (Wan 2.2 5B) channels, not {channels}")
+
+
+def tiny_wan_vae(version="2.1", seed=140, dim=8):
+    """A random-weight Wan VAE as a comfy.sd.VAE, built by ComfyUI's own VAE detection from the state dict:
+      "2.1": ComfyUI's Wan 2.1 VAE (comfy.ldm.wan.vae.WanVAE: causal 3D convs, 16 channels, 4x temporal and 8x
+             spatial) at base width ``dim`` instead of 96 (detection reads the width from 'decoder.head.0.gamma');
+      "2.2": the Wan 2.2 VAE's tiny stand-in ComfyUI knows, TAEHV with 48 latent channels ('taew2_2': 4x temporal,
+             16x spatial, fixed width 64); ComfyUI's full Wan 2.2 VAE has a hard-coded width of 160."""
+    import torch
+    import comfy.sd
+    if version == "2.1":
+        from comfy.ldm.wan.vae import WanVAE
+        with torch.device("meta"):
+            shapes = WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                            temperal_downsample=[False, True, True]).state_dict()
+    elif version == "2.2":
+        from comfy.taesd.taehv import TAEHV
+        with torch.device("meta"):
+            shapes = TAEHV(latent_channels=48).state_dict()
+    else:
+        raise ValueError(f"unknown Wan VAE version {version!r}; '2.1' or '2.2'")
+    state = _random_state(shapes, seed, fan_in=True)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for k in state:
+        if k.endswith(".gamma"):  # RMS_norm scales, stored as (C, 1, 1[, 1]): 1 + N(0, 0.1), not fan-in matrices
+            state[k] = 1.0 + 0.1 * torch.randn(state[k].shape, generator=generator)
+    return comfy.sd.VAE(sd=state, dtype=torch.float32)
+
+
+def tiny_clip_vision(seed=150, image_size=42, layers=2):
+    """A random-weight CLIP vision encoder (ComfyUI's ClipVisionModel, the CLIP-H layout Wan I2V uses: width 1280,
+    16 heads, patch 14) with ``layers`` layers, a narrow MLP and ``image_size`` pixels: (image_size / 14) ** 2 + 1
+    tokens (10 by default; 257 in the real one). Encode with nodes.CLIPVisionEncode; its
+    penultimate_hidden_states are what Wan's img_emb takes."""
+    import torch
+    import comfy.clip_vision
+    config = {"hidden_size": 1280, "image_size": image_size, "intermediate_size": 256, "num_attention_heads": 16,
+              "num_hidden_layers": layers, "patch_size": 14, "projection_dim": 64, "hidden_act": "gelu",
+              "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_channels": 3}
+    model = comfy.clip_vision.ClipVisionModel(config)
+    shapes = {k: v for k, v in model.get_sd().items() if "position_ids" not in k}
+    model.load_sd({k: v.to(torch.float32) for k, v in _random_state(shapes, seed, fan_in=True).items()})
+    return model
+
+
+def wan_image(frames, height, width, seed=160):
+    """A random IMAGE batch (frames, height, width, 3) in [0, 1], ComfyUI's image layout."""
+    import torch
+    return torch.rand(frames, height, width, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def wan_inputs(variant, frames, height, width, batch=1, text_tokens=24, text_dim=64, seed=1):
+    """(positive, negative, latent) for a tiny Wan variant, with ``frames`` latent frames of height x width latent
+    pixels, made by ComfyUI's own Wan nodes from ``wan_conditioning`` (seeds ``seed`` and ``seed`` + 1):
+      "t2v":  the text conditioning and ``wan_latent``;
+      "i2v":  WanImageToVideo with a tiny Wan 2.1 VAE (``tiny_wan_vae``), a random start image and the output of
+              the tiny CLIP vision (``tiny_clip_vision`` through CLIPVisionEncode): both conditionings gain
+              concat_latent_image (1, 16, T, H, W), concat_mask (1, 1, T, H, W; 0 on the first latent frame) and
+              clip_vision_output (penultimate_hidden_states (1, 10, 1280));
+      "ti2v": the text conditioning and Wan22ImageToVideoLatent with the tiny taew2.2 and a random start image:
+              the latent's first frame is the encoded image and it carries a noise_mask (0 there), which makes
+              model_base.WAN22 give each latent frame its own timestep;
+      "vace": WanVaceToVideo (strength 1) with the tiny Wan 2.1 VAE and a random control video: both
+              conditionings gain vace_frames [(1, 32, T, H, W)], vace_mask [(1, 64, T, H, W)], vace_strength [1.0]."""
+    positive = wan_conditioning(text_tokens, seed, text_dim)
+    negative = wan_conditioning(text_tokens, seed + 1, text_dim)
+    length = 4 * (frames - 1) + 1
+    if variant == "t2v":
+        return positive, negative, wan_latent(frames, height, width, batch)
+    if variant == "i2v":
+        import nodes
+        from comfy_extras.nodes_wan import WanImageToVideo
+        clip_vision_output = nodes.CLIPVisionEncode().encode(tiny_clip_vision(), wan_image(1, 64, 64, seed + 2),
+                                                             "center")[0]
+        return WanImageToVideo.execute(positive, negative, tiny_wan_vae("2.1"), width * 8, height * 8, length,
+                                       batch, start_image=wan_image(1, height * 8, width * 8, seed + 3),
+                                       clip_vision_output=clip_vision_output).result
+    if variant == "ti2v":
+        from comfy_extras.nodes_wan import Wan22ImageToVideoLatent
+        latent = Wan22ImageToVideoLatent.execute(tiny_wan_vae("2.2"), width * 16, height * 16, length, batch,
+                                                 start_image=wan_image(1, height * 16, width * 16, seed + 3))
+        return positive, negative, latent.result[0]
+    if variant == "vace":
+        from comfy_extras.nodes_wan import WanVaceToVideo
+        out = WanVaceToVideo.execute(positive, negative, tiny_wan_vae("2.1"), width * 8, height * 8, length, batch,
+                                     1.0, control_video=wan_image(length, height * 8, width * 8, seed + 4))
+        return out.result[:3]
+    raise ValueError(f"unknown Wan variant {variant!r}")
+
+
+def wan_lora_layers(model):
+    """The Linear layers a tiny Wan LoRA patches (what Wan LoRA trainers target): every block's self- and
+    cross-attention q, k, v, o and both feed-forward layers."""
+    state = model.model.diffusion_model.state_dict() if hasattr(model, "model") else model
+    suffixes = tuple(f".{attn}.{p}" for attn in ("self_attn", "cross_attn") for p in "qkvo") + (".ffn.0", ".ffn.2")
+    return [k[:-len(".weight")] for k in state
+            if k.startswith("blocks.") and k.endswith(".weight") and k[:-len(".weight")].endswith(suffixes)]
+
+
+def tiny_wan_lora(model, layers=None, rank=4, seed=170, scale=0.1, style="kohya"):
+    """A tiny LoRA for a tiny Wan (``load_tiny_wan``; ``tiny_unet_lora``'s default layers match no Wan layer), in a
+    naming ComfyUI's generic key map gives Wan (comfy.lora.model_lora_keys_unet has no Wan-specific names):
+      "kohya":     'lora_unet_blocks_0_self_attn_q.lora_up/.lora_down/.alpha' (kohya / musubi-tuner), via
+                   ``tiny_unet_lora`` with ``wan_lora_layers``;
+      "diffusers": 'diffusion_model.blocks.0.self_attn.q.lora_A/.lora_B' (diffusion-pipe / DiffSynth Wan LoRAs,
+                   ComfyUI's own key names), no alpha.
+    Apply with ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
+    import torch
+    layers = wan_lora_layers(model) if layers is None else layers
+    if style == "kohya":
+        return tiny_unet_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
+    if style != "diffusers":
+        raise ValueError(f"unknown LoRA style {style!r}")
+    state = model.model.diffusion_model.state_dict() if hasattr(model, "model") else model
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for layer in layers:
+        out_features, in_features = state[layer + ".weight"].shape
+        lora[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+        lora[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+    return lora

@@ -1,9 +1,12 @@
 """The README's main-job command on a machine without GPUs: 1 vs N CPU ranks on ComfyUI's FLUX, a table with the
-error against 1 rank, and what the benchmark's profiling reports."""
+error against 1 rank, and what the benchmark's profiling reports; the registry's other models (SD3.5, SDXL, Wan video)
+detected by ComfyUI's loader and sampled at reduced sizes."""
 import os
 import re
 import subprocess
 import sys
+
+import pytest
 
 from comfy_env import COMFYUI_PATH, REPO
 
@@ -224,3 +227,124 @@ def test_passthrough_times_the_node_on_one_device_and_its_latents_are_bit_identi
     assert header == ["variant", "res", "tokens", "ms/step", "vs unpatched", "max abs diff", "bit-identical"]
     assert [dict(zip(header, row))["bit-identical"] for row in table[2:]] == ["yes"] * len(rows)
     assert "random tiny FLUX, cfg 1," in out and "2 interleaved rounds" in out
+
+
+def test_the_wan_weights_are_detected_as_wan_with_their_heads_widths_and_latent_channels():
+    """ComfyUI's detection reads Wan's sizes from the shapes and takes num_heads as dim // 128; the 5B's 48 output
+    channels make it Wan 2.2's config, with the latent format of its 16x VAE."""
+    from comfy_xdit_patch.bench_models import MODELS
+    expected = {"wan-14b": ("WAN21_T2V", 5120, 40, 40, 13824, 16), "wan-1.3b": ("WAN21_T2V", 1536, 12, 30, 8960, 16),
+                "wan-5b": ("WAN22_T2V", 3072, 24, 30, 14336, 48)}
+    for name, (config_class, dim, heads, layers, ffn_dim, channels) in expected.items():
+        _, config, model = _meta_model(name)
+        wan = model.diffusion_model
+        assert type(config).__name__ == config_class, name
+        assert (wan.dim, wan.num_heads, len(wan.blocks), wan.ffn_dim) == (dim, heads, layers, ffn_dim), name
+        assert (wan.in_dim, wan.out_dim, wan.patch_size) == (channels, channels, (1, 2, 2)), name
+        assert wan.text_embedding[0].in_features == 4096 and wan.blocks[0].self_attn.num_heads == heads, name
+        assert config.latent_format.latent_channels == MODELS[name].latent_channels == channels, name
+
+
+def test_a_wan_clip_has_a_latent_frame_per_4_pixel_frames_and_a_token_per_2x2_latent_patch():
+    """Wan's VAE keeps the first frame and folds each further 4 into one latent frame; 8x spatially (16x for the
+    5B); a token per 2x2 patch of each latent frame. Its text is umT5's 512 tokens of 4096 and no pooled output."""
+    from comfy_xdit_patch.bench_models import MODELS
+    wan = MODELS["wan-14b"]
+    [clip] = [wan.resolution(text) for text in wan.resolutions]
+    assert str(clip) == "832x480, 33 frames"
+    assert wan.latent_size(clip) == (9, 60, 104) and wan.tokens(clip, 512) == 9 * 30 * 52
+    five_b = MODELS["wan-5b"]
+    clip = five_b.resolution("1280x704", frames=81)
+    assert five_b.latent_size(clip) == (21, 44, 80) and five_b.tokens(clip, 512) == 21 * 22 * 40
+    [[context, extra]] = wan.conditioning(wan.text_tokens, 1, (480, 832))
+    assert context.shape == (1, 512, 4096) and extra == {"pooled_output": None} and wan.cfg > 1
+
+
+def test_frames_are_for_video_models_and_a_video_size_is_width_x_height(capsys):
+    """Checked before anything loads; the parser's message says what it takes."""
+    from comfy_xdit_patch import bench
+    for argv, message in [(["--cpu", "--frames", "9"], "--frames: the default model makes images"),
+                          (["--cpu", "--model", "sdxl", "--frames", "9"], "--frames: sdxl makes images"),
+                          (["--cpu", "--model", "wan-1.3b", "--res", "832"], "--res 832: WIDTHxHEIGHT in pixels"),
+                          (["--cpu", "--model", "wan-5b", "--frames", "0"], "a clip has 1 frame or more")]:
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert message in capsys.readouterr().err, argv
+
+
+def _small_wan(name):
+    """The registry's Wan ``name`` with its builder at a reduced size: 2 heads of 128 (the width ComfyUI's detection
+    assumes), 2 layers, the model's channels."""
+    import dataclasses
+    import functools
+    from comfy_xdit_patch.bench_models import MODELS, random_wan_state_dict
+    small = dict(dim=256, heads=2, ffn_dim=512, layers=2, channels=MODELS[name].latent_channels)
+    return dataclasses.replace(MODELS[name], state_dict=functools.partial(random_wan_state_dict, small))
+
+
+def test_the_main_job_times_a_wan_shaped_model_on_cpu_ranks_with_video_latents(monkeypatch, capsys):
+    """``bench --model wan-1.3b`` at a reduced size: 5-D latents of 3 latent frames (9 pixel frames), cfg 5, the
+    tokens split over 2 CPU ranks (Ulysses, a head each) within float32 rounding of 1 rank."""
+    from comfy_xdit_patch import bench, bench_models
+    monkeypatch.setitem(bench_models.MODELS, "wan-1.3b", _small_wan("wan-1.3b"))
+    latents, block_tokens = [], set()
+    sample, load = bench.run_sampler, bench.load_random_model
+
+    def recorded_sample(model, latent, *args, **kwargs):
+        latents.append(tuple(latent.shape))
+        return sample(model, latent, *args, **kwargs)
+
+    def recorded_load(*args, **kwargs):
+        model = load(*args, **kwargs)
+        # Rank 0's first block: every video token on 1 device, its half of them on 2 ranks.
+        model.model.diffusion_model.blocks[0].register_forward_pre_hook(
+            lambda block, inputs: block_tokens.add(inputs[0].shape[1]))
+        return model
+
+    monkeypatch.setattr(bench, "run_sampler", recorded_sample)
+    monkeypatch.setattr(bench, "load_random_model", recorded_load)
+    [row] = bench.main(["--cpu", "--model", "wan-1.3b", "--frames", "9", "--res", "64x48", "--steps", "2",
+                        "--e2e-steps", "0"])
+    assert set(latents) == {(1, 16, 3, 6, 8)}, latents
+    assert block_tokens == {36, 18}, block_tokens
+    assert row["layout"] == "2 CPU ranks (ulysses 2 x ring 1)" and row["tokens"] == 3 * 3 * 4
+    assert row["err"] <= 1e-5, row["err"]
+    out = capsys.readouterr().out
+    assert "random Wan-1.3B-size video DiT, cfg 5," in out and "| 64x48, 9 frames | 36 |" in out
+
+
+def test_passthrough_of_a_wan22_shaped_model_is_bit_identical(monkeypatch):
+    """``--passthrough`` with the 5B's shape (48 channels, 16x VAE): the node's hooks pass every call through."""
+    from comfy_xdit_patch import bench, bench_models
+    from comfy_xdit_patch.runtime import helper_group as helpers
+    helpers.shutdown_group()
+    monkeypatch.setitem(bench_models.MODELS, "wan-5b", _small_wan("wan-5b"))
+    rows = bench.main(["--cpu", "--model", "wan-5b", "--passthrough", "--frames", "9", "--res", "128x96", "--steps",
+                       "2", "--warmup", "1", "--repeat", "2"])
+    assert [row["tokens"] for row in rows] == [3 * 3 * 4] * 3
+    assert helpers.current_group() is None
+    assert all(row["identical"] and row["max_diff"] == 0.0 for row in rows), rows
+
+
+@pytest.mark.parametrize("name,latent_size", [("tiny", (8, 8)), ("wan-1.3b", (2, 4, 4))])
+def test_the_graphed_baseline_passes_each_models_arguments_through(monkeypatch, name, latent_size):
+    """``--graph-baseline``'s wrapper takes any model's forward arguments (Wan's differ from FLUX's); on the CPU its
+    steps run eagerly and equal the unpatched model's bit for bit."""
+    import torch
+    from comfy_xdit_patch import bench
+    from comfy_xdit_patch.bench_models import MODELS
+    from comfy_xdit_patch.runtime import step_graphs
+    spec = _small_wan(name) if MODELS[name].frames else MODELS[name]
+    model = bench.load_random_model(spec, torch.float32, torch.device("cpu"))
+    monkeypatch.setattr(step_graphs.StepGraphs, "choose", lambda graphs, key: step_graphs.EAGER)   # no CUDA here
+    calls, run = [], step_graphs.StepGraphs.run
+
+    def recorded_run(graphs, key, mode, forward, inputs):
+        calls.append(key)
+        return run(graphs, key, mode, forward, inputs)
+
+    monkeypatch.setattr(step_graphs.StepGraphs, "run", recorded_run)
+    expected, _, _ = bench.sample(model, latent_size, 2, 8, torch.device("cpu"), spec=spec)
+    got, _, _ = bench.sample(bench._graphed_one_device(model, torch.device("cpu")), latent_size, 2, 8,
+                             torch.device("cpu"), spec=spec)
+    assert len(calls) == 2 and torch.equal(got, expected)

@@ -10,6 +10,7 @@ A family's adapter is an ``Adapter`` whose class attributes say:
 and its methods say which classes it serves (``supports``) and how many attention heads bound Ulysses
 (``num_heads``). The hooks themselves (patches/hooks.py) are shared; ComfyUI's forward is never copied.
 """
+import fnmatch
 import inspect
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -33,6 +34,19 @@ class TokenSplit:
     image: tuple = ()
     text: tuple = ()
     residuals: tuple = ()
+
+
+@dataclass(frozen=True)
+class BlockSplit:
+    """For a model whose forward has no split point of its own: the tokens are split at the first transformer
+    block's input and gathered at the last block's output, through ComfyUI's block replacement
+    (``patches_replace["dit"]``). ``tokens``: the block argument holding the token sequence (B, L, C);
+    ``per_token``: block arguments sliced like the tokens (their dim 1 runs over the tokens; see
+    ``Adapter.per_token_slice``); ``local_attention``: submodules (patterns over the model's module names) whose
+    attention stays on each rank, such as cross-attention from the local tokens to the whole text."""
+    tokens: str
+    per_token: tuple = ()
+    local_attention: tuple = ()
 
 
 class Adapter:
@@ -65,32 +79,53 @@ class Adapter:
     def is_block_weight(self, state_key):
         return state_key.startswith(tuple(f"{attribute}." for attribute, _ in self.block_lists))
 
-    def block_replacements(self, diffusion_model):
-        """patches_replace["dit"] entries that gather each block's sharded weights around it."""
+    def block_replacements(self, diffusion_model, shard_weights=True):
+        """patches_replace["dit"] entries: with a ``BlockSplit``, the split, gather and weight gathering around every
+        block; otherwise, with sharded weights, the weight gathering alone."""
         kinds = dict(self.block_lists)
-        return {(kinds[attribute], index): hooks.sharded_block((attribute, index))
-                for (attribute, index), _ in self.blocks(diffusion_model)}
+        keys = [key for key, _ in self.blocks(diffusion_model)]
+        if isinstance(self.split, BlockSplit):
+            return {(kinds[attribute], index): split_block(self, (attribute, index), position, len(keys))
+                    for position, (attribute, index) in enumerate(keys)}
+        if not shard_weights:
+            return {}
+        return {(kinds[attribute], index): hooks.sharded_block((attribute, index)) for attribute, index in keys}
+
+    def per_token_slice(self, name, value, call, rank):
+        """``value`` of the per-token block argument ``name`` cut to ``rank``'s tokens (dim 1 over the tokens)."""
+        return take_shard(value, call.main_sizes, rank)
+
+    def local_attention_modules(self, diffusion_model):
+        """(name, module) of the submodules whose attention stays on each rank (``BlockSplit.local_attention``)."""
+        patterns = getattr(self.split, "local_attention", ())
+        return [(name, module) for name, module in diffusion_model.named_modules()
+                if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
 
     # ----- installing -------------------------------------------------------------------------------------------
     def install_on_patcher(self, model_patcher, shard_weights=False):
         """Rank 0: the family's hooks on a ModelPatcher clone, through ComfyUI's patch APIs."""
-        if shard_weights:
-            # Another node's block replacement stays: its calls run on one GPU (foreign_hooks), where it must act.
-            existing = model_patcher.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-            for key, patch in self.block_replacements(model_patcher.get_model_object("diffusion_model")).items():
-                if key not in existing:
-                    model_patcher.set_model_patch_replace(patch, "dit", *key)
+        diffusion_model = model_patcher.get_model_object("diffusion_model")
+        # Another node's block replacement stays: its calls run on one GPU (foreign_hooks), where it must act.
+        existing = model_patcher.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+        for key, patch in self.block_replacements(diffusion_model, shard_weights).items():
+            if key not in existing:
+                model_patcher.set_model_patch_replace(patch, "dit", *key)
+        for name, module in self.local_attention_modules(diffusion_model):
+            attribute = f"diffusion_model.{name}.forward"
+            model_patcher.add_object_patch(attribute, local_attention(model_patcher.get_model_object(attribute)))
         options = model_patcher.model_options["transformer_options"]
         # A foreign attention override stays in place: unsupported_reason() then runs those calls on one GPU.
         if options.get("optimized_attention_override") is None:
             options["optimized_attention_override"] = hooks.parallel_attention
-        if self.split is not None:
+        if isinstance(self.split, TokenSplit):
             name = "diffusion_model." + self.split.method
             model_patcher.add_object_patch(name, split_tokens(self.split, model_patcher.get_model_object(name)))
 
     def install_on_model(self, diffusion_model):
         """A helper: the same hooks on its bare model (transformer_options come with every call)."""
-        if self.split is not None:
+        for _, module in self.local_attention_modules(diffusion_model):
+            module.forward = local_attention(module.forward)
+        if isinstance(self.split, TokenSplit):
             setattr(diffusion_model, self.split.method,
                     split_tokens(self.split, getattr(diffusion_model, self.split.method)))
 
@@ -130,6 +165,18 @@ class Adapter:
         exchange's two tokens per member (parallel/copy_engine.py)."""
         text, main, reference = self.token_counts(arguments, diffusion_model)
         image = main + reference
+        if text is None:   # no text stream in the split (it is attended to whole, on every rank)
+            fewest = 2     # the copy-engine exchange's two tokens per member, from the image alone
+            if image < fewest * sp_degree:
+                return (f"the video has {image} tokens, fewer than {fewest} for each of the {sp_degree} "
+                        "sequence-parallel ranks; use fewer GPUs or a larger video")
+            for weights in token_weights or []:
+                call = SequenceParallelCall(SimpleNamespace(sp_degree=sp_degree), weights)
+                call.plan_tokens(0, image)
+                if min(call.img_sizes) < fewest:
+                    return (f"the video has {image} tokens; split by the GPUs' measured speeds, a rank would get "
+                            f"fewer than {fewest}: use fewer GPUs, or scheduling round_robin or least_loaded")
+            return None
         for weights in token_weights or [None]:
             call = SequenceParallelCall(SimpleNamespace(sp_degree=sp_degree), weights)
             call.plan_tokens(text, image, reference)   # the split the parallel call makes
@@ -185,6 +232,53 @@ def split_tokens(split, original):
 
     split_call.__wrapped__ = original
     return split_call
+
+
+def split_block(adapter, key, position, total):
+    """The block replacement of a ``BlockSplit``: the first block slices the tokens, every block slices its
+    per-token arguments (and gathers its sharded weights), the last block gathers the tokens from every rank."""
+    split = adapter.split
+
+    @hooks.ours
+    def replacement(args, extra):
+        call = active_call(args["transformer_options"])
+        if call is None:
+            return extra["original_block"](args)
+        rank = call.mesh.sp_rank
+        args = dict(args)
+        if position == 0:
+            call.plan_tokens(0, args[split.tokens].shape[1])
+            args[split.tokens] = take_shard(args[split.tokens], call.main_sizes, rank)
+        for name in split.per_token:
+            if args.get(name) is not None:
+                args[name] = adapter.per_token_slice(name, args[name], call, rank)
+        if call.weight_shards is not None:
+            call.weight_shards.enter(key)
+        try:
+            out = extra["original_block"](args)
+        finally:
+            if call.weight_shards is not None:
+                call.weight_shards.exit(key)
+        if position == total - 1:
+            out = dict(out)
+            out[split.tokens] = gather_shards(out[split.tokens], call.main_sizes, rank, group=call.mesh.sp_group)
+        return out
+
+    return replacement
+
+
+def local_attention(forward):
+    """``forward`` of a module whose attention stays on each rank: it runs without the call's state, so the
+    attention override computes it as on one GPU (cross-attention from this rank's tokens to the whole text)."""
+    @hooks.ours
+    def local_forward(*args, **kwargs):
+        options = kwargs.get("transformer_options")
+        if options and TRANSFORMER_OPTIONS_KEY in options:
+            kwargs["transformer_options"] = {k: v for k, v in options.items() if k != TRANSFORMER_OPTIONS_KEY}
+        return forward(*args, **kwargs)
+
+    local_forward.__wrapped__ = forward
+    return local_forward
 
 
 _WRAPPER_USERS = {}

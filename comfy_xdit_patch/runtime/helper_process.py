@@ -139,6 +139,7 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
                 diffusion_model = weights.build_diffusion_model(spec, device)
                 adapter = adapter_named(spec["adapter"])
                 adapter.install_on_model(diffusion_model)
+                replacements = adapter.block_replacements(diffusion_model, shard_weights)
                 loaded_spec = spec
                 compiled = None
             # Same model class and config (e.g. only a LoRA strength changed): weights land in the same memory.
@@ -149,10 +150,9 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
             if spec.get("gguf"):
                 gguf_weights.attach_patches(diffusion_model, patches, patch_tensors)
             if shard_weights:   # the blocks' parameters stay meta placeholders; only this rank's pieces are held
-                shards = ShardedBlocks(adapter.blocks(diffusion_model), mesh.world_size, device, dtype=spec["block_dtype"],
-                                       rank=mesh.rank, pull=shard_gathers == "pull")
+                shards = ShardedBlocks(adapter.blocks(diffusion_model), mesh.world_size, device,
+                                       dtype=spec["block_dtype"], rank=mesh.rank, pull=shard_gathers == "pull")
                 weights.receive_block_shards(shards)
-                replacements = adapter.block_replacements(diffusion_model)
             link.send(messages.Reply("loaded", digest.value))
         elif isinstance(message, messages.Forward):
             compile_kwargs = last_compile = message.compile_kwargs
