@@ -90,3 +90,31 @@ def test_vace_runs_cfg_parallel():
     got = sample(enable_multigpu(model, gpus=2), inputs, 3.0)
     ran_on(2, 1)
     assert relative_error(got, expected) <= 1e-5
+
+
+def test_wan22_two_experts_are_both_held_and_switching_sends_no_weights(caplog):
+    """Wan 2.2 14B's workflow: the high-noise expert samples the first steps, the low-noise expert the rest
+    (KSamplerAdvanced twice). Both go through the node; the helpers keep both, so after the first prompt switching
+    between them is a message, not a weight transfer. The result equals one rank's."""
+    high, low = load_tiny_wan("t2v", seed=131), load_tiny_wan("t2v", seed=132)
+    positive, negative, latent = wan_inputs("t2v", FRAMES, HEIGHT, WIDTH)
+
+    def two_experts(first, second):
+        sampler = nodes.KSamplerAdvanced()
+        half = sampler.sample(first, "enable", 42, 4, 3.0, "euler", "simple", positive, negative, latent, 0, 2,
+                              "enable")[0]
+        return sampler.sample(second, "disable", 42, 4, 3.0, "euler", "simple", positive, negative, half, 2, 4,
+                              "disable")[0]["samples"]
+
+    expected = two_experts(high, low)
+    helpers.shutdown_group()
+    parallel_high, parallel_low = (enable_multigpu(m, gpus=2, parallelism="ulysses") for m in (high, low))
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        first = two_experts(parallel_high, parallel_low)
+        second = two_experts(parallel_high, parallel_low)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("sent the diffusion model's weights" in m for m in messages) == 2, messages
+    assert sum("switched to the other model they hold" in m for m in messages) == 2, messages
+    assert not [m for m in messages if "one GPU" in m], messages
+    ran_on(2, 2)
+    assert relative_error(first, expected) <= 1e-5 and relative_error(second, expected) <= 1e-5

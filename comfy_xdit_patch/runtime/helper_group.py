@@ -16,6 +16,7 @@ import threading
 import time
 from datetime import timedelta
 
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -62,6 +63,8 @@ class HelperGroup:
         self.mesh = None
         self.model_fingerprint = None
         self.diffusion_model = None   # rank 0's diffusion model the helpers currently mirror
+        self.slot = 0                 # the helpers' name for it (messages.Load)
+        self.held = None              # (fingerprint, slot, diffusion model) of the other model the helpers keep
         self.block_shards = None      # rank 0's share of the blocks' weights, with plan.shard_weights
         self.started_s = None
         self.start_phases = {}        # seconds per start-up phase, in order (first-prompt cost, status route, bench)
@@ -455,11 +458,23 @@ class HelperGroup:
             raise HelperFailure(f"lost a helper's control channel: {e}") from e
 
     def sync_model(self, model_patcher):
-        """Make every helper hold rank 0's effective diffusion model; a no-op when it already does."""
+        """Make every helper hold rank 0's effective diffusion model; a no-op when it already does. Two models that
+        take turns (Wan 2.2's experts, a refiner) are both kept where the helpers have room: switching back is a
+        Select, not a transfer."""
         fingerprint = weights.fingerprint(model_patcher)
         if fingerprint == self.model_fingerprint:
             self.diffusion_model = model_patcher.model.diffusion_model
             return False
+        if self.held is not None and self.held[0] == fingerprint:
+            self._broadcast_message(messages.Select(self.held[1]))
+            self._expect_all("selected", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
+            current = (self.model_fingerprint, self.slot, self.diffusion_model)
+            self.model_fingerprint, self.slot, _ = self.held
+            self.diffusion_model = model_patcher.model.diffusion_model
+            self.held = current
+            self.weight_syncs += 1   # graphs of the other model's weights are not replayed
+            log.info("Enable Multi-GPU: the helpers switched to the other model they hold")
+            return True
         weights.check_transferable(model_patcher)
         spec = weights.model_spec(model_patcher)
         adapter = patches.adapter_named(spec["adapter"])
@@ -476,7 +491,9 @@ class HelperGroup:
         patch_lists, patch_tensors = gguf_weights.patch_message(model_patcher)
         if shards is not None:
             spec["block_dtype"] = shards.dtype   # the helpers' blocks are meta placeholders: no dtype of their own
-        self._broadcast_message(messages.Load(spec, keys, patch_lists, transport.layout(patch_tensors)))
+        keep = self.model_fingerprint is not None and self._room_for_another(model_patcher)
+        self._broadcast_message(messages.Load(spec, keys, patch_lists, transport.layout(patch_tensors),
+                                              self.slot + 1, keep))
         try:
             if self.block_shards is not None:   # the helpers close theirs at the same point
                 self.block_shards.close()
@@ -501,13 +518,24 @@ class HelperGroup:
             if received != digest.value:
                 raise HelperFailure(f"the weights helper rank {rank} received differ from rank 0's (digest "
                                     f"{received:x} vs {digest.value:x}): the transfer was corrupted")
-        self.model_fingerprint = fingerprint
+        self.held = (self.model_fingerprint, self.slot, self.diffusion_model) if keep else None
+        self.model_fingerprint, self.slot = fingerprint, self.slot + 1
         self.diffusion_model = model_patcher.model.diffusion_model
         self.weight_syncs += 1
         self.start_phases.setdefault("first weight sync", time.perf_counter() - t0)
         log.info("Enable Multi-GPU: sent the diffusion model's weights to %d helper(s) in %.1f s",
                  self.plan.world_size - 1, time.perf_counter() - t0)
         return True
+
+    def _room_for_another(self, model_patcher, margin=1.5):
+        """Whether every helper can keep its current model beside this one: helpers of this machine with unsharded
+        weights, whose free memory takes this model with a margin for activations."""
+        if self.plan.shard_weights or self.plan.launcher != "local":
+            return False
+        need = model_patcher.model_size() * margin
+        if self.plan.device_type == "cpu":
+            return psutil.virtual_memory().available >= need * (self.plan.world_size - 1)
+        return all(torch.cuda.mem_get_info(index)[0] >= need for index in self.plan.device_indices[1:])
 
     def helper_stats(self):
         """Per helper: process id, device, peak and current memory, and its step times since the last query.

@@ -116,6 +116,7 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
 
     diffusion_model = loaded_spec = shards = replacements = adapter = None
     compiled = None     # (settings, torch.compile of diffusion_model) while rank 0 runs TorchCompileModel
+    slot, held = None, None   # rank 0's name for the current model; the other model kept (Load.keep_held)
     last_compile = None  # the settings the last call ran with (None: eager), for the stats
     graphs = StepGraphs()
     forwards = 0
@@ -128,9 +129,22 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
         message = link.recv()
         if isinstance(message, messages.Exit):
             return
-        if isinstance(message, messages.Load):
+        if isinstance(message, messages.Select):
+            if held is None or held[0] != message.slot:
+                raise RuntimeError(f"rank 0 selected model {message.slot}, which this helper does not hold")
+            graphs.clear()          # graphs point at the other model's weights
+            current = (slot, diffusion_model, loaded_spec, adapter, replacements, compiled)
+            slot, diffusion_model, loaded_spec, adapter, replacements, compiled = held
+            held = current
+            link.send(messages.Reply("selected"))
+        elif isinstance(message, messages.Load):
             spec, keys, patches, patch_layout = message.spec, message.keys, message.patches, message.patch_layout
             graphs.clear()          # graphs point at the old weights
+            held = None
+            if message.keep_held and diffusion_model is not None:
+                held = (slot, diffusion_model, loaded_spec, adapter, replacements, compiled)
+                diffusion_model = loaded_spec = None   # the new model gets memory of its own
+            slot = message.slot
             if shards is not None:  # rank 0 closes its pieces at the same point
                 shards.close()
                 shards = None

@@ -33,11 +33,21 @@ class Setup:
 @dataclass(frozen=True)
 class Load:
     """Rank 0 → helper: build (or keep) the model ``spec`` describes and receive its weights, keys in this order.
-    ``patches``/``patch_layout``: a GGUF model's weight patches and the layout of their tensors."""
+    ``patches``/``patch_layout``: a GGUF model's weight patches and the layout of their tensors. ``slot``: rank 0's
+    name for this model; ``keep_held``: keep the current model too (two models of one workflow, such as Wan 2.2's
+    high- and low-noise experts), to be made current again by a Select."""
     spec: dict
     keys: list
     patches: Any
     patch_layout: list
+    slot: int = 0
+    keep_held: bool = False
+
+
+@dataclass(frozen=True)
+class Select:
+    """Rank 0 → helper: make the held model of ``slot`` current (its weights are already there)."""
+    slot: int
 
 
 @dataclass(frozen=True)
