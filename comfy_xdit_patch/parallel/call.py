@@ -27,6 +27,7 @@ class SequenceParallelCall:
             weight_shards.start_call()
         self.txt_sizes = self.main_sizes = self.ref_sizes = self._layout = self._image_layout = None
         self._mask = None   # (mask, the mask in the token order of the gathered sequence): every block passes the same
+        self._key_mask = None   # a key mask over the whole sequence, gathered once per call (gathered_key_mask)
 
     def _split(self, length):
         if self.token_weights:
@@ -106,6 +107,15 @@ class SequenceParallelCall:
             order = torch.cat([self.joint_positions(rank, mask.device) for rank in range(self.mesh.sp_degree)])
             self._mask = (mask, mask.index_select(-2, order).index_select(-1, order))
         return self._mask[1]
+
+    def gathered_key_mask(self, local_mask, group):
+        """A key mask (..., 1, L_local) over this rank's joint tokens as the whole sequence's key mask, in the order
+        the Ulysses exchange gathers the tokens (rank after rank). Collective on the first use in a call, on every
+        rank alike; later blocks reuse it (a model builds the same key mask for every block)."""
+        if self._key_mask is None:
+            from .token_split import gather_shards
+            self._key_mask = gather_shards(local_mask, self.seq_lens, self.mesh.sp_rank, group, dim=-1)
+        return self._key_mask
 
     def collective_issued(self):
         if self.pacer is not None:

@@ -15,6 +15,8 @@ import inspect
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import torch
+
 from ..parallel.call import TRANSFORMER_OPTIONS_KEY, SequenceParallelCall, active_call
 from ..parallel.token_split import clip_to_shard, gather_shards, take_shard
 from . import hooks
@@ -49,9 +51,19 @@ class BlockSplit:
     local_attention: tuple = ()
 
 
+@dataclass(frozen=True)
+class PostInputSplit:
+    """For a model whose forward calls ComfyUI's ``post_input`` patches with its embedded streams (FLUX's shape:
+    ``img``, ``txt``, ``img_ids``, ``txt_ids``): each rank keeps its slice of the text and of the image sequence,
+    the generated image's tokens and any reference-image tokens (``transformer_options
+    ["reference_image_num_tokens"]``) each split on their own. Where the output gathers is the family's: a
+    ``module_wrappers`` entry on the last block (``gather_main_tokens``)."""
+
+
 class Adapter:
     name = None
     split = None
+    module_wrappers = ()  # (pattern over module names, factory(adapter, forward, name, modules)): per-module hooks
     block_lists = ()      # ((attribute, patches_replace "dit" kind), ...): ComfyUI's block replacement keys
     limits = ()           # (what, why): documented here, enforced by unsupported_reason
     sequence_parallel = True
@@ -95,11 +107,19 @@ class Adapter:
         """``value`` of the per-token block argument ``name`` cut to ``rank``'s tokens (dim 1 over the tokens)."""
         return take_shard(value, call.main_sizes, rank)
 
-    def local_attention_modules(self, diffusion_model):
-        """(name, module) of the submodules whose attention stays on each rank (``BlockSplit.local_attention``)."""
-        patterns = getattr(self.split, "local_attention", ())
-        return [(name, module) for name, module in diffusion_model.named_modules()
-                if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
+    def wrapped_modules(self, diffusion_model):
+        """(name, factory(forward) -> wrapped forward) of every submodule the adapter hooks: its ``module_wrappers``
+        and the modules whose attention stays local (``BlockSplit.local_attention``)."""
+        wrappers = list(self.module_wrappers) + [(pattern, lambda adapter, forward, name, modules: local_attention(
+            forward)) for pattern in getattr(self.split, "local_attention", ())]
+        names = [name for name, _ in diffusion_model.named_modules()]
+        found = []
+        for pattern, factory in wrappers:
+            matching = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+            for name in matching:
+                found.append((name, lambda forward, factory=factory, name=name, matching=matching:
+                              factory(self, forward, name, matching)))
+        return found
 
     # ----- installing -------------------------------------------------------------------------------------------
     def install_on_patcher(self, model_patcher, shard_weights=False):
@@ -110,9 +130,11 @@ class Adapter:
         for key, patch in self.block_replacements(diffusion_model, shard_weights).items():
             if key not in existing:
                 model_patcher.set_model_patch_replace(patch, "dit", *key)
-        for name, module in self.local_attention_modules(diffusion_model):
+        for name, wrap in self.wrapped_modules(diffusion_model):
             attribute = f"diffusion_model.{name}.forward"
-            model_patcher.add_object_patch(attribute, local_attention(model_patcher.get_model_object(attribute)))
+            model_patcher.add_object_patch(attribute, wrap(model_patcher.get_model_object(attribute)))
+        if isinstance(self.split, PostInputSplit):
+            model_patcher.set_model_post_input_patch(split_post_input)
         options = model_patcher.model_options["transformer_options"]
         # A foreign attention override stays in place: unsupported_reason() then runs those calls on one GPU.
         if options.get("optimized_attention_override") is None:
@@ -123,8 +145,9 @@ class Adapter:
 
     def install_on_model(self, diffusion_model):
         """A helper: the same hooks on its bare model (transformer_options come with every call)."""
-        for _, module in self.local_attention_modules(diffusion_model):
-            module.forward = local_attention(module.forward)
+        for name, wrap in self.wrapped_modules(diffusion_model):
+            module = diffusion_model.get_submodule(name)
+            module.forward = wrap(module.forward)
         if isinstance(self.split, TokenSplit):
             setattr(diffusion_model, self.split.method,
                     split_tokens(self.split, getattr(diffusion_model, self.split.method)))
@@ -136,6 +159,8 @@ class Adapter:
         options["optimized_attention_override"] = hooks.parallel_attention
         if replacements:
             options["patches_replace"] = {"dit": replacements}
+        if isinstance(self.split, PostInputSplit):
+            options["patches"] = {"post_input": [split_post_input]}
         options[TRANSFORMER_OPTIONS_KEY] = call
         return options
 
@@ -265,6 +290,38 @@ def split_block(adapter, key, position, total):
         return out
 
     return replacement
+
+
+@hooks.ours
+def split_post_input(args):
+    """The ``post_input`` patch of a ``PostInputSplit``: each rank's slice of the text and image streams and of
+    their position ids. The split is planned here unless the family planned it before the forward began."""
+    call = active_call(args["transformer_options"])
+    if call is None:
+        return args
+    references = sum(args["transformer_options"].get("reference_image_num_tokens", []))
+    if call.txt_sizes is None:
+        call.plan_tokens(args["txt"].shape[1], args["img"].shape[1], references)
+    if args["txt"].shape[1] != sum(call.txt_sizes) or args["img"].shape[1] != sum(call.img_sizes):
+        raise RuntimeError("a post_input patch before Enable Multi-GPU changed the token counts")
+    rank = call.mesh.sp_rank
+    out = dict(args)
+    out["txt"] = take_shard(args["txt"], call.txt_sizes, rank)
+    out["txt_ids"] = take_shard(args["txt_ids"], call.txt_sizes, rank)
+    slices = call.image_slices(rank)
+    for key in ("img", "img_ids"):
+        parts = [args[key].narrow(1, start, length) for start, length in slices if length]
+        out[key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    return out
+
+
+def gather_main_tokens(local, call, lead=0):
+    """The generated image's tokens of every rank, in order, after ``lead`` tokens of this rank's own (a forward
+    that later cuts its image out at the local text length keeps finding it there)."""
+    rank = call.mesh.sp_rank
+    main = local.narrow(1, lead, call.main_sizes[rank])
+    gathered = gather_shards(main, call.main_sizes, rank, group=call.mesh.sp_group)
+    return torch.cat((local[:, :lead], gathered), dim=1) if lead else gathered
 
 
 def local_attention(forward):

@@ -13,12 +13,10 @@
 """
 import inspect
 
-import torch
-
 from ..parallel.call import active_call
-from ..parallel.token_split import clip_to_shard, gather_shards, take_shard
+from ..parallel.token_split import clip_to_shard, gather_shards
 from . import hooks
-from .adapter import Adapter
+from .adapter import Adapter, PostInputSplit, split_post_input
 
 FORWARD_ORIG = "diffusion_model.forward_orig"
 
@@ -33,24 +31,6 @@ def applies_post_input(diffusion_model):
     """Whether the model's forward calls the ``post_input`` patches (FLUX does, Chroma does not)."""
     import comfy.ldm.flux.model
     return type(diffusion_model) is comfy.ldm.flux.model.Flux
-
-
-@hooks.ours
-def shard_tokens(args):
-    call = active_call(args["transformer_options"])
-    if call is None:
-        return args
-    rank = call.mesh.sp_rank
-    if args["txt"].shape[1] != sum(call.txt_sizes) or args["img"].shape[1] != sum(call.img_sizes):
-        raise RuntimeError("a post_input patch before Enable Multi-GPU changed the token counts")
-    out = dict(args)
-    out["txt"] = take_shard(args["txt"], call.txt_sizes, rank)
-    out["txt_ids"] = take_shard(args["txt_ids"], call.txt_sizes, rank)
-    slices = call.image_slices(rank)
-    for key in ("img", "img_ids"):
-        parts = [args[key].narrow(1, start, length) for start, length in slices if length]
-        out[key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    return out
 
 
 def shard_control(control, call):
@@ -84,7 +64,7 @@ def wrap_forward_orig(original, shard_inputs=False):
             bound.arguments["timestep_zero_index"] = call.local_ranges(bound.arguments["timestep_zero_index"], rank)
         if shard_inputs:
             tokens = {name: bound.arguments[name] for name in ("img", "img_ids", "txt", "txt_ids")}
-            sharded = shard_tokens(dict(tokens, transformer_options=options))
+            sharded = split_post_input(dict(tokens, transformer_options=options))
             bound.arguments.update((name, sharded[name]) for name in tokens)
         local = original(*bound.args, **bound.kwargs)
         # _forward keeps only the generated image's tokens: gather just those.
@@ -96,6 +76,7 @@ def wrap_forward_orig(original, shard_inputs=False):
 
 class FluxAdapter(Adapter):
     name = "flux"
+    split = PostInputSplit()   # planned earlier, in forward_orig (wrap_forward_orig)
     block_lists = (("double_blocks", "double_block"), ("single_blocks", "single_block"))
     limits = (("an attention mask (Redux with strength_type attn_bias) with ring or USP",
                "the mask is applied after the Ulysses exchange gathers the whole sequence; ring attention never "
@@ -109,7 +90,6 @@ class FluxAdapter(Adapter):
         return diffusion_model.num_heads
 
     def install_on_patcher(self, model_patcher, shard_weights=False):
-        model_patcher.set_model_post_input_patch(shard_tokens)
         super().install_on_patcher(model_patcher, shard_weights)
         shard_inputs = not applies_post_input(model_patcher.get_model_object("diffusion_model"))
         model_patcher.add_object_patch(FORWARD_ORIG, wrap_forward_orig(model_patcher.get_model_object(FORWARD_ORIG),
@@ -118,11 +98,6 @@ class FluxAdapter(Adapter):
     def install_on_model(self, diffusion_model):
         diffusion_model.forward_orig = wrap_forward_orig(diffusion_model.forward_orig,
                                                          shard_inputs=not applies_post_input(diffusion_model))
-
-    def hooked_transformer_options(self, data_options, call, replacements=None):
-        options = super().hooked_transformer_options(data_options, call, replacements)
-        options["patches"] = {"post_input": [shard_tokens]}
-        return options
 
     def family_reason(self, arguments, diffusion_model, ring_degree):
         if arguments.get("attention_mask") is not None and ring_degree > 1:

@@ -70,7 +70,10 @@ def parallel_attention(func, q, k, v, heads, *args, **kwargs):
         # Ulysses gathers the whole sequence on every rank: the full mask applies, reordered like the tokens.
         if call.mesh.ring_degree > 1:
             raise RuntimeError("an attention mask is sequence-parallel with Ulysses only")
-        kwargs["mask"] = call.gathered_mask(mask)
+        if mask.shape[-2] == 1 and mask.shape[-1] == q.shape[2]:   # a key mask over this rank's tokens (Qwen-Image)
+            kwargs["mask"] = call.gathered_key_mask(mask, call.mesh.ulysses_group)
+        else:
+            kwargs["mask"] = call.gathered_mask(mask)
     skip_output_reshape = kwargs.pop("skip_output_reshape", False)
     kwargs["skip_reshape"] = True
 
