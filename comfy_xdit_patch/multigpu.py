@@ -10,10 +10,12 @@ The returned clone carries, under one key so that all of it can be found and rem
 Anything the helpers cannot reproduce sends that call to one GPU with one log line, and a failure during a parallel
 call ends the helpers and reruns the call on one GPU: the user always gets the image.
 """
+import inspect
 import itertools
 import logging
 import math
 import pickle
+import types
 import weakref
 
 import psutil
@@ -164,15 +166,20 @@ class MultiGPURun:
             return one_gpu()
         # A Cancel that arrived between steps stops here, before the helpers are engaged: they stay warm and in step.
         comfy.model_management.throw_exception_if_processing_interrupted()
-        call_args = dict(arguments, transformer_options=self.adapter.helper_transformer_options(transformer_options))
+        # The helpers call the model's forward, which may name an argument differently from the method it wraps
+        # (Qwen-Image's timestep and timesteps): the call travels by the forward's names.
+        renamed = _forward_names(executor)
+        call_args = {renamed.get(name, name): value for name, value in arguments.items()}
+        call_args["transformer_options"] = self.adapter.helper_transformer_options(transformer_options)
         try:
-            return self._parallel_step(group, executor, call_args, transformer_options, placement, one_gpu)
+            return self._parallel_step(group, executor, call_args, transformer_options, placement, one_gpu,
+                                       {new: old for old, new in renamed.items()})
         finally:
             if self.resident_weights is not None:
                 self.resident_weights.unpin()   # pinned for a capture or replay (_graph_ready)
 
     @torch.compiler.disable(recursive=False)   # as the wrapper: our host work stays out of dynamo
-    def _parallel_step(self, group, executor, call_args, transformer_options, placement, one_gpu):
+    def _parallel_step(self, group, executor, call_args, transformer_options, placement, one_gpu, own_names):
         try:
             message, tensors = group.dispatch_forward(call_args, self.graphs_allowed, self.compile_kwargs,
                                                       self._graph_ready, placement)
@@ -185,6 +192,7 @@ class MultiGPURun:
         def run_shard(args, token_weights):
             options = dict(transformer_options)
             options[TRANSFORMER_OPTIONS_KEY] = group.sequence_parallel_call(token_weights)
+            args = {own_names.get(name, name): value for name, value in args.items()}
             return executor(**dict(args, transformer_options=options))
 
         try:
@@ -222,6 +230,16 @@ class MultiGPURun:
             # The aborted step no longer reads them; ComfyUI's own step below faults and unpins weight by weight.
             self.resident_weights.unpin()
         return one_gpu()
+
+
+def _forward_names(executor):
+    """{name in the wrapped method: name in the model's forward} where the two differ. ComfyUI's forwards pass their
+    arguments on to the method they wrap in their own order, so the names pair up by position."""
+    forward = types.MethodType(type(executor.class_obj).forward, executor.class_obj)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [[p.name for p in inspect.signature(inspect.unwrap(f)).parameters.values() if p.kind in positional]
+             for f in (executor.original, forward)]
+    return {own: theirs for own, theirs in zip(*names) if own != theirs}
 
 
 def _torch_compile_settings(model_patcher):

@@ -744,3 +744,367 @@ def tiny_wan_lora(model, layers=None, rank=4, seed=170, scale=0.1, style="kohya"
         lora[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
         lora[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * scale
     return lora
+
+
+# --- Qwen-Image, Z-Image (Lumina 2 / NextDiT), Krea 2 ---------------------------------------------------------------
+
+QWEN_IMAGE_VARIANTS = ("t2i", "edit", "edit_2511")
+
+
+def tiny_qwen_image_unet_config(variant="t2i", num_layers=2, num_heads=6, head_dim=32, text_dim=64):
+    """The unet_config of a tiny Qwen-Image (ComfyUI's QwenImageTransformer2DModel), for comfy.supported_models.
+    QwenImage, the one config class ComfyUI has for every Qwen-Image model:
+      "t2i":       Qwen-Image (detection: in_channels 64, num_layers; the rest is the model's defaults);
+      "edit":      Qwen-Image-Edit / Edit-2509: the same model; editing is only the conditioning's reference latents
+                   (``qwen_image_inputs``), joined after the image tokens with the 'index' method (time index 1, 2, ..
+                   per reference) that ComfyUI uses by default;
+      "edit_2511": Qwen-Image-Edit-2511 (detection finds the '__index_timestep_zero__' buffer): default_ref_method
+                   'index_timestep_zero', which runs the reference tokens' modulation at timestep 0 (the block's
+                   batch of modulation vectors doubles: [t, 0]).
+    6 heads of 32 channels (the real model: 24 of 128; 2 divides 6, 4 does not), RoPE axes (8, 12, 12) for the
+    real (16, 56, 56), the Qwen2.5-VL width 3584 becomes ``text_dim``; 16 latent channels packed 2x2 (in 64)."""
+    if variant not in QWEN_IMAGE_VARIANTS:
+        raise ValueError(f"unknown Qwen-Image variant {variant!r}; one of {QWEN_IMAGE_VARIANTS}")
+    side = (3 * head_dim // 8) // 2 * 2
+    axes = (head_dim - 2 * side, side, side)
+    config = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=num_layers,
+                  attention_head_dim=head_dim, num_attention_heads=num_heads, joint_attention_dim=text_dim,
+                  axes_dims_rope=axes)
+    if variant == "edit_2511":
+        config["default_ref_method"] = "index_timestep_zero"
+    return config
+
+
+def load_tiny_qwen_image(variant="t2i", seed=180, **config):
+    """A tiny Qwen-Image (ComfyUI's model_base.QwenImage around its QwenImageTransformer2DModel, random fp32 weights
+    with fan-in scales) as a ModelPatcher, through ComfyUI's QwenImage config class: see
+    ``tiny_qwen_image_unet_config`` (``config``: its size arguments). Inputs: ``qwen_image_inputs``. ComfyUI's
+    detection cannot rebuild it from a file (it keeps the model's default 24 x 128 heads and 3584 text width)."""
+    import comfy.supported_models
+    model_config = comfy.supported_models.QwenImage(tiny_qwen_image_unet_config(variant, **config))
+    return _tiny_model_patcher(model_config, seed, fan_in=True)
+
+
+def qwen_image_conditioning(text_tokens=21, seed=1, text_dim=64, masked_tokens=0):
+    """Conditioning as CLIPTextEncode gives it to Qwen-Image: the Qwen2.5-VL hidden states after the chat template
+    (``text_tokens`` of them) and a pooled output of None. ComfyUI's encoder drops the attention mask when nothing
+    is masked (a single prompt); ``masked_tokens`` > 0 appends that many padding tokens and the long attention_mask
+    (1 = real, 0 = padding) that then reaches the model (model_base.QwenImage passes it as 'attention_mask', the
+    model turns it into an additive mask over the text keys of its joint attention)."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    cond = torch.randn(1, text_tokens + masked_tokens, text_dim, generator=generator)
+    extra = {"pooled_output": None}
+    if masked_tokens:
+        mask = torch.ones(1, text_tokens + masked_tokens, dtype=torch.long)
+        mask[:, text_tokens:] = 0
+        extra["attention_mask"] = mask
+    return [[cond, extra]]
+
+
+def qwen_image_inputs(variant="t2i", height=11, width=9, batch=1, text_tokens=21, references=None, seed=1,
+                      text_dim=64, masked_tokens=0):
+    """(positive, negative, latent) for a tiny Qwen-Image of ``variant``, ``height`` x ``width`` latent pixels
+    (ComfyUI's EmptySD3LatentImage, as Qwen-Image workflows use it: 4-D, 16 channels; the sampler makes it
+    (B, 16, 1, H, W) for the Wan 2.1 latent format). Text: ``qwen_image_conditioning`` (seeds ``seed`` and
+    ``seed`` + 1; ``masked_tokens`` on the positive only).
+    ``references`` (default 0 for "t2i", 1 for the edit variants): random images encoded by VAEEncode with the tiny
+    Wan 2.1 VAE (``tiny_wan_vae``; Qwen-Image's VAE is Wan 2.1's) and attached to both conditionings by ComfyUI's
+    ReferenceLatent node (what TextEncodeQwenImageEdit(Plus) also does): 'reference_latents' [(1, 16, 1, h, w)];
+    the first is the output's size, the second (height + 2) x (width - 2), so that the joint sequence holds
+    references of different token counts. The defaults give an uneven joint sequence: 11 x 9 latent pixels are
+    6 x 5 = 30 image tokens (patch 2, padded), with 21 text tokens 51."""
+    import nodes
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+    from comfy_extras.nodes_sd3 import EmptySD3LatentImage
+    if variant not in QWEN_IMAGE_VARIANTS:
+        raise ValueError(f"unknown Qwen-Image variant {variant!r}; one of {QWEN_IMAGE_VARIANTS}")
+    if references is None:
+        references = 0 if variant == "t2i" else 1
+    positive = qwen_image_conditioning(text_tokens, seed, text_dim, masked_tokens)
+    negative = qwen_image_conditioning(text_tokens, seed + 1, text_dim)
+    if references:
+        vae = tiny_wan_vae("2.1")
+        sizes = [(height, width), (height + 2, max(2, width - 2)), (height, width + 2)][:references]
+        for i, (h, w) in enumerate(sizes):
+            ref = nodes.VAEEncode().encode(vae, wan_image(1, h * 8, w * 8, seed + 10 + i))[0]
+            positive = ReferenceLatent.execute(positive, ref).result[0]
+            negative = ReferenceLatent.execute(negative, ref).result[0]
+    latent = EmptySD3LatentImage.execute(width * 8, height * 8, batch).result[0]
+    return positive, negative, latent
+
+
+def _qwen_instantx_config(unet_config):
+    """The tiny InstantX ControlNet's constructor arguments: the base model's config with 1 block."""
+    config = {k: v for k, v in unet_config.items() if k not in ("dtype", "default_ref_method")}
+    config["num_layers"] = 1
+    return config
+
+
+def tiny_qwen_controlnet_state_dict(kind="fun", model=None, seed=190, control_blocks=5):
+    """A random-weight Qwen-Image ControlNet state dict sized like ``model`` (a tiny Qwen-Image ModelPatcher; default
+    ``load_tiny_qwen_image()``), its blocks random, not zero, so that a control changes the result:
+      "fun":      VideoX-Fun's Qwen-Image ControlNet (ComfyUI's QwenImageFunControlNetModel: 'control_img_in',
+                  'control_blocks.N.{before_proj,after_proj,...}'), the layout ComfyUI's loader reads its sizes from
+                  (inner dim, head dim, heads). Its control input is 132 = 4 x 33 channels (control latent 16, mask 1,
+                  inpaint latent 16; ComfyUI pads a 16-channel hint with zeros);
+      "instantx": InstantX's Qwen-Image ControlNet (ComfyUI's QwenImageControlNetModel: the base model's blocks
+                  without the final layer, 'controlnet_blocks.N', 'controlnet_x_embedder')."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.qwen_image.controlnet import QwenImageControlNetModel, QwenImageFunControlNetModel
+    model = load_tiny_qwen_image() if model is None else model
+    config = dict(model.model.model_config.unet_config)
+    ops = comfy.ops.disable_weight_init
+    with torch.device("meta"):
+        if kind == "fun":
+            inner = config["num_attention_heads"] * config["attention_head_dim"]
+            shapes = QwenImageFunControlNetModel(control_in_features=132, inner_dim=inner,
+                                                 num_attention_heads=config["num_attention_heads"],
+                                                 attention_head_dim=config["attention_head_dim"],
+                                                 num_control_blocks=control_blocks, operations=ops,
+                                                 dtype=torch.float32).state_dict()
+        elif kind == "instantx":
+            shapes = QwenImageControlNetModel(operations=ops, dtype=torch.float32,
+                                              **_qwen_instantx_config(config)).state_dict()
+        else:
+            raise ValueError(f"unknown Qwen-Image ControlNet kind {kind!r}; 'fun' or 'instantx'")
+    return _random_state(shapes, seed, fan_in=True)
+
+
+def tiny_qwen_controlnet(kind="fun", model=None, seed=190):
+    """A tiny Qwen-Image ControlNet as ControlNetApplyAdvanced takes it (with the VAE: ``tiny_wan_vae('2.1')``, which
+    encodes the hint image; the hint image is 8x the latent size):
+      "fun":      loaded by ComfyUI's own loader (comfy.controlnet.load_controlnet_state_dict ->
+                  load_controlnet_qwen_fun, a QwenFunControlNet); its 5 control blocks inject at base layers
+                  0, 12, 24, 36, 48 of 60 (fixed in ComfyUI), so a tiny 2-layer base gets layer 0's hint only;
+      "instantx": ComfyUI's QwenImageControlNetModel with the tiny config, wrapped in comfy.controlnet.ControlNet as
+                  load_controlnet_qwen_instantx wraps it (the loader itself rebuilds the model from detection, which
+                  assumes the full-size 24 x 128 heads and 3584 text width); 1 block, its output repeated for every
+                  base layer. Its blocks call the attention without transformer_options."""
+    import torch
+    import comfy.controlnet
+    import comfy.latent_formats
+    import comfy.model_management
+    import comfy.ops
+    state = tiny_qwen_controlnet_state_dict(kind, model, seed)
+    if kind == "fun":
+        return comfy.controlnet.load_controlnet_state_dict(state, model_options={"dtype": torch.float32})
+    from comfy.ldm.qwen_image.controlnet import QwenImageControlNetModel
+    model = load_tiny_qwen_image() if model is None else model
+    control_model = QwenImageControlNetModel(operations=comfy.ops.disable_weight_init, dtype=torch.float32,
+                                             device=comfy.model_management.unet_offload_device(),
+                                             **_qwen_instantx_config(model.model.model_config.unet_config))
+    control_model = comfy.controlnet.controlnet_load_state_dict(control_model, state)
+    return comfy.controlnet.ControlNet(control_model, compression_ratio=1, latent_format=comfy.latent_formats.Wan21(),
+                                      concat_mask=False, load_device=comfy.model_management.get_torch_device(),
+                                      manual_cast_dtype=None, extra_conds=[])
+
+
+def apply_tiny_controlnet(positive, negative, control_net, height, width, vae=None, strength=1.0, seed=200):
+    """ComfyUI's ControlNetApplyAdvanced with a random hint image of (8 * height) x (8 * width) pixels and the tiny
+    Wan 2.1 VAE (Qwen-Image's ControlNets encode their hint to a latent); returns (positive, negative)."""
+    import nodes
+    vae = tiny_wan_vae("2.1") if vae is None else vae
+    return nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control_net,
+                                                            wan_image(1, height * 8, width * 8, seed), strength,
+                                                            0.0, 1.0, vae=vae)
+
+
+def tiny_z_image_unet_config(num_layers=2, refiner_layers=2, num_heads=6, head_dim=48, text_dim=64,
+                             pad_tokens_multiple=32):
+    """The unet_config comfy.model_detection builds for Z-Image (a Lumina 2 NextDiT with dim 3840: 30 heads of 128,
+    RoPE axes (32, 48, 48), theta 256, Z-Image's adaLN (256-wide timestep vector), time_scale 1000, SwiGLU 8/3, and
+    with 'cap_pad_token' in the file pad_tokens_multiple 32), tiny: 6 heads of 48 (the adaLN takes
+    min(dim, 256) inputs from a 256-wide timestep vector, so dim must be >= 256), axes (12, 18, 18), the Qwen3-4B
+    width 2560 becomes ``text_dim``; ``num_layers`` main blocks and ``refiner_layers`` noise / context refiner
+    blocks each (the real: 30 and 2). ``pad_tokens_multiple`` None gives no learned padding tokens (Lumina 2)."""
+    axes = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    config = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=num_heads * head_dim, cap_feat_dim=text_dim,
+                  n_layers=num_layers, n_refiner_layers=refiner_layers, qk_norm=True, n_heads=num_heads,
+                  n_kv_heads=num_heads, axes_dims=list(axes), axes_lens=[1536, 512, 512], rope_theta=256.0,
+                  ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True, time_scale=1000.0)
+    if pad_tokens_multiple is not None:
+        config["pad_tokens_multiple"] = pad_tokens_multiple
+    return config
+
+
+def load_tiny_z_image(seed=210, **config):
+    """A tiny Z-Image (ComfyUI's model_base.Lumina2 around its NextDiT, random fp32 weights with fan-in scales, the
+    learned padding tokens N(0, 1) like the caption embeddings they pad) as a ModelPatcher, through ComfyUI's ZImage
+    config class (shift 3): see ``tiny_z_image_unet_config`` (``config``: its arguments). Inputs:
+    ``z_image_inputs``."""
+    import torch
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+    model_config = comfy.supported_models.ZImage(tiny_z_image_unet_config(**config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    state = _random_state(model.diffusion_model.state_dict(), seed, fan_in=True)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for k in state:
+        if k.endswith("pad_token"):
+            state[k] = torch.randn(state[k].shape, generator=generator)
+    model.load_model_weights({"model.diffusion_model." + k: v for k, v in state.items()}, "model.diffusion_model.")
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def z_image_conditioning(text_tokens=21, seed=1, text_dim=64):
+    """Conditioning as CLIPTextEncode gives it to Z-Image: the Qwen3-4B hidden states (``text_tokens``), pooled
+    output None and the encoder's attention_mask (all ones for one prompt: model_base.Lumina2 then passes no mask,
+    only num_tokens, a CONDConstant)."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    cond = torch.randn(1, text_tokens, text_dim, generator=generator)
+    return [[cond, {"pooled_output": None, "attention_mask": torch.ones(1, text_tokens, dtype=torch.long)}]]
+
+
+def z_image_inputs(height=11, width=9, batch=1, text_tokens=21, negative_tokens=None, seed=1, text_dim=64):
+    """(positive, negative, latent) for a tiny Z-Image: ``z_image_conditioning`` (seeds ``seed``, ``seed`` + 1;
+    the negative has ``negative_tokens``, default ``text_tokens``) and EmptySD3LatentImage (16 channels, 4-D) of
+    ``height`` x ``width`` latent pixels. With different lengths, cond and uncond differ in num_tokens (a
+    CONDConstant), so ComfyUI runs them in separate model calls instead of padding them into one batch."""
+    from comfy_extras.nodes_sd3 import EmptySD3LatentImage
+    positive = z_image_conditioning(text_tokens, seed, text_dim)
+    negative = z_image_conditioning(text_tokens if negative_tokens is None else negative_tokens, seed + 1, text_dim)
+    return positive, negative, EmptySD3LatentImage.execute(width * 8, height * 8, batch).result[0]
+
+
+def tiny_krea2_unet_config(num_layers=2, heads=8, kvheads=2, head_dim=32, text_layers=4, text_dim=128,
+                           text_heads=4):
+    """The unet_config of a tiny Krea 2 (ComfyUI's krea2 SingleStreamDiT: detection reads features, heads and kv heads
+    assuming 128-wide heads, txtlayers, txtdim; the text-fusion heads stay the model's default 20 of 128), for
+    comfy.supported_models.Krea2: ``heads`` query heads sharing ``kvheads`` key / value heads (grouped like the
+    real 48 / 12), RoPE axes (8, 12, 12) from head_dim 32; the Qwen3-VL-4B stack of 12 layers x 2560 becomes
+    ``text_layers`` x ``text_dim`` with ``text_heads`` heads (not grouped, like the real)."""
+    return dict(image_model="krea2", features=heads * head_dim, channels=16, patch=2, layers=num_layers, heads=heads,
+                kvheads=kvheads, txtlayers=text_layers, txtdim=text_dim, txtheads=text_heads, txtkvheads=text_heads)
+
+
+def load_tiny_krea2(seed=220, **config):
+    """A tiny Krea 2 (ComfyUI's model_base.Krea2 around its SingleStreamDiT, random fp32 weights with fan-in scales;
+    its zero-centred RMSNorm scales N(0, 0.1)) as a ModelPatcher, through ComfyUI's Krea2 config class: see
+    ``tiny_krea2_unet_config``. Inputs: ``krea2_inputs``."""
+    import torch
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+    model_config = comfy.supported_models.Krea2(tiny_krea2_unet_config(**config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    state = _random_state(model.diffusion_model.state_dict(), seed, fan_in=True)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for k in state:
+        if k.endswith(".scale"):  # RMSNorm weight = 1 + scale
+            state[k] = 0.1 * torch.randn(state[k].shape, generator=generator)
+    model.load_model_weights({"model.diffusion_model." + k: v for k, v in state.items()}, "model.diffusion_model.")
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def krea2_conditioning(text_tokens=21, seed=1, text_layers=4, text_dim=128):
+    """Conditioning as CLIPTextEncode gives it to Krea 2: the Qwen3-VL hidden states of ``text_layers`` layers side
+    by side, (1, text_tokens, text_layers * text_dim), pooled output None (model_base.Krea2 takes no mask)."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, text_tokens, text_layers * text_dim, generator=generator), {"pooled_output": None}]]
+
+
+def krea2_inputs(height=11, width=9, batch=1, text_tokens=21, references=0, ref_method="index", seed=1,
+                 text_layers=4, text_dim=128):
+    """(positive, negative, latent) for a tiny Krea 2: ``krea2_conditioning`` (seeds ``seed``, ``seed`` + 1) and
+    EmptySD3LatentImage of ``height`` x ``width`` latent pixels (the Wan 2.1 latent format makes it 5-D; the model
+    folds the frame axis into the batch). ``references`` > 0: random latents from the tiny Wan 2.1 VAE through
+    ReferenceLatent, and FluxKontextMultiReferenceLatentMethod(``ref_method``: 'index' or 'index_timestep_zero'),
+    since Krea 2 ignores reference latents without a method (its default_ref_method is None)."""
+    import nodes
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+    from comfy_extras.nodes_flux import FluxKontextMultiReferenceLatentMethod
+    from comfy_extras.nodes_sd3 import EmptySD3LatentImage
+    positive = krea2_conditioning(text_tokens, seed, text_layers, text_dim)
+    negative = krea2_conditioning(text_tokens, seed + 1, text_layers, text_dim)
+    if references:
+        vae = tiny_wan_vae("2.1")
+        sizes = [(height, width), (height + 2, max(2, width - 2)), (height, width + 2)][:references]
+        for i, (h, w) in enumerate(sizes):
+            ref = nodes.VAEEncode().encode(vae, wan_image(1, h * 8, w * 8, seed + 10 + i))[0]
+            positive = ReferenceLatent.execute(positive, ref).result[0]
+            negative = ReferenceLatent.execute(negative, ref).result[0]
+        positive = FluxKontextMultiReferenceLatentMethod.execute(positive, ref_method).result[0]
+        negative = FluxKontextMultiReferenceLatentMethod.execute(negative, ref_method).result[0]
+    return positive, negative, EmptySD3LatentImage.execute(width * 8, height * 8, batch).result[0]
+
+
+def dit_lora_layers(model):
+    """The Linear layers a tiny LoRA patches in a tiny Qwen-Image, Z-Image or Krea 2 (what their LoRA trainers
+    target): every block's attention projections and MLP layers.
+      Qwen-Image: transformer_blocks.N.attn.{to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out},
+                  {img,txt}_mlp.net.{0.proj,2};
+      Z-Image:    {layers,noise_refiner,context_refiner}.N.attention.{qkv,out}, feed_forward.{w1,w2,w3};
+      Krea 2:     blocks.N and txtfusion.{layerwise,refiner}_blocks.N: attn.{wq,wk,wv,gate,wo}, mlp.{gate,up,down}."""
+    import comfy.model_base
+    state = model.model.diffusion_model.state_dict()
+    if isinstance(model.model, comfy.model_base.QwenImage):
+        suffixes = tuple(f".attn.{p}" for p in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                                                 "add_v_proj", "to_add_out")) + tuple(
+            f".{m}_mlp.net.{p}" for m in ("img", "txt") for p in ("0.proj", "2"))
+        prefixes = ("transformer_blocks.",)
+    elif isinstance(model.model, comfy.model_base.Lumina2):
+        suffixes = (".attention.qkv", ".attention.out", ".feed_forward.w1", ".feed_forward.w2", ".feed_forward.w3")
+        prefixes = ("layers.", "noise_refiner.", "context_refiner.")
+    elif isinstance(model.model, comfy.model_base.Krea2):
+        suffixes = tuple(f".attn.{p}" for p in ("wq", "wk", "wv", "gate", "wo")) + (".mlp.gate", ".mlp.up",
+                                                                                    ".mlp.down")
+        prefixes = ("blocks.", "txtfusion.layerwise_blocks.", "txtfusion.refiner_blocks.")
+    else:
+        raise ValueError(f"no tiny LoRA layers for {type(model.model).__name__}")
+    return [k[:-len(".weight")] for k in state
+            if k.startswith(prefixes) and k.endswith(".weight") and k[:-len(".weight")].endswith(suffixes)]
+
+
+def tiny_dit_lora(model, layers=None, rank=4, seed=230, scale=0.1, style="kohya"):
+    """A tiny LoRA for a tiny Qwen-Image / Z-Image / Krea 2 (``dit_lora_layers`` by default), in a naming
+    comfy.lora.model_lora_keys_unet maps onto it:
+      "kohya":     'lora_unet_<ComfyUI key, dots as _>.lora_up/.lora_down/.alpha' (the generic map every model
+                   gets), via ``tiny_unet_lora``;
+      "diffusers": lora_A / lora_B without alpha, in the diffusers names of each model's own map: Qwen-Image
+                   'transformer.<ComfyUI key>' (its names are diffusers'); Z-Image 'diffusion_model.<diffusers
+                   name>' through comfy.utils.z_image_to_diffusers (to_q / to_k / to_v patch slices of the fused
+                   qkv); Krea 2 'transformer.<diffusers name>' through comfy.utils.krea2_to_diffusers
+                   (transformer_blocks.N.attn.to_q -> blocks.N.attn.wq, ...).
+    Apply with ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
+    import torch
+    import comfy.model_base
+    import comfy.utils
+    layers = dit_lora_layers(model) if layers is None else layers
+    if style == "kohya":
+        return tiny_unet_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
+    if style != "diffusers":
+        raise ValueError(f"unknown LoRA style {style!r}")
+    state = model.model.diffusion_model.state_dict()
+    config = model.model.model_config.unet_config
+    if isinstance(model.model, comfy.model_base.QwenImage):
+        prefix, mapping = "transformer.", {layer + ".weight": layer + ".weight" for layer in layers}
+    elif isinstance(model.model, comfy.model_base.Lumina2):
+        prefix, mapping = "diffusion_model.", comfy.utils.z_image_to_diffusers(config)
+    elif isinstance(model.model, comfy.model_base.Krea2):
+        prefix, mapping = "transformer.", comfy.utils.krea2_to_diffusers(config)
+        mapping = {k: v for k, v in mapping.items() if ".to_out.weight" not in k}  # keep one name per layer
+    else:
+        raise ValueError(f"no diffusers LoRA naming for {type(model.model).__name__}")
+    wanted = {layer + ".weight" for layer in layers}
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name, target in mapping.items():
+        key = target if isinstance(target, str) else target[0]
+        if not name.endswith(".weight") or key not in wanted:
+            continue
+        out_features, in_features = state[key].shape
+        if not isinstance(target, str) and target[1] is not None:
+            out_features = target[1][2]
+        base = prefix + name[:-len(".weight")]
+        lora[base + ".lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+        lora[base + ".lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+    return lora

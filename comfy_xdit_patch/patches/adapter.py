@@ -10,8 +10,8 @@ A family's adapter is an ``Adapter`` whose class attributes say:
 and its methods say which classes it serves (``supports``) and how many attention heads bound Ulysses
 (``num_heads``). The hooks themselves (patches/hooks.py) are shared; ComfyUI's forward is never copied.
 """
-import fnmatch
 import inspect
+import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -44,7 +44,7 @@ class BlockSplit:
     block's input and gathered at the last block's output, through ComfyUI's block replacement
     (``patches_replace["dit"]``). ``tokens``: the block argument holding the token sequence (B, L, C);
     ``per_token``: block arguments sliced like the tokens (their dim 1 runs over the tokens; see
-    ``Adapter.per_token_slice``); ``local_attention``: submodules (patterns over the model's module names) whose
+    ``Adapter.per_token_slice``); ``local_attention``: submodules (regular expressions over module names) whose
     attention stays on each rank, such as cross-attention from the local tokens to the whole text."""
     tokens: str
     per_token: tuple = ()
@@ -63,7 +63,7 @@ class PostInputSplit:
 class Adapter:
     name = None
     split = None
-    module_wrappers = ()  # (pattern over module names, factory(adapter, forward, name, modules)): per-module hooks
+    module_wrappers = ()  # (regular expression over module names, factory(adapter, forward, name, names)): hooks
     block_lists = ()      # ((attribute, patches_replace "dit" kind), ...): ComfyUI's block replacement keys
     limits = ()           # (what, why): documented here, enforced by unsupported_reason
     sequence_parallel = True
@@ -115,7 +115,7 @@ class Adapter:
         names = [name for name, _ in diffusion_model.named_modules()]
         found = []
         for pattern, factory in wrappers:
-            matching = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+            matching = [name for name in names if re.fullmatch(pattern, name)]
             for name in matching:
                 found.append((name, lambda forward, factory=factory, name=name, matching=matching:
                               factory(self, forward, name, matching)))
@@ -315,13 +315,15 @@ def split_post_input(args):
     return out
 
 
-def gather_main_tokens(local, call, lead=0):
-    """The generated image's tokens of every rank, in order, after ``lead`` tokens of this rank's own (a forward
-    that later cuts its image out at the local text length keeps finding it there)."""
+def gather_main_tokens(local, call, start=0, lead=0):
+    """The generated image's tokens of every rank, in order; this rank's start at ``start`` of ``local``. ``lead``
+    placeholder tokens come first, for a forward that cuts the image out after the whole text."""
     rank = call.mesh.sp_rank
-    main = local.narrow(1, lead, call.main_sizes[rank])
+    main = local.narrow(1, start, call.main_sizes[rank])
     gathered = gather_shards(main, call.main_sizes, rank, group=call.mesh.sp_group)
-    return torch.cat((local[:, :lead], gathered), dim=1) if lead else gathered
+    if not lead:
+        return gathered
+    return torch.cat((gathered.new_zeros((gathered.shape[0], lead) + tuple(gathered.shape[2:])), gathered), dim=1)
 
 
 def local_attention(forward):

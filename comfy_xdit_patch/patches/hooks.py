@@ -37,6 +37,7 @@ def named_arguments(method, args, kwargs):
     """One model call's arguments by name, extra keyword arguments included (helpers call the model with
     keywords). ``method`` is bound to the model; its signature is read once per class (cached on the plain
     function, so the cache holds no model)."""
+    method = inspect.unwrap(method)   # our own wrappers (functools.wraps) keep the model's signature
     function = getattr(method, "__func__", None)
     if function is None:
         bound = _signature(method).bind(*args, **kwargs)
@@ -52,6 +53,9 @@ def named_arguments(method, args, kwargs):
     return arguments
 
 
+_ATTENTION_POSITIONALS = ("mask", "attn_precision")
+
+
 @ours
 def parallel_attention(func, q, k, v, heads, *args, **kwargs):
     """The ``optimized_attention_override``: attention over the whole sequence from each rank's tokens. q, k, v come
@@ -59,8 +63,9 @@ def parallel_attention(func, q, k, v, heads, *args, **kwargs):
     call = active_call(kwargs.get("transformer_options"))
     if call is None:
         return func(q, k, v, heads, *args, **kwargs)
-    if args:
+    if len(args) > len(_ATTENTION_POSITIONALS):
         raise RuntimeError("positional attention arguments are not known to the sequence-parallel attention")
+    kwargs.update(zip(_ATTENTION_POSITIONALS, args))   # optimized_attention(q, k, v, heads, mask, attn_precision)
     if not kwargs.pop("skip_reshape", False):   # (B, L, H * D), or (B, L, H, D) as SD3 passes v
         batch, length = q.shape[:2]
         q, k, v = (t.reshape(batch, length, heads, -1).transpose(1, 2) for t in (q, k, v))

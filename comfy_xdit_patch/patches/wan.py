@@ -26,7 +26,7 @@ def _tokens(frames, height, width, patch_size):
 
 class WanAdapter(Adapter):
     name = "wan"
-    split = BlockSplit("img", per_token=("pe", "vec"), local_attention=("blocks.*.cross_attn",))
+    split = BlockSplit("img", per_token=("pe", "vec"), local_attention=(r"blocks\.\d+\.cross_attn",))
     block_lists = (("blocks", "double_block"),)
     limits = (("VACE, camera, S2V, HuMo and SCAIL Wan models",
                "their forwards add per-block inputs this adapter does not split; they run CFG/batch-parallel"),)

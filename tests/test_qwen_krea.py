@@ -1,0 +1,88 @@
+"""Qwen-Image, Qwen-Image-Edit and Krea 2 through the node (patches/qwen_image.py, patches/krea2.py), 1 rank vs N
+ranks through ComfyUI's real KSampler and its own nodes (ReferenceLatent, ControlNetApplyAdvanced), fp32, tiny models
+from ComfyUI's own classes, helper processes over gloo. 11 x 9 latent pixels: 30 image tokens and 21 text tokens,
+uneven over 4 ranks; the edit references have other sizes."""
+import logging
+
+import comfy.sd
+import nodes
+import pytest
+
+from comfy_env import (apply_tiny_controlnet, krea2_inputs, load_tiny_krea2, load_tiny_qwen_image,
+                       qwen_image_inputs, relative_error, tiny_dit_lora, tiny_qwen_controlnet)
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.runtime import helper_group as helpers
+
+LAYOUTS = [("ulysses", 2), ("ring", 2), ("usp", 4)]
+
+
+def sample(model, inputs, cfg=3.0):
+    positive, negative, latent = inputs
+    return nodes.KSampler().sample(model, 42, 2, cfg, "euler", "simple", positive, negative, latent)[0]["samples"]
+
+
+def check_parallel(model, inputs, parallelism, gpus, caplog, cfg=3.0, **options):
+    expected = sample(model, inputs, cfg)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(model, gpus=gpus, parallelism=parallelism, **options), inputs, cfg)
+    group = helpers.current_group()
+    assert group is not None and group.plan.world_size == gpus, "the helpers did not run"
+    assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
+    assert relative_error(got, expected) <= 1e-5
+    return group
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return load_tiny_qwen_image("t2i")
+
+
+@pytest.mark.parametrize("parallelism,gpus", LAYOUTS)
+def test_qwen_image_text_to_image(qwen, parallelism, gpus, caplog):
+    check_parallel(qwen, qwen_image_inputs("t2i"), parallelism, gpus, caplog)
+
+
+@pytest.mark.parametrize("variant,references", [("edit", 1), ("edit", 2), ("edit_2511", 2)])
+@pytest.mark.parametrize("parallelism,gpus", [("ulysses", 2), ("usp", 4)])
+def test_qwen_image_edit_references_follow_the_split(variant, references, parallelism, gpus, caplog):
+    """Reference latents of other sizes join the image sequence; the 2511 model runs them at timestep zero."""
+    check_parallel(load_tiny_qwen_image(variant), qwen_image_inputs(variant, references=references), parallelism,
+                   gpus, caplog)
+
+
+@pytest.mark.parametrize("kind", ["fun", "instantx"])
+def test_qwen_image_controlnet_residuals_follow_the_split(qwen, kind, caplog):
+    positive, negative, latent = qwen_image_inputs("t2i")
+    positive, negative = apply_tiny_controlnet(positive, negative, tiny_qwen_controlnet(kind, qwen), 11, 9)
+    inputs = positive, negative, latent
+    assert relative_error(sample(qwen, inputs), sample(qwen, qwen_image_inputs("t2i"))) > 1e-2
+    check_parallel(qwen, inputs, "usp", 4, caplog)
+
+
+def test_qwen_image_sp_and_cfg_groups_with_a_lora(qwen, caplog):
+    """4 GPUs as two sequence-parallel groups of 2: the CFG branches on separate groups."""
+    patched, _ = comfy.sd.load_lora_for_models(qwen, None, tiny_dit_lora(qwen), 1.0, 0)
+    group = check_parallel(patched, qwen_image_inputs("t2i"), "ulysses", 4, caplog, sequence_degree=2)
+    assert group.scheduler.last_rows == [[0], [1]]
+
+
+def test_qwen_image_text_mask_runs_with_ulysses_and_names_the_fix_for_ring(qwen, caplog):
+    inputs = qwen_image_inputs("t2i", masked_tokens=5)
+    check_parallel(qwen, inputs, "ulysses", 2, caplog)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        sample(enable_multigpu(qwen, gpus=2, parallelism="ring"), inputs)
+    assert any("text attention mask, which runs sequence-parallel with parallelism 'ulysses' only" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("parallelism,gpus", LAYOUTS)
+def test_krea2_text_to_image(parallelism, gpus, caplog):
+    check_parallel(load_tiny_krea2(), krea2_inputs(), parallelism, gpus, caplog)
+
+
+@pytest.mark.parametrize("method", ["index", "index_timestep_zero"])
+def test_krea2_references_and_a_lora(method, caplog):
+    model = load_tiny_krea2()
+    patched, _ = comfy.sd.load_lora_for_models(model, None, tiny_dit_lora(model), 1.0, 0)
+    check_parallel(patched, krea2_inputs(references=2, ref_method=method), "usp", 4, caplog)
