@@ -1,4 +1,4 @@
-"""Qwen-Image, Qwen-Image-Edit and Krea 2 through the node (patches/qwen_image.py, patches/krea2.py), 1 rank vs N
+"""Qwen-Image, Qwen-Image-Edit, Krea 2 and Z-Image through the node (patches/qwen_image.py, krea2.py, z_image.py), 1 rank vs N
 ranks through ComfyUI's real KSampler and its own nodes (ReferenceLatent, ControlNetApplyAdvanced), fp32, tiny models
 from ComfyUI's own classes, helper processes over gloo. 11 x 9 latent pixels: 30 image tokens and 21 text tokens,
 uneven over 4 ranks; the edit references have other sizes."""
@@ -8,8 +8,8 @@ import comfy.sd
 import nodes
 import pytest
 
-from comfy_env import (apply_tiny_controlnet, krea2_inputs, load_tiny_krea2, load_tiny_qwen_image,
-                       qwen_image_inputs, relative_error, tiny_dit_lora, tiny_qwen_controlnet)
+from comfy_env import (apply_tiny_controlnet, krea2_inputs, load_tiny_krea2, load_tiny_qwen_image, load_tiny_z_image,
+                       qwen_image_inputs, relative_error, tiny_dit_lora, tiny_qwen_controlnet, z_image_inputs)
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.runtime import helper_group as helpers
 
@@ -86,3 +86,19 @@ def test_krea2_references_and_a_lora(method, caplog):
     model = load_tiny_krea2()
     patched, _ = comfy.sd.load_lora_for_models(model, None, tiny_dit_lora(model), 1.0, 0)
     check_parallel(patched, krea2_inputs(references=2, ref_method=method), "usp", 4, caplog)
+
+
+@pytest.mark.parametrize("parallelism,gpus", LAYOUTS)
+@pytest.mark.parametrize("padded", [True, False], ids=["padded-to-32", "unpadded"])
+def test_z_image_text_to_image(parallelism, gpus, padded, caplog):
+    """Z-Image pads caption and image to multiples of 32 with learned tokens (its default); unpadded, the 21 caption
+    and 30 image tokens split unevenly. The refiners run whole on every rank, the main layers split."""
+    model = load_tiny_z_image(pad_tokens_multiple=32 if padded else None)
+    check_parallel(model, z_image_inputs(), parallelism, gpus, caplog)
+
+
+def test_z_image_cfg_with_prompts_of_different_lengths_and_a_lora(caplog):
+    """Prompts of different lengths make ComfyUI run cond and uncond as separate calls."""
+    model = load_tiny_z_image(pad_tokens_multiple=None)
+    patched, _ = comfy.sd.load_lora_for_models(model, None, tiny_dit_lora(model), 1.0, 0)
+    check_parallel(patched, z_image_inputs(negative_tokens=9), "ulysses", 2, caplog)
