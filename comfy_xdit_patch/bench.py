@@ -4,6 +4,7 @@
     python -m comfy_xdit_patch.bench --gpus 2 --res 1024,2048 --steps 10
     python -m comfy_xdit_patch.bench --model sdxl         # SDXL's UNet at cfg 4 (cond and uncond in one call)
     python -m comfy_xdit_patch.bench --model wan-14b --res 832x480,1280x720 --frames 33   # Wan video, 5-D latents
+    python -m comfy_xdit_patch.bench --model qwen-image --res 1024,1328   # also z-image, krea2
     python -m comfy_xdit_patch.bench --passthrough        # one GPU: what the node costs when it passes through
     python -m comfy_xdit_patch.bench --cpu                # no GPU: CPU ranks over gloo and a tiny FLUX
 
@@ -208,8 +209,13 @@ def _graphed_one_device(model, device):
     graphs, keys = StepGraphs(), {}
 
     def wrapper(executor, *args, **kwargs):
-        # ComfyUI's FLUX, Wan and UNet forwards pass transformer_options last; it holds no input of the graph.
-        *inputs, transformer_options = args
+        # transformer_options holds no input of the graph. ComfyUI's forwards pass it last, or by name (Lumina 2's,
+        # Z-Image's).
+        by_name = "transformer_options" in kwargs
+        if by_name:
+            inputs, transformer_options = args, kwargs.pop("transformer_options")
+        else:
+            *inputs, transformer_options = args
         tensors = []
         skeleton = transport.extract_tensors((tuple(inputs), kwargs), tensors)
         key = keys.setdefault(pickle.dumps((skeleton, transport.layout(tensors))), len(keys))
@@ -217,6 +223,8 @@ def _graphed_one_device(model, device):
 
         def forward(tensors_in):
             positional, named = transport.insert_tensors(skeleton, tensors_in)
+            if by_name:
+                return executor(*positional, transformer_options=transformer_options, **named)
             return executor(*positional, transformer_options, **named)
 
         if mode == EAGER:
@@ -414,18 +422,19 @@ def main(argv=None):
     parser.add_argument("--model", choices=tuple(MODELS), default=None, help="the random-weight model to time "
                         "(bench_models.py; GPU default flux-dev, CPU tiny)")
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance (default the model's: FLUX "
-                        "1, SD3.5 and SDXL 4, Wan 5); above 1 ComfyUI batches cond and uncond into one model call")
+                        "and Z-Image 1, SD3.5, SDXL, Qwen-Image and Krea 2 4, Wan 5); above 1 ComfyUI batches cond and "
+                        "uncond into one model call")
     parser.add_argument("--passthrough", action="store_true", help="one device only: time the unpatched model, the "
                         "node with gpus=1 and the node's hooked clone passing every call through, interleaved")
     parser.add_argument("--res", default=None, help="image sides, or WIDTHxHEIGHT for video models, comma separated "
-                        "(GPU default the model's: FLUX 1024,2048, SD3.5 and SDXL 1024, Wan 832x480, wan-5b 1280x704; "
+                        "(GPU default the model's: FLUX 1024,2048, Wan 832x480, wan-5b 1280x704, the others 1024; "
                         "CPU 256, video 256x256)")
     parser.add_argument("--frames", type=int, default=None, help="video models: the clip's length in pixel frames "
                         "(default 33); the latent has (frames - 1) // 4 + 1 frames")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps per run (GPU default 10; CPU 4)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the per-step median")
     parser.add_argument("--text-tokens", type=int, default=None, help="text length (GPU default the model's: FLUX "
-                        "and Wan 512, SD3.5 154, SDXL 77; CPU 77)")
+                        "and Wan 512, Qwen-Image and Krea 2 256, SD3.5 154, Z-Image 128, SDXL 77; CPU 77)")
     parser.add_argument("--parallelism", default="auto", help="auto, ulysses, ring, usp or a comma list of them")
     parser.add_argument("--kernel-baseline", action="store_true", help="also time 1 device with the ring kernel")
     parser.add_argument("--repeat", type=int, default=None, help="sample each configuration this many times (1 "

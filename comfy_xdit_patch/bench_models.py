@@ -32,6 +32,21 @@ WAN_14B = dict(dim=5120, heads=40, ffn_dim=13824, layers=40, channels=16)
 WAN_1_3B = dict(dim=1536, heads=12, ffn_dim=8960, layers=30, channels=16)
 WAN_5B = dict(dim=3072, heads=24, ffn_dim=14336, layers=30, channels=48)
 
+# Qwen-Image (comfy/ldm/qwen_image/model.py), the 20B double-stream MMDiT. ComfyUI's detection reads only the input
+# channels (16 latent channels packed 2x2: 64) and the layers; the heads, their width and the Qwen2.5-VL-7B text width
+# are the model's defaults.
+QWEN_IMAGE = dict(layers=60, heads=24, head_dim=128, text_dim=3584)
+
+# Z-Image Turbo (comfy/ldm/lumina/model.py, Lumina 2's NextDiT), 6B. ComfyUI's detection knows Z-Image by its width
+# 3840 and then fixes 30 heads of 128 and 2 noise and 2 context refiner layers; it reads the layers and the Qwen3-4B
+# text width.
+Z_IMAGE = dict(dim=3840, heads=30, layers=30, refiner_layers=2, text_dim=2560)
+
+# Krea 2 (comfy/ldm/krea2/model.py, SingleStreamDiT). ComfyUI's detection reads the width, the query and key/value
+# heads (taking them 128 wide), the layers and the text: the Qwen3-VL-4B hidden states of 12 layers of 2560, which the
+# model's text-fusion transformer (its 20 heads fixed) folds into one.
+KREA2 = dict(features=6144, heads=48, kvheads=12, layers=28, txtlayers=12, txtdim=2560)
+
 
 @contextlib.contextmanager
 def weight_shapes():
@@ -130,6 +145,65 @@ def random_wan_state_dict(size, dtype, device, seed=0):
     return random_values(shapes, dtype, device, seed, norm_scales=True)
 
 
+def _require(family, size, **detected):
+    """ValueError unless ``size`` has the values that ComfyUI's detection builds ``family`` with, whatever the weights'
+    shapes say."""
+    wrong = {key: size[key] for key, value in detected.items() if size[key] != value}
+    if wrong:
+        raise ValueError(f"{family} with {wrong}: ComfyUI's detection would build it with {detected}")
+
+
+def random_qwen_image_state_dict(size, dtype, device, seed=0):
+    """Qwen-Image weights with random values in its checkpoints' naming, which is ComfyUI's own
+    QwenImageTransformer2DModel's ('txt_norm', 'img_in', 'transformer_blocks.N.attn.to_q'): patch 2, in 64 / out 16
+    channels, RoPE axes (16, 56, 56)."""
+    import comfy.ops
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+    _require("Qwen-Image", size, heads=24, head_dim=128, text_dim=3584)
+    with weight_shapes():
+        shapes = QwenImageTransformer2DModel(
+            patch_size=2, in_channels=64, out_channels=16, num_layers=size["layers"],
+            num_attention_heads=size["heads"], attention_head_dim=size["head_dim"],
+            joint_attention_dim=size["text_dim"], axes_dims_rope=(16, 56, 56), dtype=dtype, device="meta",
+            operations=comfy.ops.disable_weight_init).state_dict()
+    return random_values(shapes, dtype, device, seed, norm_scales=True)
+
+
+def random_z_image_state_dict(size, dtype, device, seed=0):
+    """Z-Image weights with random values in its checkpoints' naming, which is ComfyUI's own NextDiT's
+    ('cap_embedder.1', 'noise_refiner.N.attention.k_norm', 'layers.N'), with the learned padding tokens
+    ('cap_pad_token', 'x_pad_token') by which ComfyUI pads text and image to multiples of 32: 16 latent channels,
+    patch 2, Z-Image's adaLN, RoPE axes (32, 48, 48) of theta 256, SwiGLU 8/3."""
+    import comfy.ops
+    from comfy.ldm.lumina.model import NextDiT
+    _require("Z-Image", size, dim=3840, heads=30, refiner_layers=2)
+    with weight_shapes():
+        shapes = NextDiT(
+            patch_size=2, in_channels=16, dim=size["dim"], n_layers=size["layers"],
+            n_refiner_layers=size["refiner_layers"], n_heads=size["heads"], n_kv_heads=size["heads"],
+            ffn_dim_multiplier=8.0 / 3.0, qk_norm=True, cap_feat_dim=size["text_dim"], axes_dims=[32, 48, 48],
+            axes_lens=[1536, 512, 512], rope_theta=256.0, z_image_modulation=True, time_scale=1000.0,
+            pad_tokens_multiple=32, dtype=dtype, device="meta", operations=comfy.ops.disable_weight_init).state_dict()
+    return random_values(shapes, dtype, device, seed, norm_scales=True)
+
+
+def random_krea2_state_dict(size, dtype, device, seed=0):
+    """Krea 2 weights with random values in its checkpoints' naming, which is ComfyUI's own SingleStreamDiT's ('first',
+    'blocks.N.attn.wq', 'txtfusion.projector'): 16 latent channels, patch 2. Its RMSNorms store the scale less 1
+    ('.scale'), so small values leave them near 1."""
+    import comfy.ops
+    from comfy.ldm.krea2.model import SingleStreamDiT
+    if size["features"] != 128 * size["heads"] or size["txtdim"] % 20:
+        raise ValueError(f"Krea 2 of {size['features']} features in {size['heads']} heads, text {size['txtdim']} wide: "
+                         f"ComfyUI's detection assumes heads of 128, and the text-fusion transformer has 20 heads")
+    with weight_shapes():
+        shapes = SingleStreamDiT(
+            features=size["features"], heads=size["heads"], kvheads=size["kvheads"], layers=size["layers"], patch=2,
+            channels=16, txtlayers=size["txtlayers"], txtdim=size["txtdim"], dtype=dtype, device="meta",
+            operations=comfy.ops.disable_weight_init).state_dict()
+    return random_values(shapes, dtype, device, seed)
+
+
 def flux_conditioning(tokens, seed, image_hw=None):
     """Random FLUX conditioning (T5 tokens, CLIP pooled output, guidance) in ComfyUI's format."""
     import torch
@@ -165,10 +239,43 @@ def wan_conditioning(tokens, seed, image_hw=None):
     return [[torch.randn(1, tokens, 4096, generator=generator), {"pooled_output": None}]]
 
 
+def qwen_image_conditioning(size, tokens, seed, image_hw=None):
+    """Random Qwen-Image conditioning as its Qwen2.5-VL-7B encoder gives a prompt: hidden states after the chat
+    template and no pooled output; ComfyUI drops the attention mask where it masks nothing."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, size["text_dim"], generator=generator), {"pooled_output": None}]]
+
+
+def z_image_conditioning(size, tokens, seed, image_hw=None):
+    """Random Z-Image conditioning as its Qwen3-4B encoder gives a prompt: hidden states, no pooled output, and the
+    attention mask, all ones (ComfyUI's Lumina 2 model then passes the model its length, not the mask)."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, size["text_dim"], generator=generator), {
+        "pooled_output": None, "attention_mask": torch.ones(1, tokens, dtype=torch.long)}]]
+
+
+def krea2_conditioning(size, tokens, seed, image_hw=None):
+    """Random Krea 2 conditioning as its Qwen3-VL-4B encoder gives a prompt: the hidden states of its tapped layers
+    side by side, (1, tokens, txtlayers * txtdim), which the model unpacks; no pooled output, no mask."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, size["txtlayers"] * size["txtdim"], generator=generator), {"pooled_output": None}]]
+
+
 def joint_tokens(latent_size, text_tokens):
     """A joint-attention transformer with 2x2 patches: image patches and text in one sequence."""
     height, width = latent_size
     return (height // 2) * (width // 2) + text_tokens
+
+
+def padded_joint_tokens(latent_size, text_tokens):
+    """Z-Image: text and image patches (ComfyUI pads to whole patches), each padded with learned tokens to a multiple
+    of 32, in one sequence."""
+    height, width = latent_size
+    image_tokens = -(-height // 2) * -(-width // 2)
+    return -(-image_tokens // 32) * 32 + -(-text_tokens // 32) * 32
 
 
 def unet_tokens(latent_size, text_tokens):
@@ -269,4 +376,19 @@ MODELS = {
         description="Wan-2.2-5B-size video DiT", state_dict=functools.partial(random_wan_state_dict, WAN_5B),
         latent_channels=48, conditioning=wan_conditioning, cfg=5.0, resolutions=("1280x704",), text_tokens=512,
         attention_tokens=video_tokens, latent_downscale=16, frames=33),
+    # Text as the encoders give a prompt of a few sentences. Qwen-Image's template (without its Lightning LoRA): cfg 4,
+    # cond and uncond in one call; its native size is --res 1328. Z-Image Turbo's: cfg 1. Krea 2 has no template in
+    # ComfyUI: cfg 4, as Qwen-Image's.
+    "qwen-image": BenchModel(
+        description="Qwen-Image-size MMDiT", state_dict=functools.partial(random_qwen_image_state_dict, QWEN_IMAGE),
+        latent_channels=16, conditioning=functools.partial(qwen_image_conditioning, QWEN_IMAGE), cfg=4.0,
+        resolutions=(1024,), text_tokens=256, attention_tokens=joint_tokens),
+    "z-image": BenchModel(
+        description="Z-Image-Turbo-size NextDiT", state_dict=functools.partial(random_z_image_state_dict, Z_IMAGE),
+        latent_channels=16, conditioning=functools.partial(z_image_conditioning, Z_IMAGE), cfg=1.0,
+        resolutions=(1024,), text_tokens=128, attention_tokens=padded_joint_tokens),
+    "krea2": BenchModel(
+        description="Krea-2-size single-stream DiT", state_dict=functools.partial(random_krea2_state_dict, KREA2),
+        latent_channels=16, conditioning=functools.partial(krea2_conditioning, KREA2), cfg=4.0, resolutions=(1024,),
+        text_tokens=256, attention_tokens=joint_tokens),
 }

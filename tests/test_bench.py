@@ -1,6 +1,6 @@
 """The README's main-job command on a machine without GPUs: 1 vs N CPU ranks on ComfyUI's FLUX, a table with the
-error against 1 rank, and what the benchmark's profiling reports; the registry's other models (SD3.5, SDXL, Wan video)
-detected by ComfyUI's loader and sampled at reduced sizes."""
+error against 1 rank, and what the benchmark's profiling reports; the registry's other models (SD3.5, SDXL, Wan video,
+Qwen-Image, Z-Image, Krea 2) detected by ComfyUI's loader and sampled at reduced sizes."""
 import os
 import re
 import subprocess
@@ -326,16 +326,20 @@ def test_passthrough_of_a_wan22_shaped_model_is_bit_identical(monkeypatch):
     assert all(row["identical"] and row["max_diff"] == 0.0 for row in rows), rows
 
 
-@pytest.mark.parametrize("name,latent_size", [("tiny", (8, 8)), ("wan-1.3b", (2, 4, 4))])
+@pytest.mark.parametrize("name,latent_size", [("tiny", (8, 8)), ("wan-1.3b", (2, 4, 4)), ("z-image", (8, 8))])
 def test_the_graphed_baseline_passes_each_models_arguments_through(monkeypatch, name, latent_size):
-    """``--graph-baseline``'s wrapper takes any model's forward arguments (Wan's differ from FLUX's); on the CPU its
-    steps run eagerly and equal the unpatched model's bit for bit."""
+    """``--graph-baseline``'s wrapper takes any model's forward arguments (Wan's differ from FLUX's; Lumina 2's and
+    Z-Image's take transformer_options by name); on the CPU its steps run eagerly and equal the unpatched model's bit
+    for bit."""
     import torch
     from comfy_xdit_patch import bench
     from comfy_xdit_patch.bench_models import MODELS
     from comfy_xdit_patch.runtime import step_graphs
-    spec = _small_wan(name) if MODELS[name].frames else MODELS[name]
-    model = bench.load_random_model(spec, torch.float32, torch.device("cpu"))
+    if name == "z-image":
+        spec, model = _tiny_z_image()
+    else:
+        spec = _small_wan(name) if MODELS[name].frames else MODELS[name]
+        model = bench.load_random_model(spec, torch.float32, torch.device("cpu"))
     monkeypatch.setattr(step_graphs.StepGraphs, "choose", lambda graphs, key: step_graphs.EAGER)   # no CUDA here
     calls, run = [], step_graphs.StepGraphs.run
 
@@ -348,3 +352,151 @@ def test_the_graphed_baseline_passes_each_models_arguments_through(monkeypatch, 
     got, _, _ = bench.sample(bench._graphed_one_device(model, torch.device("cpu")), latent_size, 2, 8,
                              torch.device("cpu"), spec=spec)
     assert len(calls) == 2 and torch.equal(got, expected)
+
+
+def test_qwen_image_z_image_and_krea2_are_detected_at_full_size_with_their_heads_and_text_widths():
+    """ComfyUI's detection rebuilds each from the shapes alone: Qwen-Image's 60 double-stream blocks of 24 heads of
+    128 over Qwen2.5-VL's 3584-wide text; Z-Image Turbo's NextDiT of width 3840 (30 heads, 2 refiner blocks each,
+    learned padding to 32 tokens) over Qwen3-4B's 2560; Krea 2's 28 blocks of 48 query and 12 key/value heads over a
+    12-layer stack of Qwen3-VL-4B's 2560, fused by 20 heads."""
+    from comfy_xdit_patch.bench_models import MODELS
+    _, config, model = _meta_model("qwen-image")
+    qwen = model.diffusion_model
+    assert type(config).__name__ == "QwenImage" and type(config.latent_format).__name__ == "Wan21"
+    assert (len(qwen.transformer_blocks), qwen.transformer_blocks[0].attn.heads, qwen.inner_dim) == (60, 24, 3072)
+    assert (qwen.txt_in.in_features, qwen.in_channels, qwen.out_channels) == (3584, 64, 16)
+    assert qwen.pe_embedder.axes_dim == [16, 56, 56]
+
+    _, config, model = _meta_model("z-image")
+    z_image = model.diffusion_model
+    assert type(config).__name__ == "ZImage" and type(config.latent_format).__name__ == "Flux"
+    assert (z_image.dim, z_image.n_heads, len(z_image.layers), z_image.layers[0].attention.head_dim) == \
+        (3840, 30, 30, 128)
+    assert (len(z_image.noise_refiner), len(z_image.context_refiner), z_image.pad_tokens_multiple) == (2, 2, 32)
+    assert z_image.cap_embedder[1].in_features == 2560 and z_image.x_embedder.in_features == 16 * 2 * 2
+
+    _, config, model = _meta_model("krea2")
+    krea2 = model.diffusion_model
+    attention = krea2.blocks[0].attn
+    assert type(config).__name__ == "Krea2" and type(config.latent_format).__name__ == "Wan21"
+    assert (len(krea2.blocks), attention.heads, attention.kvheads, attention.headdim) == (28, 48, 12, 128)
+    assert (krea2.txtlayers, krea2.txtdim, krea2.txtfusion.layerwise_blocks[0].attn.heads) == (12, 2560, 20)
+    for name in ("qwen-image", "z-image", "krea2"):
+        assert MODELS[name].latent_channels == 16 and MODELS[name].resolutions == (1024,), name
+
+
+def test_the_newest_image_models_take_the_conditioning_their_encoders_give():
+    """Qwen-Image: 256 tokens of 3584 at cfg 4, no mask (ComfyUI drops an all-ones one); Z-Image Turbo: 128 of 2560
+    and the all-ones mask, which ComfyUI's Lumina 2 model turns into the text's length; Krea 2: the 12 layers of 2560
+    side by side. Z-Image pads text and image to multiples of 32."""
+    import torch
+    from comfy_xdit_patch.bench_models import MODELS
+    qwen, z_image, krea2 = MODELS["qwen-image"], MODELS["z-image"], MODELS["krea2"]
+    [[context, extra]] = qwen.conditioning(qwen.text_tokens, 1, (1024, 1024))
+    assert context.shape == (1, 256, 3584) and extra == {"pooled_output": None} and qwen.cfg == 4
+    assert qwen.tokens(1024, 256) == 64 * 64 + 256 and qwen.tokens(1328, 256) == 83 * 83 + 256
+    [[context, extra]] = z_image.conditioning(z_image.text_tokens, 1, (1024, 1024))
+    assert context.shape == (1, 128, 2560)
+    assert torch.equal(extra["attention_mask"], torch.ones(1, 128, dtype=torch.long))
+    _, _, model = _meta_model("z-image")
+    conds = model.extra_conds(cross_attn=context, **extra)
+    assert "attention_mask" not in conds and conds["num_tokens"].cond == 128 and z_image.cfg == 1
+    assert z_image.tokens(1024, 77) == 64 * 64 + 96 and z_image.tokens(1000, 128) == 125 * 32 + 128
+    [[context, extra]] = krea2.conditioning(krea2.text_tokens, 1, (1024, 1024))
+    assert context.shape == (1, 256, 12 * 2560) and extra == {"pooled_output": None} and krea2.cfg == 4
+
+
+def test_sizes_comfyuis_detection_would_build_otherwise_are_refused():
+    """Detection takes Qwen-Image's heads and text width as fixed, knows Z-Image by its width alone, takes Krea 2's
+    heads 128 wide and keeps its 20 text-fusion heads: other sizes would load as another model, or not at all."""
+    import torch
+    from comfy_xdit_patch.bench_models import (KREA2, QWEN_IMAGE, Z_IMAGE, random_krea2_state_dict,
+                                               random_qwen_image_state_dict, random_z_image_state_dict)
+    for builder, size in [(random_qwen_image_state_dict, dict(QWEN_IMAGE, heads=12, head_dim=256)),
+                          (random_z_image_state_dict, dict(Z_IMAGE, dim=2560, heads=20)),
+                          (random_krea2_state_dict, dict(KREA2, features=4096)),
+                          (random_krea2_state_dict, dict(KREA2, txtdim=1024 + 8))]:
+        with pytest.raises(ValueError, match="detection"):
+            builder(size, torch.bfloat16, "meta")
+
+
+def _small_krea2():
+    """The registry's Krea 2 with its builder and conditioning at a reduced size that ComfyUI's detection rebuilds:
+    4 query heads of 128 (the width detection assumes) sharing 2 key/value heads, 2 layers, a text stack of 2 layers
+    of 160 (8 per text-fusion head)."""
+    import dataclasses
+    import functools
+    from comfy_xdit_patch.bench_models import MODELS, krea2_conditioning, random_krea2_state_dict
+    small = dict(features=512, heads=4, kvheads=2, layers=2, txtlayers=2, txtdim=160)
+    return dataclasses.replace(MODELS["krea2"], state_dict=functools.partial(random_krea2_state_dict, small),
+                               conditioning=functools.partial(krea2_conditioning, small))
+
+
+def test_the_main_job_times_a_krea2_shaped_model_on_cpu_ranks_at_its_cfg(monkeypatch, capsys):
+    """``bench --model krea2`` at a reduced size: detected as Krea 2, cond and uncond in one call (cfg 4), the joint
+    sequence of text and image split over 2 CPU ranks (Ulysses, 2 query heads each), within float32 rounding of 1
+    rank."""
+    from comfy_xdit_patch import bench, bench_models
+    monkeypatch.setitem(bench_models.MODELS, "krea2", _small_krea2())
+    models, block_inputs = [], set()
+    load = bench.load_random_model
+
+    def recorded_load(*args, **kwargs):
+        model = load(*args, **kwargs)
+        models.append(model.model)
+        # Rank 0's first block: the whole joint sequence on 1 device, its share of the text and the image on 2 ranks.
+        model.model.diffusion_model.blocks[0].register_forward_pre_hook(
+            lambda block, inputs: block_inputs.add(tuple(inputs[0].shape[:2])))
+        return model
+
+    monkeypatch.setattr(bench, "load_random_model", recorded_load)
+    [row] = bench.main(["--cpu", "--model", "krea2", "--res", "128", "--steps", "2", "--e2e-steps", "0"])
+    [model] = models
+    assert type(model).__name__ == "Krea2" and model.diffusion_model.blocks[0].attn.kvheads == 2
+    assert block_inputs == {(2, 64 + 77), (2, 32 + 39)}, block_inputs
+    assert row["layout"] == "2 CPU ranks (ulysses 2 x ring 1)" and row["tokens"] == 64 + 77
+    assert row["err"] <= 1e-5, row["err"]
+    assert "random Krea-2-size single-stream DiT, cfg 4," in capsys.readouterr().out
+
+
+def test_passthrough_of_a_krea2_shaped_model_is_bit_identical(monkeypatch):
+    from comfy_xdit_patch import bench, bench_models
+    from comfy_xdit_patch.runtime import helper_group as helpers
+    helpers.shutdown_group()
+    monkeypatch.setitem(bench_models.MODELS, "krea2", _small_krea2())
+    rows = bench.main(["--cpu", "--model", "krea2", "--passthrough", "--res", "128", "--steps", "2", "--warmup", "1",
+                       "--repeat", "2"])
+    assert [row["tokens"] for row in rows] == [64 + 77] * 3
+    assert helpers.current_group() is None
+    assert all(row["identical"] and row["max_diff"] == 0.0 for row in rows), rows
+
+
+def _tiny_z_image():
+    """A tiny Z-Image (tests/comfy_env.py: 6 heads of 48, text 64 wide), built through ComfyUI's ZImage config class,
+    since detection knows Z-Image only at its full width; and the registry's entry with conditioning of that width."""
+    import dataclasses
+    import functools
+    from comfy_env import load_tiny_z_image
+    from comfy_xdit_patch.bench_models import MODELS, z_image_conditioning
+    spec = dataclasses.replace(MODELS["z-image"], conditioning=functools.partial(z_image_conditioning,
+                                                                                 dict(text_dim=64)))
+    return spec, load_tiny_z_image()
+
+
+def test_the_main_job_times_a_z_image_shaped_model_on_cpu_ranks_at_turbos_cfg(monkeypatch, capsys):
+    """``bench --model z-image`` with the tiny Z-Image and the registry's conditioning (the encoder's all-ones mask) at
+    its width: cfg 1, one row a call, the caption and the image, each padded to 32 tokens, split over 2 CPU ranks
+    (Ulysses, 3 heads each) within float32 rounding of 1 rank."""
+    from comfy_xdit_patch import bench, bench_models
+    spec, model = _tiny_z_image()
+    layer_inputs = set()
+    # Rank 0's first main layer: the whole joint sequence on 1 device, half of it on 2 ranks.
+    model.model.diffusion_model.layers[0].register_forward_pre_hook(
+        lambda layer, inputs: layer_inputs.add(tuple(inputs[0].shape[:2])))
+    monkeypatch.setitem(bench_models.MODELS, "z-image", spec)
+    monkeypatch.setattr(bench, "load_random_model", lambda *args, **kwargs: model)
+    [row] = bench.main(["--cpu", "--model", "z-image", "--res", "128", "--steps", "2", "--e2e-steps", "0"])
+    assert layer_inputs == {(1, 96 + 64), (1, 80)}, layer_inputs
+    assert row["layout"] == "2 CPU ranks (ulysses 2 x ring 1)" and row["tokens"] == 96 + 64
+    assert row["err"] <= 1e-5, row["err"]
+    assert "random Z-Image-Turbo-size NextDiT, cfg 1," in capsys.readouterr().out

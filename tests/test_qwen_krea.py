@@ -102,3 +102,14 @@ def test_z_image_cfg_with_prompts_of_different_lengths_and_a_lora(caplog):
     model = load_tiny_z_image(pad_tokens_multiple=None)
     patched, _ = comfy.sd.load_lora_for_models(model, None, tiny_dit_lora(model), 1.0, 0)
     check_parallel(patched, z_image_inputs(negative_tokens=9), "ulysses", 2, caplog)
+
+
+@pytest.mark.parametrize("family", ["qwen_image", "z_image", "krea2"])
+def test_sharded_weights_and_a_batch_of_two(family, caplog):
+    """shard_weights: each rank holds half of every block (the adapters name the block lists; Z-Image's and Krea 2's
+    forwards have no block replacement, so their block wrappers gather the weights); a batch of two images."""
+    model, inputs = {"qwen_image": lambda: (load_tiny_qwen_image("t2i"), qwen_image_inputs("t2i", batch=2)),
+                     "z_image": lambda: (load_tiny_z_image(), z_image_inputs(batch=2)),
+                     "krea2": lambda: (load_tiny_krea2(), krea2_inputs(batch=2))}[family]()
+    group = check_parallel(model, inputs, "ring", 2, caplog, shard_weights=True)
+    assert group.block_shards is not None and len(group.block_shards.order) == 2

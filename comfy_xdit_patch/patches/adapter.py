@@ -65,6 +65,7 @@ class Adapter:
     split = None
     module_wrappers = ()  # (regular expression over module names, factory(adapter, forward, name, names)): hooks
     block_lists = ()      # ((attribute, patches_replace "dit" kind), ...): ComfyUI's block replacement keys
+    replaces_blocks = True   # False: the forward offers no block replacement; the module wrappers gather weights
     limits = ()           # (what, why): documented here, enforced by unsupported_reason
     sequence_parallel = True
 
@@ -96,6 +97,8 @@ class Adapter:
         block; otherwise, with sharded weights, the weight gathering alone."""
         kinds = dict(self.block_lists)
         keys = [key for key, _ in self.blocks(diffusion_model)]
+        if not self.replaces_blocks:
+            return {}
         if isinstance(self.split, BlockSplit):
             return {(kinds[attribute], index): split_block(self, (attribute, index), position, len(keys))
                     for position, (attribute, index) in enumerate(keys)}
@@ -324,6 +327,24 @@ def gather_main_tokens(local, call, start=0, lead=0):
     if not lead:
         return gathered
     return torch.cat((gathered.new_zeros((gathered.shape[0], lead) + tuple(gathered.shape[2:])), gathered), dim=1)
+
+
+def block_key(name):
+    """A block's key for the sharded weights, (attribute, index), from its module name ("blocks.3")."""
+    attribute, _, index = name.rpartition(".")
+    return attribute, int(index)
+
+
+def run_with_block_weights(call, key, forward, *args, **kwargs):
+    """``forward`` with the block's full weights gathered around it, where they are sharded (module wrappers of a
+    forward without block replacement)."""
+    if call.weight_shards is None:
+        return forward(*args, **kwargs)
+    call.weight_shards.enter(key)
+    try:
+        return forward(*args, **kwargs)
+    finally:
+        call.weight_shards.exit(key)
 
 
 def local_attention(forward):

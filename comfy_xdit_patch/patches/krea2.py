@@ -13,7 +13,7 @@ import functools
 
 from ..parallel.call import active_call
 from . import hooks
-from .adapter import Adapter, PostInputSplit, gather_main_tokens, local_attention
+from .adapter import Adapter, PostInputSplit, block_key, gather_main_tokens, local_attention, run_with_block_weights
 
 
 def _model_class():
@@ -22,7 +22,7 @@ def _model_class():
 
 
 def _block(adapter, forward, name, blocks):
-    last = name == blocks[-1]
+    last, key = name == blocks[-1], block_key(name)
 
     @hooks.ours
     @functools.wraps(forward)
@@ -33,7 +33,7 @@ def _block(adapter, forward, name, blocks):
         rank = call.mesh.sp_rank
         if kwargs.get("timestep_zero_index") is not None:   # the joint sequence: this rank's text, then its image
             kwargs["timestep_zero_index"] = call.txt_sizes[rank] + call.main_sizes[rank]
-        out = forward(*args, **kwargs)
+        out = run_with_block_weights(call, key, forward, *args, **kwargs)
         # The forward cuts the image out after the whole text's length: it finds the gathered image there.
         return gather_main_tokens(out, call, start=call.txt_sizes[rank], lead=sum(call.txt_sizes)) if last else out
 
@@ -50,6 +50,7 @@ class Krea2Adapter(Adapter):
     module_wrappers = (("txtfusion", lambda adapter, forward, name, modules: local_attention(forward)),
                        (r"blocks\.\d+", _block))
     block_lists = (("blocks", "single_block"),)
+    replaces_blocks = False
 
     def supports(self, diffusion_model):
         return type(diffusion_model) is _model_class()

@@ -16,7 +16,7 @@ import torch
 from ..parallel.call import active_call
 from ..parallel.token_split import take_shard
 from . import hooks
-from .adapter import Adapter, gather_main_tokens, local_attention
+from .adapter import Adapter, block_key, gather_main_tokens, local_attention, run_with_block_weights
 
 
 def _model_class():
@@ -51,14 +51,16 @@ def _split_embeddings(original):
 
 
 def _main_layer(adapter, forward, name, layers):
-    last = name == layers[-1]
+    last, key = name == layers[-1], block_key(name)
 
     @hooks.ours
     @functools.wraps(forward)
     def layer_forward(*args, **kwargs):
-        out = forward(*args, **kwargs)
         call = active_call(kwargs.get("transformer_options"))
-        if call is None or not last:
+        if call is None:
+            return forward(*args, **kwargs)
+        out = run_with_block_weights(call, key, forward, *args, **kwargs)
+        if not last:
             return out
         return gather_main_tokens(out, call, start=call.txt_sizes[call.mesh.sp_rank], lead=sum(call.txt_sizes))
 
@@ -73,6 +75,7 @@ class ZImageAdapter(Adapter):
     name = "z_image"
     module_wrappers = ((r"layers\.\d+", _main_layer), (r"(context|noise|siglip)_refiner\.\d+", _local))
     block_lists = (("layers", "double_block"),)
+    replaces_blocks = False
     limits = (("Z-Image Omni's reference latents", "their tokens take timestep-zero ranges the split does not "
                "follow yet; such calls run on one GPU"),
               ("the refiners", "4 layers before the split run whole on every GPU"))
