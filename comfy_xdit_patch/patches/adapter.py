@@ -2,13 +2,18 @@
 
 A family's adapter is an ``Adapter`` whose class attributes say:
 - ``name``: carried by the model spec, so the helpers install the same family's hooks;
-- ``split``: where the tokens are split (a ``TokenSplit``: the model method whose inputs are tokens, which of its
-  arguments are image tokens, text tokens or per-block residuals over the image) and so where the output gathers
-  (that method's return value: the image tokens);
-- ``block_lists``: the transformer blocks, in the order the forward runs them (what ``shard_weights`` shards);
+- ``split``: where the tokens are split and the output gathers, one of
+  ``TokenSplit`` (a model method whose arguments are tokens and whose return value is the image: SD3),
+  ``BlockSplit`` (the first block's input and the last block's output, through block replacement: Wan),
+  ``PostInputSplit`` (ComfyUI's ``post_input`` point, FLUX's shape: FLUX, Qwen-Image, Krea 2);
+- ``module_wrappers``: hooks on named submodules (regular expressions), for per-token block arguments, attention
+  that stays local and the gather after the last block;
+- ``block_lists``: the transformer blocks, in the order the forward runs them (what ``shard_weights`` shards), and
+  ``replaces_blocks``: whether the forward offers ComfyUI's block replacement for them;
 - ``limits``: what it cannot run in parallel and why (those calls run on one GPU, with the reason in the log).
-and its methods say which classes it serves (``supports``) and how many attention heads bound Ulysses
-(``num_heads``). The hooks themselves (patches/hooks.py) are shared; ComfyUI's forward is never copied.
+and its methods say which classes it serves (``supports``), how many attention heads bound Ulysses
+(``num_heads``) and how many tokens a call has (``token_counts``). The hooks themselves (patches/hooks.py) are shared;
+ComfyUI's forward is never copied.
 """
 import inspect
 import re
