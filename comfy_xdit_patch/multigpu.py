@@ -156,6 +156,10 @@ class MultiGPURun:
             return one_gpu()
         arguments = self.adapter.named_arguments(executor.original, args, kwargs)
         transformer_options = arguments.pop("transformer_options")
+        if not isinstance(arguments.get("x"), torch.Tensor):   # e.g. a list of streams (video and audio)
+            self._one_gpu(f"{type(executor.class_obj).__name__}'s input is not one latent tensor whose rows could "
+                          "be placed on the GPUs")
+            return one_gpu()
         placement = group.scheduler.placement(arguments["x"].shape[0])
         token_weights = None if placement is None or placement[1] is None else [
             weights for weights, rows in zip(placement[1], placement[0]) if rows]

@@ -4,6 +4,7 @@ Nothing inside the model is split: a call's batch rows (its batch items, and the
 branches ComfyUI batches together when cfg > 1) are placed on the GPUs, each GPU runs ComfyUI's own forward on its
 rows, and the rows are gathered back in order. Every row is computed as on one GPU, so the result is one GPU's.
 """
+from . import hooks
 from .adapter import Adapter
 
 
@@ -30,14 +31,10 @@ class AnyModelAdapter(Adapter):
 
     def unsupported_reason(self, arguments, transformer_options, diffusion_model, sp_degree, ring_degree=1,
                            token_weights=None):
-        from . import hooks
         foreign = hooks.foreign_hooks(transformer_options)
         if foreign:
             return "the model carries patches the helper GPUs cannot reproduce: " + ", ".join(foreign)
-        x = arguments.get("x")
-        if x is None or not hasattr(x, "shape"):
-            return f"{type(diffusion_model).__name__}'s forward takes no latent 'x' whose rows could be placed"
-        if x.shape[0] < 2:
+        if arguments["x"].shape[0] < 2:   # a tensor: multigpu.py sends any other input to one GPU first
             return nothing_to_split(diffusion_model)
         return None
 
