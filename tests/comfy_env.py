@@ -1108,3 +1108,215 @@ def tiny_dit_lora(model, layers=None, rank=4, seed=230, scale=0.1, style="kohya"
         lora[base + ".lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
         lora[base + ".lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * scale
     return lora
+
+
+# --- MiniMax H3 (joint video + audio, single-stream packed DiT) ------------------------------------------------------
+
+def tiny_minimax_unet_config(num_layers=2, refiner_layers=2, num_heads=4, head_dim=32, hidden=96, text_dim=64,
+                             rope_freqs_per_axis=4):
+    """The unet_config comfy.model_detection builds for a MiniMax H3 checkpoint ('video_patch_proj.weight' and
+    'audio_patch_proj.weight' present; every size is read from the state dict, so a tiny file is detected as is),
+    tiny, for comfy.supported_models.MiniMaxH3: ``num_heads`` heads of ``head_dim`` (real: 56 of 128) over a residual
+    stream of ``hidden`` (real: 5376; like the real, hidden != heads * head_dim, the attention's qkv / out_proj map
+    between them), ``num_layers`` DiT blocks (real: 50), a token refiner of ``refiner_layers`` blocks (real: 2) over
+    the Qwen3-VL states of width ``text_dim`` (real: 5120; it must differ from ``hidden``, or the model takes the text
+    as already refined), the time embedder 64 -> hidden -> hidden / 2 (real: 256 -> 5376 -> 2688, no adaLN curve
+    table) and ``rope_freqs_per_axis`` RoPE frequencies per (t, h, w) axis, which rotate the first
+    6 * rope_freqs_per_axis dimensions of each head (real: 16, 96 of 128). Latent channels as the real: video 24
+    (patch 1x2x2), audio 32."""
+    if 6 * rope_freqs_per_axis > head_dim:
+        raise ValueError("the rotary part (6 * rope_freqs_per_axis) must fit in head_dim")
+    if text_dim == hidden:
+        raise ValueError("text_dim must differ from hidden (the model skips its token refiner otherwise)")
+    return dict(image_model="minimax_h3", num_layers=num_layers, token_refiner_num_layers=refiner_layers,
+                hidden_size=hidden, num_attention_heads=num_heads, attention_head_dim=head_dim,
+                ffn_hidden_size=2 * hidden, latents_dim=24, audio_latents_dim=32, text_dim=text_dim,
+                timestep_input_dim=64, time_embed_hidden_size=hidden, time_embed_dim=hidden // 2,
+                rope_inv_freq_len=rope_freqs_per_axis)
+
+
+def load_tiny_minimax(seed=240, **config):
+    """A tiny MiniMax H3 (ComfyUI's model_base.MiniMaxH3 around comfy.ldm.minimax.model.MiniMaxH3Model, random fp32
+    weights with fan-in scales; the RoPE inverse frequencies 10000 ** (-2i / (2 * n)) per axis) as a ModelPatcher,
+    through ComfyUI's MiniMaxH3 config class (FLOW_AV sampling, shift 12 video / 3 audio): see
+    ``tiny_minimax_unet_config`` (``config``: its arguments). Inputs: ``minimax_inputs``.
+
+    The model takes one packed sequence without a batch dimension: h is (seq, hidden), the attention gets
+    (1, heads, seq, head_dim) through AttentionTensorContainer with skip_reshape; batch > 1 raises, and cond and
+    uncond never share a call (their minimax_payload, a CONDConstant holding a PackedLayout, never compares equal),
+    so cfg > 1 makes two model calls of batch 1 per step. The token refiner runs once per sampling in extra_conds
+    (model_base.MiniMaxH3.preprocess_text_embeds, attention over the text alone, no transformer_options)."""
+    import torch
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+    model_config = comfy.supported_models.MiniMaxH3(tiny_minimax_unet_config(**config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    state = _random_state(model.diffusion_model.state_dict(), seed, fan_in=True)
+    n = state["rope.inv_freq"].shape[0]
+    state["rope.inv_freq"] = 1.0 / (10000.0 ** (torch.arange(0, 2 * n, 2, dtype=torch.float32) / (2 * n)))
+    model.load_model_weights({"model.diffusion_model." + k: v for k, v in state.items()}, "model.diffusion_model.")
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+class TinyMiniMaxClip:
+    """A stand-in for the MiniMax H3 CLIP (Qwen3-VL-32B, which has no tiny form in ComfyUI) with the two methods
+    ComfyUI's MiniMax nodes and CLIPTextEncode call: ``tokenize`` lays the presentation out as
+    comfy.text_encoders.minimax.MiniMaxH3Tokenizer does (labels '<Picture i>: ', '<Video k>: ' + '<T.T seconds>' per
+    2-frame block, '<Audio j>: ', then the prompt), with fixed token counts: the prompt ``text_tokens``, each label
+    ``label_tokens``, each vision block 2 (vision start / end) + one token per 32x32 pixels (at least 4);
+    ``encode_from_tokens_scheduled`` gives what the real CLIP gives: [[states (1, L, text_dim) N(0, 1) (seed
+    ``seed``), {'pooled_output': None, 'minimax_token_tags': (L,) long, 0 over each vision block and its flanking
+    tokens, 1 elsewhere}]]."""
+
+    def __init__(self, text_tokens=7, seed=1, text_dim=64, label_tokens=5):
+        self.text_tokens, self.seed, self.text_dim, self.label_tokens = text_tokens, seed, text_dim, label_tokens
+
+    @staticmethod
+    def _vision_tokens(frames):
+        import math
+        return 2 + max(4, math.ceil(frames.shape[-3] / 32) * math.ceil(frames.shape[-2] / 32))
+
+    def tokenize(self, text, return_word_ids=False, images=(), minimax_ref_items=None, **kwargs):
+        runs = []  # (tag, n)
+        if minimax_ref_items:
+            for item in minimax_ref_items:
+                runs.append((1, self.label_tokens))
+                if item["type"] == "image":
+                    runs.append((0, self._vision_tokens(item["data"])))
+                elif item["type"] == "video":  # 2 fps frames, repeat-padded to pairs: one block per pair
+                    for _ in range((item["data"].shape[0] + 1) // 2):
+                        runs += [(1, self.label_tokens - 1), (0, self._vision_tokens(item["data"]))]
+        else:
+            for image in images:
+                runs += [(1, self.label_tokens), (0, self._vision_tokens(image))]
+        runs.append((1, self.text_tokens))
+        return {"minimax_runs": runs}
+
+    def encode_from_tokens_scheduled(self, tokens, **kwargs):
+        import torch
+        tags = torch.cat([torch.full((n,), tag, dtype=torch.long) for tag, n in tokens["minimax_runs"]])
+        states = torch.randn(1, tags.shape[0], self.text_dim, generator=torch.Generator().manual_seed(self.seed))
+        return [[states, {"pooled_output": None, "minimax_token_tags": tags}]]
+
+
+def tiny_minimax_vae(seed=250, ch=32, decoder_layers=1, decoder_heads=2, decoder_head_dim=16):
+    """A random-weight MiniMax H3 video VAE as a comfy.sd.VAE built by ComfyUI's own VAE detection (24 latent
+    channels, 16x spatial, pixel frames 17k+5 <-> latent frames 5k+2, an image is 1 latent frame): ComfyUI's
+    comfy.ldm.minimax.vae.MiniMaxH3VideoVAE with its 3D causal CNN encoder ``ch`` channels wide at all six levels
+    (real: 128 x (1, 2, 2, 4, 4, 8); its GroupNorms have 32 groups, so ch >= 32) and one residual block per level
+    (real: 2), and a ViT3D decoder of ``decoder_layers`` x ``decoder_heads`` x ``decoder_head_dim``
+    (real: 36 x 32 x 64). comfy.sd.VAE builds the VAE at its fixed real size, so for the construction only the two
+    classes are replaced in comfy.ldm.minimax.vae by subclasses with these sizes (restored afterwards)."""
+    import torch
+    import comfy.sd
+    import comfy.ldm.minimax.vae as minimax_vae
+    base_vae, base_decoder = minimax_vae.MiniMaxH3VideoVAE, minimax_vae.ViT3DDecoder
+
+    class TinyDecoder(base_decoder):
+        def __init__(self, **kwargs):
+            kwargs.update(num_layers=decoder_layers, heads=decoder_heads, dim_head=decoder_head_dim)
+            super().__init__(**kwargs)
+
+    class TinyVAE(base_vae):
+        def __init__(self, **kwargs):
+            kwargs.update(ch=ch, ch_mult=(1,) * 6, num_res_blocks=1)
+            super().__init__(**kwargs)
+
+    minimax_vae.MiniMaxH3VideoVAE, minimax_vae.ViT3DDecoder = TinyVAE, TinyDecoder
+    try:
+        with torch.device("meta"):
+            shapes = TinyVAE().state_dict()
+        state = _random_state(shapes, seed, fan_in=True)
+        for k in ("latents_mean", "latents_std"):
+            state[k] = torch.tensor(getattr(minimax_vae, k.upper()))
+        return comfy.sd.VAE(sd=state, dtype=torch.float32)
+    finally:
+        minimax_vae.MiniMaxH3VideoVAE, minimax_vae.ViT3DDecoder = base_vae, base_decoder
+
+
+def minimax_inputs(mode="t2v", frames=2, height=4, width=6, text_tokens=7, seed=1, text_dim=64, last_frame=False,
+                   ref_video=True, negative_refs=False, negative_tokens=None):
+    """(positive, negative, latent) for a tiny MiniMax H3 (``load_tiny_minimax``, same ``text_dim``), with ``frames``
+    latent video frames (5k + 2: 2, 7, 12 ..; 17k + 5 pixel frames at 24 fps) of height x width latent pixels (16x),
+    made by ComfyUI's own MiniMax H3 nodes with the text encoder stand-in ``TinyMiniMaxClip`` (positive seed
+    ``seed``, negative ``seed`` + 1) and, for images, ``tiny_minimax_vae``:
+      "t2v": MiniMaxH3ImageToVideo without frames (t2va): text-only conditioning (minimax_token_tags all 1);
+      "i2v": MiniMaxH3ImageToVideo with a random first frame (and with ``last_frame`` a last one) (fl2va): the
+             positive gains minimax_keyframes [{'resolved_frame_index': 0, 'latent': (1, 24, 1, height, width)}],
+             packed as 'cond' rows after the text; the presentation gains '<Picture 1>: ' + a vision block (tags 0);
+      "r2v": MiniMaxH3ReferenceToVideo with a random 64 x 32 pixel reference image and, with ``ref_video``, a
+             random 5-frame 32 x 64 reference video (no audio: the audio VAE is not needed): the positive gains
+             minimax_refs [{'kind': 'image', latent (1, 24, 1, 4, 2) ..}, {'kind': 'video', 'latent_t': 2,
+             latent (1, 24, 2, 2, 4) ..}], packed as 'ref_img' rows after the text.
+    The latent is the nodes' {'samples': NestedTensor((video (1, 24, frames, height, width), audio (1, 32, 2,
+    round(pixel frames / 24 * 40))))}. The negative is CLIPTextEncode's (text only, ``negative_tokens``, default
+    ``text_tokens``), or with ``negative_refs`` the same node with the same images. i2v / r2v need an even height
+    and width (the model patchifies condition latents without padding them). The packed sequence is
+    [text | cond or ref rows | audio 2 x audio_t | video frames x ceil(height / 2) x ceil(width / 2)]: by default
+    t2v 7 + 16 + 12 = 35, i2v 20 + 6 + 16 + 12 = 54, r2v 33 + 6 + 16 + 12 = 67 tokens (none a multiple of 4)."""
+    import nodes
+    from comfy_extras.nodes_minimax_h3 import MiniMaxH3ImageToVideo, MiniMaxH3ReferenceToVideo, video_latent_t
+    length = (frames - 2) // 5 * 17 + 5
+    if video_latent_t(length) != frames:
+        raise ValueError(f"MiniMax H3 latents have 5k + 2 frames (2, 7, 12 ..), not {frames}")
+    if mode in ("i2v", "r2v") and (height % 2 or width % 2):
+        raise ValueError("i2v / r2v need an even latent height and width")
+    clip, negative_clip = TinyMiniMaxClip(text_tokens, seed, text_dim), TinyMiniMaxClip(
+        text_tokens if negative_tokens is None else negative_tokens, seed + 1, text_dim)
+    if mode in ("t2v", "i2v"):
+        images = {}
+        if mode == "i2v":
+            images["first_frame"] = wan_image(1, height * 16, width * 16, seed + 2)
+            if last_frame:
+                images["last_frame"] = wan_image(1, height * 16, width * 16, seed + 3)
+
+        def node(c):
+            return MiniMaxH3ImageToVideo.execute(c, tiny_minimax_vae() if images else None, "prompt", width * 16,
+                                                 height * 16, length, **images).result
+    elif mode == "r2v":
+        refs = {"ref_images": {"ref_image_1": wan_image(1, 64, 32, seed + 4)}}
+        if ref_video:
+            refs["ref_videos"] = {"ref_video_1": wan_image(5, 32, 64, seed + 5)}
+
+        def node(c):
+            return MiniMaxH3ReferenceToVideo.execute(c, tiny_minimax_vae(), None, "prompt", width * 16, height * 16,
+                                                     length, "match", **refs).result
+    else:
+        raise ValueError(f"unknown MiniMax H3 mode {mode!r}; 't2v', 'i2v' or 'r2v'")
+    positive, latent = node(clip)
+    negative = node(negative_clip)[0] if negative_refs else nodes.CLIPTextEncode().encode(negative_clip, "")[0]
+    return positive, negative, latent
+
+
+def minimax_lora_layers(model):
+    """The Linear layers a tiny MiniMax H3 LoRA patches: in every DiT block and token-refiner block the attention's
+    qkv_proj and out_proj and the MLP's fc1 and fc2 (``tiny_dit_lora``'s default, ``dit_lora_layers``, knows no
+    MiniMax H3: pass these as its ``layers``)."""
+    state = model.model.diffusion_model.state_dict() if hasattr(model, "model") else model
+    suffixes = (".attn.qkv_proj", ".attn.out_proj", ".mlp.fc1", ".mlp.fc2")
+    return [k[:-len(".weight")] for k in state if k.startswith(("blocks.", "token_refiner.blocks."))
+            and k.endswith(".weight") and k[:-len(".weight")].endswith(suffixes)]
+
+
+def tiny_minimax_lora(model, layers=None, rank=4, seed=260, scale=0.1, style="kohya"):
+    """A tiny LoRA for a tiny MiniMax H3 (``minimax_lora_layers`` by default): "kohya" through ``tiny_dit_lora``
+    ('lora_unet_blocks_0_attn_qkv_proj.lora_up/.lora_down/.alpha', ComfyUI's generic key map), "diffusers"
+    'diffusion_model.<key>.lora_A/.lora_B' (ComfyUI's own key names, no alpha). Apply with
+    ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
+    import torch
+    layers = minimax_lora_layers(model) if layers is None else layers
+    if style == "kohya":
+        return tiny_dit_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
+    if style != "diffusers":
+        raise ValueError(f"unknown LoRA style {style!r}")
+    state = model.model.diffusion_model.state_dict() if hasattr(model, "model") else model
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for layer in layers:
+        out_features, in_features = state[layer + ".weight"].shape
+        lora[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+        lora[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+    return lora

@@ -42,8 +42,8 @@ def test_qwen_image_text_to_image(qwen, parallelism, gpus, caplog):
     check_parallel(qwen, qwen_image_inputs("t2i"), parallelism, gpus, caplog)
 
 
-@pytest.mark.parametrize("variant,references", [("edit", 1), ("edit", 2), ("edit_2511", 2)])
-@pytest.mark.parametrize("parallelism,gpus", [("ulysses", 2), ("usp", 4)])
+@pytest.mark.parametrize("variant,references,parallelism,gpus", [("edit", 1, "ulysses", 2), ("edit", 2, "usp", 4),
+                                                                ("edit_2511", 2, "usp", 4)])
 def test_qwen_image_edit_references_follow_the_split(variant, references, parallelism, gpus, caplog):
     """Reference latents of other sizes join the image sequence; the 2511 model runs them at timestep zero."""
     check_parallel(load_tiny_qwen_image(variant), qwen_image_inputs(variant, references=references), parallelism,
@@ -88,9 +88,9 @@ def test_krea2_references_and_a_lora(method, caplog):
     check_parallel(patched, krea2_inputs(references=2, ref_method=method), "usp", 4, caplog)
 
 
-@pytest.mark.parametrize("parallelism,gpus", LAYOUTS)
-@pytest.mark.parametrize("padded", [True, False], ids=["padded-to-32", "unpadded"])
-def test_z_image_text_to_image(parallelism, gpus, padded, caplog):
+@pytest.mark.parametrize("padded,parallelism,gpus", [(True, "usp", 4)] + [(False,) + layout for layout in LAYOUTS],
+                         ids=["padded-usp4", "unpadded-ulysses2", "unpadded-ring2", "unpadded-usp4"])
+def test_z_image_text_to_image(padded, parallelism, gpus, caplog):
     """Z-Image pads caption and image to multiples of 32 with learned tokens (its default); unpadded, the 21 caption
     and 30 image tokens split unevenly. The refiners run whole on every rank, the main layers split."""
     model = load_tiny_z_image(pad_tokens_multiple=32 if padded else None)
