@@ -1289,34 +1289,3 @@ def minimax_inputs(mode="t2v", frames=2, height=4, width=6, text_tokens=7, seed=
     positive, latent = node(clip)
     negative = node(negative_clip)[0] if negative_refs else nodes.CLIPTextEncode().encode(negative_clip, "")[0]
     return positive, negative, latent
-
-
-def minimax_lora_layers(model):
-    """The Linear layers a tiny MiniMax H3 LoRA patches: in every DiT block and token-refiner block the attention's
-    qkv_proj and out_proj and the MLP's fc1 and fc2 (``tiny_dit_lora``'s default, ``dit_lora_layers``, knows no
-    MiniMax H3: pass these as its ``layers``)."""
-    state = model.model.diffusion_model.state_dict() if hasattr(model, "model") else model
-    suffixes = (".attn.qkv_proj", ".attn.out_proj", ".mlp.fc1", ".mlp.fc2")
-    return [k[:-len(".weight")] for k in state if k.startswith(("blocks.", "token_refiner.blocks."))
-            and k.endswith(".weight") and k[:-len(".weight")].endswith(suffixes)]
-
-
-def tiny_minimax_lora(model, layers=None, rank=4, seed=260, scale=0.1, style="kohya"):
-    """A tiny LoRA for a tiny MiniMax H3 (``minimax_lora_layers`` by default): "kohya" through ``tiny_dit_lora``
-    ('lora_unet_blocks_0_attn_qkv_proj.lora_up/.lora_down/.alpha', ComfyUI's generic key map), "diffusers"
-    'diffusion_model.<key>.lora_A/.lora_B' (ComfyUI's own key names, no alpha). Apply with
-    ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
-    import torch
-    layers = minimax_lora_layers(model) if layers is None else layers
-    if style == "kohya":
-        return tiny_dit_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
-    if style != "diffusers":
-        raise ValueError(f"unknown LoRA style {style!r}")
-    state = model.model.diffusion_model.state_dict() if hasattr(model, "model") else model
-    generator = torch.Generator().manual_seed(seed)
-    lora = {}
-    for layer in layers:
-        out_features, in_features = state[layer + ".weight"].shape
-        lora[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
-        lora[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * scale
-    return lora

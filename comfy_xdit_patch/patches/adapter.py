@@ -15,6 +15,7 @@ and its methods say which classes it serves (``supports``), how many attention h
 (``num_heads``) and how many tokens a call has (``token_counts``). The hooks themselves (patches/hooks.py) are shared;
 ComfyUI's forward is never copied.
 """
+import functools
 import inspect
 import re
 from dataclasses import dataclass
@@ -340,16 +341,35 @@ def block_key(name):
     return attribute, int(index)
 
 
-def run_with_block_weights(call, key, forward, *args, **kwargs):
-    """``forward`` with the block's full weights gathered around it, where they are sharded (module wrappers of a
-    forward without block replacement)."""
-    if call.weight_shards is None:
-        return forward(*args, **kwargs)
-    call.weight_shards.enter(key)
-    try:
-        return forward(*args, **kwargs)
-    finally:
-        call.weight_shards.exit(key)
+def block_hook(rewrite=None, gather=None, sharded_weights=False):
+    """A ``module_wrappers`` factory for a model's transformer blocks, called with keyword arguments:
+    ``rewrite(call, kwargs)`` turns per-token keyword arguments into this rank's; ``sharded_weights`` gathers the
+    block's weights around it (a forward without block replacement); ``gather(out, call)`` makes the last block's
+    output what the forward expects after the blocks."""
+    def factory(adapter, forward, name, names):
+        last, key = name == names[-1], block_key(name)
+
+        @hooks.ours
+        @functools.wraps(forward)
+        def block_forward(*args, **kwargs):
+            call = active_call(kwargs.get("transformer_options"))
+            if call is None:
+                return forward(*args, **kwargs)
+            if rewrite is not None:
+                rewrite(call, kwargs)
+            if sharded_weights and call.weight_shards is not None:
+                call.weight_shards.enter(key)
+                try:
+                    out = forward(*args, **kwargs)
+                finally:
+                    call.weight_shards.exit(key)
+            else:
+                out = forward(*args, **kwargs)
+            return gather(out, call) if last and gather is not None else out
+
+        return block_forward
+
+    return factory
 
 
 def local_attention(forward):

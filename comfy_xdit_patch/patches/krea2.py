@@ -9,11 +9,7 @@
 - Local: the text-fusion transformer runs before the split, over the text encoder's layers, on every rank.
 - Heads: 48 query heads (12 key/value heads, expanded before the attention call, so Ulysses sees 48).
 """
-import functools
-
-from ..parallel.call import active_call
-from . import hooks
-from .adapter import Adapter, PostInputSplit, block_key, gather_main_tokens, local_attention, run_with_block_weights
+from .adapter import Adapter, PostInputSplit, block_hook, gather_main_tokens, local_attention
 
 
 def _model_class():
@@ -21,23 +17,15 @@ def _model_class():
     return comfy.ldm.krea2.model.SingleStreamDiT
 
 
-def _block(adapter, forward, name, blocks):
-    last, key = name == blocks[-1], block_key(name)
-
-    @hooks.ours
-    @functools.wraps(forward)
-    def block_forward(*args, **kwargs):
-        call = active_call(kwargs.get("transformer_options"))
-        if call is None:
-            return forward(*args, **kwargs)
+def _local_reference_start(call, kwargs):
+    if kwargs.get("timestep_zero_index") is not None:   # the joint sequence: this rank's text, then its image
         rank = call.mesh.sp_rank
-        if kwargs.get("timestep_zero_index") is not None:   # the joint sequence: this rank's text, then its image
-            kwargs["timestep_zero_index"] = call.txt_sizes[rank] + call.main_sizes[rank]
-        out = run_with_block_weights(call, key, forward, *args, **kwargs)
-        # The forward cuts the image out after the whole text's length: it finds the gathered image there.
-        return gather_main_tokens(out, call, start=call.txt_sizes[rank], lead=sum(call.txt_sizes)) if last else out
+        kwargs["timestep_zero_index"] = call.txt_sizes[rank] + call.main_sizes[rank]
 
-    return block_forward
+
+def _gather_image(out, call):
+    """The forward cuts the image out after the whole text's length: it finds the gathered image there."""
+    return gather_main_tokens(out, call, start=call.txt_sizes[call.mesh.sp_rank], lead=sum(call.txt_sizes))
 
 
 def _tokens(latent, patch):
@@ -47,8 +35,8 @@ def _tokens(latent, patch):
 class Krea2Adapter(Adapter):
     name = "krea2"
     split = PostInputSplit()
-    module_wrappers = (("txtfusion", lambda adapter, forward, name, modules: local_attention(forward)),
-                       (r"blocks\.\d+", _block))
+    module_wrappers = (("txtfusion", lambda adapter, forward, name, names: local_attention(forward)),
+                       (r"blocks\.\d+", block_hook(_local_reference_start, _gather_image, sharded_weights=True)))
     block_lists = (("blocks", "single_block"),)
     replaces_blocks = False
 

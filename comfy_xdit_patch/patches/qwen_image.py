@@ -15,7 +15,7 @@ import inspect
 from ..parallel.call import active_call
 from ..parallel.token_split import clip_to_shard, take_shard
 from . import hooks
-from .adapter import Adapter, PostInputSplit, gather_main_tokens
+from .adapter import Adapter, PostInputSplit, block_hook, gather_main_tokens
 
 
 def _model_class():
@@ -23,25 +23,18 @@ def _model_class():
     return comfy.ldm.qwen_image.model.QwenImageTransformer2DModel
 
 
-def _block(adapter, forward, name, blocks):
-    last = name == blocks[-1]
+def _local_block_arguments(call, kwargs):
+    rank = call.mesh.sp_rank
+    if kwargs.get("timestep_zero_index") is not None:   # the image stream: this rank's generated tokens first
+        kwargs["timestep_zero_index"] = call.main_sizes[rank]
+    if kwargs.get("encoder_hidden_states_mask") is not None:
+        kwargs["encoder_hidden_states_mask"] = take_shard(kwargs["encoder_hidden_states_mask"], call.txt_sizes, rank,
+                                                          dim=-1)
 
-    @hooks.ours
-    @functools.wraps(forward)
-    def block_forward(*args, **kwargs):
-        call = active_call(kwargs.get("transformer_options"))
-        if call is None:
-            return forward(*args, **kwargs)
-        rank = call.mesh.sp_rank
-        if kwargs.get("timestep_zero_index") is not None:   # the image stream: this rank's generated tokens first
-            kwargs["timestep_zero_index"] = call.main_sizes[rank]
-        if kwargs.get("encoder_hidden_states_mask") is not None:
-            kwargs["encoder_hidden_states_mask"] = take_shard(kwargs["encoder_hidden_states_mask"], call.txt_sizes,
-                                                              rank, dim=-1)
-        text, image = forward(*args, **kwargs)
-        return (text, gather_main_tokens(image, call)) if last else (text, image)
 
-    return block_forward
+def _gather_image(out, call):
+    text, image = out
+    return text, gather_main_tokens(image, call)
 
 
 class _ShardedResiduals(list):
@@ -84,7 +77,7 @@ def _tokens(latent, patch):
 class QwenImageAdapter(Adapter):
     name = "qwen_image"
     split = PostInputSplit()
-    module_wrappers = ((r"transformer_blocks\.\d+", _block),)
+    module_wrappers = ((r"transformer_blocks\.\d+", block_hook(_local_block_arguments, _gather_image)),)
     block_lists = (("transformer_blocks", "double_block"),)
     limits = (("a text attention mask with ring or USP", "the key mask is applied after the Ulysses exchange "
                "gathers the whole sequence; ring attention never holds it"),)

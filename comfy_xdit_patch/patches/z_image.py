@@ -16,7 +16,7 @@ import torch
 from ..parallel.call import active_call
 from ..parallel.token_split import take_shard
 from . import hooks
-from .adapter import Adapter, block_key, gather_main_tokens, local_attention, run_with_block_weights
+from .adapter import Adapter, block_hook, gather_main_tokens, local_attention
 
 
 def _model_class():
@@ -50,30 +50,19 @@ def _split_embeddings(original):
     return patchify_and_embed
 
 
-def _main_layer(adapter, forward, name, layers):
-    last, key = name == layers[-1], block_key(name)
-
-    @hooks.ours
-    @functools.wraps(forward)
-    def layer_forward(*args, **kwargs):
-        call = active_call(kwargs.get("transformer_options"))
-        if call is None:
-            return forward(*args, **kwargs)
-        out = run_with_block_weights(call, key, forward, *args, **kwargs)
-        if not last:
-            return out
-        return gather_main_tokens(out, call, start=call.txt_sizes[call.mesh.sp_rank], lead=sum(call.txt_sizes))
-
-    return layer_forward
+def _gather_image(out, call):
+    """``unpatchify`` reads the image after the whole caption's length: it finds the gathered image there."""
+    return gather_main_tokens(out, call, start=call.txt_sizes[call.mesh.sp_rank], lead=sum(call.txt_sizes))
 
 
-def _local(adapter, forward, name, modules):
+def _local(adapter, forward, name, names):
     return local_attention(forward)
 
 
 class ZImageAdapter(Adapter):
     name = "z_image"
-    module_wrappers = ((r"layers\.\d+", _main_layer), (r"(context|noise|siglip)_refiner\.\d+", _local))
+    module_wrappers = ((r"layers\.\d+", block_hook(gather=_gather_image, sharded_weights=True)),
+                       (r"(context|noise|siglip)_refiner\.\d+", _local))
     block_lists = (("layers", "double_block"),)
     replaces_blocks = False
     limits = (("Z-Image Omni's reference latents", "their tokens take timestep-zero ranges the split does not "
