@@ -122,6 +122,7 @@ class MultiGPURun:
     def outer_sample_wrapper(self, executor, noise, *args, **kwargs):
         """Before the sampling run starts the helpers: a model without a family adapter whose run has one row per
         call (cfg 1 and batch 1) has nothing to place on another GPU, so no helper is started or sent weights."""
+        self.idle = None
         if not self.adapter.sequence_parallel:
             guider = executor.class_obj
             cfg = getattr(guider, "cfg", None)
@@ -160,7 +161,7 @@ class MultiGPURun:
             self._one_gpu(f"{type(executor.class_obj).__name__}'s input is not one latent tensor whose rows could "
                           "be placed on the GPUs")
             return one_gpu()
-        placement = group.scheduler.placement(arguments["x"].shape[0])
+        placement = group.scheduler.place(arguments["x"], self._output_channels(arguments["x"]))
         token_weights = None if placement is None or placement[1] is None else [
             weights for weights, rows in zip(placement[1], placement[0]) if rows]
         reason = self.adapter.unsupported_reason(arguments, transformer_options, executor.class_obj, self.plan.sp_degree,
@@ -208,6 +209,14 @@ class MultiGPURun:
             raise
         except Exception as e:
             return self._recover(e, one_gpu)
+
+    def _output_channels(self, x):
+        """Channels of the model's output: the latent's, which ``x`` may exceed by conditioning channels ComfyUI
+        concatenates to it (inpainting, FLUX Fill, image-to-video)."""
+        model_patcher = self.sampling_patcher()
+        latent_format = getattr(model_patcher.model, "latent_format", None) if model_patcher is not None else None
+        channels = getattr(latent_format, "latent_channels", None)
+        return min(channels, x.shape[1]) if channels else x.shape[1]
 
     def _graph_ready(self, mode):
         """Dynamic VRAM: the weights' pages are where a capture (CAPTURE) or the captured graphs (REPLAY) need them.
@@ -307,6 +316,9 @@ def enable_multigpu(model, options=None, **fields):
     keywords): sequence-parallel where the model's family has an adapter, CFG/batch-parallel otherwise. Raises
     ValueError naming the fix for a bad config."""
     options = options if options is not None else MultiGPUOptions(**fields)
+    if model.get_wrappers(ext.WrappersMP.OUTER_SAMPLE, KEY):
+        raise ValueError("Enable Multi-GPU is already applied to this model by a node before this one; remove one of "
+                         "them (or set enabled to false on one).")
     envs.check_all()
     launchers.check_allowed(options.launcher)
     adapter, plan = model_plan(model, options)

@@ -425,22 +425,23 @@ def sdxl_conditioning(text_tokens=77, seed=1, context_dim=64, pooled_dim=64, wid
                     "target_height": height if target_height is None else target_height}]]
 
 
-def tiny_sd15_unet_config(model_channels=32, context_dim=64):
+def tiny_sd15_unet_config(model_channels=32, context_dim=64, in_channels=4):
     """SD1.5's UNet layout (ComfyUI's detected SD15 config: 4 levels, attention at the first three, conv proj in the
-    transformers, no y input) at a tiny width."""
-    return dict(use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=model_channels,
+    transformers, no y input) at a tiny width; ``in_channels`` 9 for the inpainting model."""
+    return dict(use_checkpoint=False, image_size=32, in_channels=in_channels, out_channels=4,
+                model_channels=model_channels,
                 use_spatial_transformer=True, legacy=False, adm_in_channels=None, num_res_blocks=[2, 2, 2, 2],
                 channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], use_linear_in_transformer=False,
                 context_dim=context_dim, use_temporal_attention=False, use_temporal_resblock=False)
 
 
-def load_tiny_sd15(seed=110, model_channels=32, context_dim=64):
+def load_tiny_sd15(seed=110, model_channels=32, context_dim=64, in_channels=4):
     """A tiny SD1.5 (ComfyUI's model_base.BaseModel around its UNetModel, random fp32 weights, eps prediction) as a
     ModelPatcher, through comfy.supported_models.SD15, whose 8 heads at every level (head width = channels / 8) it
     keeps. Latent sides should be multiples of 8 (three downsamplings)."""
     import comfy.supported_models
-    config = comfy.supported_models.SD15(tiny_sd15_unet_config(model_channels, context_dim))
+    config = comfy.supported_models.SD15(tiny_sd15_unet_config(model_channels, context_dim, in_channels))
     return _tiny_model_patcher(config, seed, fan_in=True)
 
 

@@ -18,9 +18,9 @@ def ksample(model, positive, negative, latent, steps=2, cfg=1.0, denoise=1.0, se
                                    denoise=denoise)[0]["samples"]
 
 
-def assert_parallel_equal(model, gpus=2, parallelism="ring", **sample_args):
+def assert_parallel_equal(model, gpus=2, parallelism="ring", options=None, **sample_args):
     expected = ksample(model, **sample_args)
-    got = ksample(enable_multigpu(model, gpus=gpus, parallelism=parallelism), **sample_args)
+    got = ksample(enable_multigpu(model, gpus=gpus, parallelism=parallelism, **(options or {})), **sample_args)
     group = helpers.current_group()
     assert group is not None and group.plan.world_size == gpus, "the helpers did not run"
     assert group.diffusion_model is model.model.diffusion_model, "the helpers never received this model"
@@ -190,6 +190,10 @@ def test_fill_inpaint_extra_channels_and_noise_mask(model_files):
     negative = node_helpers.conditioning_set_values(flux_conditioning(77, seed=2), values)
     latent = {"samples": image_latent.clone(), "noise_mask": mask}
     assert_parallel_equal(fill, positive=positive, negative=negative, latent=latent)
+    # The CFG branches on separate GPUs: each output row has the latent's 16 channels, not the input's 96.
+    group = assert_parallel_equal(fill, parallelism="auto", options=dict(sequence_degree=1), positive=positive,
+                                  negative=negative, latent=latent, cfg=3.0)
+    assert group.plan.replicas == 2 and group.scheduler.last_rows == [[0], [1]]
 
 
 def test_model_sampling_flux_before_the_node(unet, conds):

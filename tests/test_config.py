@@ -364,3 +364,11 @@ def test_a_speed_weighted_split_that_leaves_a_rank_without_tokens_runs_on_one_gp
         assert helpers.current_group() is group and group.alive()
     finally:
         helpers.shutdown_group()
+
+
+def test_the_node_applied_twice_is_refused_naming_the_fix(tiny_flux):
+    """A second Enable Multi-GPU on the same MODEL line would wrap rank 0's hooks twice while the helpers hold them
+    once: refused before any work."""
+    once = enable_multigpu(tiny_flux, gpus=2)
+    with pytest.raises(ValueError, match="already applied to this model by a node before this one"):
+        enable_multigpu(once, gpus=2)

@@ -159,3 +159,25 @@ def test_a_run_with_nothing_to_split_passes_through_with_one_log_line_and_starts
 def test_settings_only_sequence_parallelism_honours_are_refused_for_sdxl(sdxl):
     with pytest.raises(ValueError, match="UNetModel has no sequence-parallel adapter.*Set parallelism to auto"):
         enable_multigpu(sdxl, gpus=2, parallelism="ring")
+
+
+def test_an_inpainting_unet_places_its_cfg_branches_on_separate_gpus():
+    """SD1.5 inpainting: ComfyUI concatenates the mask and the masked image to the latent (9 channels in, 4 out)."""
+    import node_helpers
+    model = load_tiny_sd15(in_channels=9)
+    generator = torch.Generator().manual_seed(7)
+    image_latent = torch.randn(1, 4, 16, 12, generator=generator)
+    mask = torch.zeros(1, 1, 128, 96)
+    mask[..., 32:96, 16:80] = 1.0
+    values = {"concat_latent_image": image_latent, "concat_mask": mask}
+    positive = node_helpers.conditioning_set_values(sd15_conditioning(seed=1), values)
+    negative = node_helpers.conditioning_set_values(sd15_conditioning(seed=2), values)
+    latent = {"samples": image_latent.clone(), "noise_mask": mask}
+
+    def run(m):
+        return nodes.KSampler().sample(m, 42, 2, 3.0, "euler", "simple", positive, negative, latent)[0]["samples"]
+
+    expected = run(model)
+    got = run(enable_multigpu(model, gpus=2))
+    ran_on(2, 1)
+    assert relative_error(got, expected) <= 1e-5

@@ -154,7 +154,7 @@ def test_a_refused_replay_drops_every_ranks_graphs_and_a_refused_capture_waits(m
     sent = []
     monkeypatch.setattr(group, "_broadcast_message", sent.append)
     monkeypatch.setattr(helpers.transport, "send_tensors", lambda tensors, device: None)
-    group.scheduler = types.SimpleNamespace(placement=lambda batch: None)   # one sequence-parallel group
+    group.scheduler = types.SimpleNamespace(place=lambda x, out_channels: None)   # one sequence-parallel group
     group.new_sampling_run(None)
     answers = {CAPTURE: [False, True, True], REPLAY: [True, False]}
     asked = []

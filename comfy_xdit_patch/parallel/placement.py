@@ -77,10 +77,12 @@ def take_rows(obj, rows, batch):
 def run_placed(forward, call_args, placement, mesh, device, group_times=None):
     """Runs one model call under a placement, on every rank alike: this rank's group samples its rows (``forward
     (args, token_weights)``), then the rows of all groups are gathered. Without a placement: ``forward`` as is.
+    ``placement``: (rows per group, token weights per group, the shape of one output row); a group without rows
+    learns the other groups' output size from that shape, so no rank waits on another's to size the gather.
     ``group_times`` receives this group's own time for its rows (ms, before the gather waits for the others)."""
     if placement is None:
         return forward(call_args, None)
-    rows, token_weights = placement
+    rows, token_weights, row_shape = placement
     batch = call_args["x"].shape[0]
     mine = rows[mesh.replica]
     weights = token_weights[mesh.replica] if token_weights else None
@@ -92,8 +94,10 @@ def run_placed(forward, call_args, placement, mesh, device, group_times=None):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             group_times.append((time.perf_counter() - started) * 1e3)
-    # A diffusion model's output has the shape of its input x: every rank knows every group's output size.
-    return gather_rows(local, rows, mesh, device, call_args["x"].dtype, tuple(call_args["x"].shape[1:]))
+    if local is not None and tuple(local.shape[1:]) != tuple(row_shape):
+        raise RuntimeError(f"the model's output rows have shape {tuple(local.shape[1:])}, not the {tuple(row_shape)} "
+                           "the placement expected")
+    return gather_rows(local, rows, mesh, device, call_args["x"].dtype, tuple(row_shape))
 
 
 def gather_rows(local, rows, mesh, device, dtype, row_shape):
@@ -146,6 +150,12 @@ class Scheduler:
         rows = assign_rows(batch, speeds, strategy)
         self.last_rows = rows
         return rows, (by_group if weighted else None)
+
+    def place(self, x, out_channels):
+        """``placement`` for a call of latent ``x`` whose output rows have ``out_channels`` channels (a latent with
+        concatenated conditioning channels, an inpainting model's, is wider than the model's output), or None."""
+        placed = self.placement(x.shape[0])
+        return None if placed is None else placed + ((out_channels,) + tuple(x.shape[2:]),)
 
     def learn(self, helper_report):
         """adaptive: rows per second each group managed in the last sampling run, from its leader's own times."""

@@ -6,6 +6,7 @@ A family's adapter is an ``Adapter`` whose class attributes say:
   ``TokenSplit`` (a model method whose arguments are tokens and whose return value is the image: SD3),
   ``BlockSplit`` (the first block's input and the last block's output, through block replacement: Wan),
   ``PostInputSplit`` (ComfyUI's ``post_input`` point, FLUX's shape: FLUX, Qwen-Image, Krea 2);
+  a family with none of these splits in a patch of its own (Z-Image, where ``patchify_and_embed`` returns its tokens);
 - ``module_wrappers``: hooks on named submodules (regular expressions), for per-token block arguments, attention
   that stays local and the gather after the last block;
 - ``block_lists``: the transformer blocks, in the order the forward runs them (what ``shard_weights`` shards), and
@@ -63,7 +64,7 @@ class PostInputSplit:
     ``img``, ``txt``, ``img_ids``, ``txt_ids``): each rank keeps its slice of the text and of the image sequence,
     the generated image's tokens and any reference-image tokens (``transformer_options
     ["reference_image_num_tokens"]``) each split on their own. Where the output gathers is the family's: a
-    ``module_wrappers`` entry on the last block (``gather_main_tokens``)."""
+    ``module_wrappers`` entry on the last block (``gather_main_tokens``), or FLUX's ``forward_orig`` patch."""
 
 
 class Adapter:

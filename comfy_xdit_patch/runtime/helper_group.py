@@ -64,7 +64,7 @@ class HelperGroup:
         self.model_fingerprint = None
         self.diffusion_model = None   # rank 0's diffusion model the helpers currently mirror
         self.slot = 0                 # the helpers' name for it (messages.Load)
-        self.held = None              # (fingerprint, slot, diffusion model) of the other model the helpers keep
+        self.held = None              # (fingerprint, slot) of the other model the helpers keep
         self.block_shards = None      # rank 0's share of the blocks' weights, with plan.shard_weights
         self.started_s = None
         self.start_phases = {}        # seconds per start-up phase, in order (first-prompt cost, status route, bench)
@@ -468,8 +468,8 @@ class HelperGroup:
         if self.held is not None and self.held[0] == fingerprint:
             self._broadcast_message(messages.Select(self.held[1]))
             self._expect_all("selected", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
-            current = (self.model_fingerprint, self.slot, self.diffusion_model)
-            self.model_fingerprint, self.slot, _ = self.held
+            current = (self.model_fingerprint, self.slot)
+            self.model_fingerprint, self.slot = self.held
             self.diffusion_model = model_patcher.model.diffusion_model
             self.held = current
             self.weight_syncs += 1   # graphs of the other model's weights are not replayed
@@ -491,7 +491,9 @@ class HelperGroup:
         patch_lists, patch_tensors = gguf_weights.patch_message(model_patcher)
         if shards is not None:
             spec["block_dtype"] = shards.dtype   # the helpers' blocks are meta placeholders: no dtype of their own
-        keep = self.model_fingerprint is not None and self._room_for_another(model_patcher)
+        # Another base model (not the same one with other LoRA strengths) is kept beside the current one.
+        keep = self.model_fingerprint is not None and self.model_fingerprint[0] != fingerprint[0] and \
+            self._room_for_another(model_patcher)
         self._broadcast_message(messages.Load(spec, keys, patch_lists, transport.layout(patch_tensors),
                                               self.slot + 1, keep))
         try:
@@ -518,7 +520,7 @@ class HelperGroup:
             if received != digest.value:
                 raise HelperFailure(f"the weights helper rank {rank} received differ from rank 0's (digest "
                                     f"{received:x} vs {digest.value:x}): the transfer was corrupted")
-        self.held = (self.model_fingerprint, self.slot, self.diffusion_model) if keep else None
+        self.held = (self.model_fingerprint, self.slot) if keep else None
         self.model_fingerprint, self.slot = fingerprint, self.slot + 1
         self.diffusion_model = model_patcher.model.diffusion_model
         self.weight_syncs += 1
@@ -586,7 +588,7 @@ class HelperGroup:
         skeleton = transport.extract_tensors(call_args, tensors)
         tensor_layout = transport.layout(tensors)
         if placement is ...:
-            placement = self.scheduler.placement(call_args["x"].shape[0])
+            placement = self.scheduler.place(call_args["x"], call_args["x"].shape[1])
         key, mode = None, EAGER
         if allow_graph and placement is None:   # a graph is keyed by the call's structure: shapes and options
             structure = pickle.dumps((graph_structure(skeleton), tensor_layout), protocol=pickle.HIGHEST_PROTOCOL)

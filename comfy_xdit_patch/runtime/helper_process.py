@@ -5,6 +5,7 @@ from the same install as rank 0, with rank 0's command-line settings, and exits 
 channel or dies.
 """
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -140,16 +141,22 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
         elif isinstance(message, messages.Load):
             spec, keys, patches, patch_layout = message.spec, message.keys, message.patches, message.patch_layout
             graphs.clear()          # graphs point at the old weights
+            dropped = held is not None
             held = None
             if message.keep_held and diffusion_model is not None:
                 held = (slot, diffusion_model, loaded_spec, adapter, replacements, compiled)
-                diffusion_model = loaded_spec = None   # the new model gets memory of its own
+                diffusion_model = loaded_spec = compiled = None   # the new model gets memory of its own
             slot = message.slot
             if shards is not None:  # rank 0 closes its pieces at the same point
                 shards.close()
                 shards = None
-            if spec != loaded_spec:
-                diffusion_model = None  # free the previous model's memory before building the next one
+            rebuild = spec != loaded_spec
+            if rebuild:
+                diffusion_model = compiled = None  # free the previous model's memory before building the next one
+            if rebuild or dropped:
+                # Our hooks on a model's modules hold its bound methods: only the collector frees such cycles.
+                gc.collect()
+            if rebuild:
                 diffusion_model = weights.build_diffusion_model(spec, device)
                 adapter = adapter_named(spec["adapter"])
                 adapter.install_on_model(diffusion_model)
