@@ -18,14 +18,17 @@ from comfy_env import (ksample_latent, latent, load_tiny_sd15, load_tiny_sd3, lo
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.runtime import helper_group as helpers
 
-SD3_VARIANTS = ("sd35_large", "sd35_medium", "sd3_medium")   # 6 heads; 4 heads + image-only attention; no qk-norm
 UNEVEN = (18, 14)    # 9 x 7 = 63 image tokens: uneven over 2 and 4 ranks
 TOKENS = 77
 
 
-@pytest.fixture(scope="module", params=SD3_VARIANTS)
-def sd3(request):
-    return load_tiny_sd3(request.param)
+_sd3 = {}
+
+
+def sd3(variant):
+    if variant not in _sd3:
+        _sd3[variant] = load_tiny_sd3(variant)
+    return _sd3[variant]
 
 
 @pytest.fixture(scope="module")
@@ -45,26 +48,34 @@ def ran_on(group_size, sp_degree):
     return group
 
 
-@pytest.mark.parametrize("parallelism,gpus", [("ulysses", 2), ("ring", 2), ("usp", 4)])
-def test_sd3_sequence_parallel_equals_one_rank(sd3, parallelism, gpus):
-    expected = sample_sd3(sd3)
-    got = sample_sd3(enable_multigpu(sd3, gpus=gpus, parallelism=parallelism))
+# Every layout on SD3.5 Large's shape; the other variants (their attention and norms differ) at one layout each.
+SD3_CASES = [("sd35_large", "ulysses", 2), ("sd35_large", "ring", 2), ("sd35_large", "usp", 4),
+             ("sd35_medium", "usp", 4), ("sd3_medium", "ring", 2)]
+
+
+@pytest.mark.parametrize("variant,parallelism,gpus", SD3_CASES)
+def test_sd3_sequence_parallel_equals_one_rank(variant, parallelism, gpus):
+    model = sd3(variant)
+    expected = sample_sd3(model)
+    got = sample_sd3(enable_multigpu(model, gpus=gpus, parallelism=parallelism))
     ran_on(gpus, gpus)
     assert relative_error(got, expected) <= 1e-5
 
 
-def test_sd3_cfg_and_batch_are_exact_and_auto_splits_the_tokens(sd3):
+@pytest.mark.parametrize("variant", ["sd35_large", "sd35_medium"])
+def test_sd3_cfg_and_batch_are_exact_and_auto_splits_the_tokens(variant):
     """cfg > 1 with a batch of 2: four rows through one sequence-parallel group (auto picks the adapter's split)."""
-    expected = sample_sd3(sd3, cfg=3.0, batch=2)
-    got = sample_sd3(enable_multigpu(sd3, gpus=2), cfg=3.0, batch=2)
+    expected = sample_sd3(sd3(variant), cfg=3.0, batch=2)
+    got = sample_sd3(enable_multigpu(sd3(variant), gpus=2), cfg=3.0, batch=2)
     ran_on(2, 2)
     assert relative_error(got, expected) <= 1e-5
 
 
-def test_sd3_cfg_branches_on_separate_groups(sd3):
+def test_sd3_cfg_branches_on_separate_groups():
     """4 ranks as two sequence-parallel groups of 2: the conditional and unconditional rows go to different groups."""
-    expected = sample_sd3(sd3, cfg=3.0)
-    got = sample_sd3(enable_multigpu(sd3, gpus=4, sequence_degree=2), cfg=3.0)
+    model = sd3("sd35_large")
+    expected = sample_sd3(model, cfg=3.0)
+    got = sample_sd3(enable_multigpu(model, gpus=4, sequence_degree=2), cfg=3.0)
     group = ran_on(4, 2)
     assert group.plan.replicas == 2 and group.scheduler.last_rows == [[0], [1]]
     assert relative_error(got, expected) <= 1e-5

@@ -50,13 +50,13 @@ def test_qwen_image_edit_references_follow_the_split(variant, references, parall
                    gpus, caplog)
 
 
-@pytest.mark.parametrize("kind", ["fun", "instantx"])
-def test_qwen_image_controlnet_residuals_follow_the_split(qwen, kind, caplog):
+@pytest.mark.parametrize("kind,parallelism,gpus", [("fun", "ulysses", 2), ("instantx", "usp", 4)])
+def test_qwen_image_controlnet_residuals_follow_the_split(qwen, kind, parallelism, gpus, caplog):
     positive, negative, latent = qwen_image_inputs("t2i")
     positive, negative = apply_tiny_controlnet(positive, negative, tiny_qwen_controlnet(kind, qwen), 11, 9)
     inputs = positive, negative, latent
     assert relative_error(sample(qwen, inputs), sample(qwen, qwen_image_inputs("t2i"))) > 1e-2
-    check_parallel(qwen, inputs, "usp", 4, caplog)
+    check_parallel(qwen, inputs, parallelism, gpus, caplog)
 
 
 def test_qwen_image_sp_and_cfg_groups_with_a_lora(qwen, caplog):
@@ -81,15 +81,15 @@ def test_krea2_text_to_image(parallelism, gpus, caplog):
     check_parallel(load_tiny_krea2(), krea2_inputs(), parallelism, gpus, caplog)
 
 
-@pytest.mark.parametrize("method", ["index", "index_timestep_zero"])
-def test_krea2_references_and_a_lora(method, caplog):
+@pytest.mark.parametrize("method,parallelism,gpus", [("index", "ulysses", 2), ("index_timestep_zero", "usp", 4)])
+def test_krea2_references_and_a_lora(method, parallelism, gpus, caplog):
     model = load_tiny_krea2()
     patched, _ = comfy.sd.load_lora_for_models(model, None, tiny_dit_lora(model), 1.0, 0)
-    check_parallel(patched, krea2_inputs(references=2, ref_method=method), "usp", 4, caplog)
+    check_parallel(patched, krea2_inputs(references=2, ref_method=method), parallelism, gpus, caplog)
 
 
-@pytest.mark.parametrize("padded,parallelism,gpus", [(True, "usp", 4)] + [(False,) + layout for layout in LAYOUTS],
-                         ids=["padded-usp4", "unpadded-ulysses2", "unpadded-ring2", "unpadded-usp4"])
+@pytest.mark.parametrize("padded,parallelism,gpus", [(True, "usp", 4), (False, "ulysses", 2), (False, "ring", 2)],
+                         ids=["padded-usp4", "unpadded-ulysses2", "unpadded-ring2"])
 def test_z_image_text_to_image(padded, parallelism, gpus, caplog):
     """Z-Image pads caption and image to multiples of 32 with learned tokens (its default); unpadded, the 21 caption
     and 30 image tokens split unevenly. The refiners run whole on every rank, the main layers split."""

@@ -33,8 +33,7 @@ def t2v():
     return load_tiny_wan("t2v"), wan_inputs("t2v", FRAMES, HEIGHT, WIDTH)
 
 
-@pytest.mark.parametrize("parallelism,gpus,cfg", [("ulysses", 2, 1.0), ("ring", 2, 3.0), ("usp", 4, 3.0),
-                                                  ("ulysses", 4, 1.0)])
+@pytest.mark.parametrize("parallelism,gpus,cfg", [("ulysses", 2, 1.0), ("ring", 2, 3.0), ("usp", 4, 3.0)])
 def test_text_to_video_equals_one_rank(t2v, parallelism, gpus, cfg, caplog):
     model, inputs = t2v
     expected = sample(model, inputs, cfg)
