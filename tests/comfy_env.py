@@ -723,28 +723,12 @@ def wan_lora_layers(model):
             if k.startswith("blocks.") and k.endswith(".weight") and k[:-len(".weight")].endswith(suffixes)]
 
 
-def tiny_wan_lora(model, layers=None, rank=4, seed=170, scale=0.1, style="kohya"):
-    """A tiny LoRA for a tiny Wan (``load_tiny_wan``; ``tiny_unet_lora``'s default layers match no Wan layer), in a
-    naming ComfyUI's generic key map gives Wan (comfy.lora.model_lora_keys_unet has no Wan-specific names):
-      "kohya":     'lora_unet_blocks_0_self_attn_q.lora_up/.lora_down/.alpha' (kohya / musubi-tuner), via
-                   ``tiny_unet_lora`` with ``wan_lora_layers``;
-      "diffusers": 'diffusion_model.blocks.0.self_attn.q.lora_A/.lora_B' (diffusion-pipe / DiffSynth Wan LoRAs,
-                   ComfyUI's own key names), no alpha.
-    Apply with ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
-    import torch
+def tiny_wan_lora(model, layers=None, rank=4, seed=170, scale=0.1):
+    """A tiny LoRA for a tiny Wan (``load_tiny_wan``; ``tiny_unet_lora``'s default layers match no Wan layer) in the
+    kohya naming ComfyUI's generic key map gives Wan ('lora_unet_blocks_0_self_attn_q.lora_up/.lora_down/.alpha'),
+    over ``wan_lora_layers`` by default. Apply with ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
     layers = wan_lora_layers(model) if layers is None else layers
-    if style == "kohya":
-        return tiny_unet_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
-    if style != "diffusers":
-        raise ValueError(f"unknown LoRA style {style!r}")
-    state = model.model.diffusion_model.state_dict() if hasattr(model, "model") else model
-    generator = torch.Generator().manual_seed(seed)
-    lora = {}
-    for layer in layers:
-        out_features, in_features = state[layer + ".weight"].shape
-        lora[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
-        lora[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * scale
-    return lora
+    return tiny_unet_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
 
 
 # --- Qwen-Image, Z-Image (Lumina 2 / NextDiT), Krea 2 ---------------------------------------------------------------
@@ -1065,50 +1049,12 @@ def dit_lora_layers(model):
             if k.startswith(prefixes) and k.endswith(".weight") and k[:-len(".weight")].endswith(suffixes)]
 
 
-def tiny_dit_lora(model, layers=None, rank=4, seed=230, scale=0.1, style="kohya"):
-    """A tiny LoRA for a tiny Qwen-Image / Z-Image / Krea 2 (``dit_lora_layers`` by default), in a naming
-    comfy.lora.model_lora_keys_unet maps onto it:
-      "kohya":     'lora_unet_<ComfyUI key, dots as _>.lora_up/.lora_down/.alpha' (the generic map every model
-                   gets), via ``tiny_unet_lora``;
-      "diffusers": lora_A / lora_B without alpha, in the diffusers names of each model's own map: Qwen-Image
-                   'transformer.<ComfyUI key>' (its names are diffusers'); Z-Image 'diffusion_model.<diffusers
-                   name>' through comfy.utils.z_image_to_diffusers (to_q / to_k / to_v patch slices of the fused
-                   qkv); Krea 2 'transformer.<diffusers name>' through comfy.utils.krea2_to_diffusers
-                   (transformer_blocks.N.attn.to_q -> blocks.N.attn.wq, ...).
-    Apply with ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
-    import torch
-    import comfy.model_base
-    import comfy.utils
+def tiny_dit_lora(model, layers=None, rank=4, seed=230, scale=0.1):
+    """A tiny LoRA for a tiny Qwen-Image / Z-Image / Krea 2 (``dit_lora_layers`` by default) in the kohya naming
+    comfy.lora.model_lora_keys_unet maps onto every model ('lora_unet_<ComfyUI key, dots as _>.lora_up/.lora_down/
+    .alpha'). Apply with ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
     layers = dit_lora_layers(model) if layers is None else layers
-    if style == "kohya":
-        return tiny_unet_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
-    if style != "diffusers":
-        raise ValueError(f"unknown LoRA style {style!r}")
-    state = model.model.diffusion_model.state_dict()
-    config = model.model.model_config.unet_config
-    if isinstance(model.model, comfy.model_base.QwenImage):
-        prefix, mapping = "transformer.", {layer + ".weight": layer + ".weight" for layer in layers}
-    elif isinstance(model.model, comfy.model_base.Lumina2):
-        prefix, mapping = "diffusion_model.", comfy.utils.z_image_to_diffusers(config)
-    elif isinstance(model.model, comfy.model_base.Krea2):
-        prefix, mapping = "transformer.", comfy.utils.krea2_to_diffusers(config)
-        mapping = {k: v for k, v in mapping.items() if ".to_out.weight" not in k}  # keep one name per layer
-    else:
-        raise ValueError(f"no diffusers LoRA naming for {type(model.model).__name__}")
-    wanted = {layer + ".weight" for layer in layers}
-    generator = torch.Generator().manual_seed(seed)
-    lora = {}
-    for name, target in mapping.items():
-        key = target if isinstance(target, str) else target[0]
-        if not name.endswith(".weight") or key not in wanted:
-            continue
-        out_features, in_features = state[key].shape
-        if not isinstance(target, str) and target[1] is not None:
-            out_features = target[1][2]
-        base = prefix + name[:-len(".weight")]
-        lora[base + ".lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
-        lora[base + ".lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * scale
-    return lora
+    return tiny_unet_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
 
 
 # --- MiniMax H3 (joint video + audio, single-stream packed DiT) ------------------------------------------------------
