@@ -787,6 +787,20 @@ def qwen_image_conditioning(text_tokens=21, seed=1, text_dim=64, masked_tokens=0
     return [[cond, extra]]
 
 
+def _with_reference_latents(positive, negative, references, height, width, seed):
+    """Both conditionings with ``references`` random images (the first the output's size, the others of other sizes)
+    encoded by the tiny Wan 2.1 VAE and attached by ComfyUI's ReferenceLatent node."""
+    import nodes
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+    vae = tiny_wan_vae("2.1")
+    sizes = [(height, width), (height + 2, max(2, width - 2)), (height, width + 2)][:references]
+    for i, (h, w) in enumerate(sizes):
+        ref = nodes.VAEEncode().encode(vae, wan_image(1, h * 8, w * 8, seed + 10 + i))[0]
+        positive = ReferenceLatent.execute(positive, ref).result[0]
+        negative = ReferenceLatent.execute(negative, ref).result[0]
+    return positive, negative
+
+
 def qwen_image_inputs(variant="t2i", height=11, width=9, batch=1, text_tokens=21, references=None, seed=1,
                       text_dim=64, masked_tokens=0):
     """(positive, negative, latent) for a tiny Qwen-Image of ``variant``, ``height`` x ``width`` latent pixels
@@ -799,8 +813,6 @@ def qwen_image_inputs(variant="t2i", height=11, width=9, batch=1, text_tokens=21
     the first is the output's size, the second (height + 2) x (width - 2), so that the joint sequence holds
     references of different token counts. The defaults give an uneven joint sequence: 11 x 9 latent pixels are
     6 x 5 = 30 image tokens (patch 2, padded), with 21 text tokens 51."""
-    import nodes
-    from comfy_extras.nodes_edit_model import ReferenceLatent
     from comfy_extras.nodes_sd3 import EmptySD3LatentImage
     if variant not in QWEN_IMAGE_VARIANTS:
         raise ValueError(f"unknown Qwen-Image variant {variant!r}; one of {QWEN_IMAGE_VARIANTS}")
@@ -809,12 +821,7 @@ def qwen_image_inputs(variant="t2i", height=11, width=9, batch=1, text_tokens=21
     positive = qwen_image_conditioning(text_tokens, seed, text_dim, masked_tokens)
     negative = qwen_image_conditioning(text_tokens, seed + 1, text_dim)
     if references:
-        vae = tiny_wan_vae("2.1")
-        sizes = [(height, width), (height + 2, max(2, width - 2)), (height, width + 2)][:references]
-        for i, (h, w) in enumerate(sizes):
-            ref = nodes.VAEEncode().encode(vae, wan_image(1, h * 8, w * 8, seed + 10 + i))[0]
-            positive = ReferenceLatent.execute(positive, ref).result[0]
-            negative = ReferenceLatent.execute(negative, ref).result[0]
+        positive, negative = _with_reference_latents(positive, negative, references, height, width, seed)
     latent = EmptySD3LatentImage.execute(width * 8, height * 8, batch).result[0]
     return positive, negative, latent
 
@@ -1004,19 +1011,12 @@ def krea2_inputs(height=11, width=9, batch=1, text_tokens=21, references=0, ref_
     folds the frame axis into the batch). ``references`` > 0: random latents from the tiny Wan 2.1 VAE through
     ReferenceLatent, and FluxKontextMultiReferenceLatentMethod(``ref_method``: 'index' or 'index_timestep_zero'),
     since Krea 2 ignores reference latents without a method (its default_ref_method is None)."""
-    import nodes
-    from comfy_extras.nodes_edit_model import ReferenceLatent
     from comfy_extras.nodes_flux import FluxKontextMultiReferenceLatentMethod
     from comfy_extras.nodes_sd3 import EmptySD3LatentImage
     positive = krea2_conditioning(text_tokens, seed, text_layers, text_dim)
     negative = krea2_conditioning(text_tokens, seed + 1, text_layers, text_dim)
     if references:
-        vae = tiny_wan_vae("2.1")
-        sizes = [(height, width), (height + 2, max(2, width - 2)), (height, width + 2)][:references]
-        for i, (h, w) in enumerate(sizes):
-            ref = nodes.VAEEncode().encode(vae, wan_image(1, h * 8, w * 8, seed + 10 + i))[0]
-            positive = ReferenceLatent.execute(positive, ref).result[0]
-            negative = ReferenceLatent.execute(negative, ref).result[0]
+        positive, negative = _with_reference_latents(positive, negative, references, height, width, seed)
         positive = FluxKontextMultiReferenceLatentMethod.execute(positive, ref_method).result[0]
         negative = FluxKontextMultiReferenceLatentMethod.execute(negative, ref_method).result[0]
     return positive, negative, EmptySD3LatentImage.execute(width * 8, height * 8, batch).result[0]
