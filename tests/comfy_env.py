@@ -731,6 +731,94 @@ def tiny_wan_lora(model, layers=None, rank=4, seed=170, scale=0.1):
     return tiny_unet_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
 
 
+# --- HunyuanVideo 1.0 / 1.5 -----------------------------------------------------------------------------------------
+
+def tiny_hunyuan_video_unet_config(variant="1.0", hidden=192, num_heads=6, depth=2, depth_single=2, text_dim=64):
+    """The unet_config comfy.model_detection builds for a HunyuanVideo checkpoint, tiny: ``num_heads`` heads of
+    hidden / num_heads (real: 24 of 128 for 1.0, 16 of 128 for 1.5), the RoPE axes split 1:3:3 over (t, h, w) like
+    the real 16/56/56, ``depth`` double and ``depth_single`` single blocks (real: 20 and 40; 1.5: 54 and 0), the
+    LLaVA / Qwen2.5-VL width 4096 / 3584 as ``text_dim``, mlp ratio 2 (real: 4).
+      "1.0": HunyuanVideo 1.0 T2V (comfy.supported_models.HunyuanVideo): 16 latent channels, patch (1, 2, 2), CLIP-L
+             pooled vector (768 wide), guidance embedding;
+      "i2v": HunyuanVideo 1.0 I2V (HunyuanVideoI2V): 33 channels in (16 + the start frame's 16 + a mask), 16 out;
+      "1.5": HunyuanVideo 1.5 (HunyuanVideo15): 32 latent channels, 65 in (noise, start frame, mask), patch
+             (1, 1, 1), no pooled vector or guidance, ByT5 glyph tokens (ByT5Mapper, 1472 wide), SigLIP vision tokens
+             (1152 wide) and the condition-type embedding."""
+    head = hidden // num_heads
+    axes = [head // 7 * 1, head // 7 * 3, head - head // 7 * 4]
+    config = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, patch_size=[1, 2, 2],
+                  vec_in_dim=768, axes_dim=axes, meanflow=False, context_in_dim=text_dim, hidden_size=hidden,
+                  mlp_ratio=2.0, num_heads=num_heads, depth=depth, depth_single_blocks=depth_single, theta=256,
+                  qkv_bias=True, byt5=False, guidance_embed=True, use_cond_type_embedding=False,
+                  vision_in_dim=None, meanflow_sum=False)
+    if variant == "i2v":
+        config.update(in_channels=33)
+    elif variant == "1.5":
+        config.update(in_channels=65, out_channels=32, patch_size=[1, 1, 1], vec_in_dim=None, guidance_embed=False,
+                      byt5=True, use_cond_type_embedding=True, vision_in_dim=1152)
+    elif variant != "1.0":
+        raise ValueError(f"unknown HunyuanVideo variant {variant!r}; one of '1.0', 'i2v', '1.5'")
+    return config
+
+
+def load_tiny_hunyuan_video(variant="1.0", seed=260, **config):
+    """A tiny HunyuanVideo (ComfyUI's model_base.HunyuanVideo / HunyuanVideoI2V / HunyuanVideo15 around
+    comfy.ldm.hunyuan_video.model.HunyuanVideo, random fp32 weights with fan-in scales) as a ModelPatcher, through
+    ComfyUI's config class of the variant: see ``tiny_hunyuan_video_unet_config``. Inputs: ``hunyuan_video_inputs``."""
+    import comfy.supported_models as models
+    classes = {"1.0": models.HunyuanVideo, "i2v": models.HunyuanVideoI2V, "1.5": models.HunyuanVideo15}
+    model_config = classes[variant](tiny_hunyuan_video_unet_config(variant, **config))
+    return _tiny_model_patcher(model_config, seed, fan_in=True)
+
+
+def hunyuan_video_conditioning(variant="1.0", text_tokens=21, seed=1, text_dim=64, masked_tokens=0):
+    """Conditioning as ComfyUI's HunyuanVideo text encoders output it: the prompt states (1, L, text_dim) and, for
+    1.0, CLIP-L's pooled output (1, 768); ``masked_tokens`` > 0 adds the encoder's attention mask (1, L) with that
+    many padding tokens at the end. 1.5 adds ByT5 glyph states (1, 5, 1472) as conditioning_byt5small."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    extra = {"pooled_output": torch.randn(1, 768, generator=generator) if variant != "1.5" else None}
+    if masked_tokens:
+        mask = torch.ones(1, text_tokens, dtype=torch.long)
+        mask[:, text_tokens - masked_tokens:] = 0
+        extra["attention_mask"] = mask
+    if variant == "1.5":
+        extra["conditioning_byt5small"] = torch.randn(1, 5, 1472, generator=generator)
+    return [[torch.randn(1, text_tokens, text_dim, generator=generator), extra]]
+
+
+def hunyuan_video_inputs(variant="1.0", frames=3, height=6, width=10, guidance_type=None, batch=1, text_tokens=21,
+                         masked_tokens=0, seed=1):
+    """(positive, negative, latent) of ``frames`` latent frames of height x width latent pixels for a tiny
+    HunyuanVideo, from ``hunyuan_video_conditioning`` (seeds ``seed`` and ``seed`` + 1) and ComfyUI's own nodes:
+    EmptyHunyuanLatentVideo (1.0) or EmptyHunyuanVideo15Latent (1.5); with ``guidance_type`` ("v1 (concat)",
+    "v2 (replace)" or "custom"), HunyuanImageToVideo with a random start image, encoded by a tiny Wan 2.1 VAE, which
+    makes HunyuanVideo 1.0's latent shape (16 channels, 4x in time, 8x in space). 1.5 adds SigLIP vision states
+    (1, 9, 1152) as clip_vision_output."""
+    import comfy.clip_vision
+    import node_helpers
+    import torch
+    from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo, HunyuanImageToVideo
+    positive = hunyuan_video_conditioning(variant, text_tokens, seed, masked_tokens=masked_tokens)
+    negative = hunyuan_video_conditioning(variant, text_tokens, seed + 1, masked_tokens=masked_tokens)
+    length = 4 * (frames - 1) + 1
+    if variant == "1.5":
+        from comfy_extras.nodes_hunyuan import EmptyHunyuanVideo15Latent
+        latent = EmptyHunyuanVideo15Latent.execute(width * 16, height * 16, length, batch).result[0]
+        generator = torch.Generator().manual_seed(seed + 2)
+        vision = comfy.clip_vision.Output()
+        vision["last_hidden_state"] = torch.randn(1, 9, 1152, generator=generator)
+        positive, negative = (node_helpers.conditioning_set_values(c, {"clip_vision_output": vision})
+                              for c in (positive, negative))
+        return positive, negative, latent
+    if guidance_type is None:
+        return positive, negative, EmptyHunyuanLatentVideo.execute(width * 8, height * 8, length, batch).result[0]
+    positive, latent = HunyuanImageToVideo.execute(positive, tiny_wan_vae("2.1"), width * 8, height * 8, length,
+                                                   batch, guidance_type,
+                                                   start_image=wan_image(1, height * 8, width * 8, seed + 3)).result
+    return positive, negative, latent
+
+
 # --- Qwen-Image, Z-Image (Lumina 2 / NextDiT), Krea 2 ---------------------------------------------------------------
 
 QWEN_IMAGE_VARIANTS = ("t2i", "edit", "edit_2511")
@@ -1023,8 +1111,9 @@ def krea2_inputs(height=11, width=9, batch=1, text_tokens=21, references=0, ref_
 
 
 def dit_lora_layers(model):
-    """The Linear layers a tiny LoRA patches in a tiny Qwen-Image, Z-Image or Krea 2 (what their LoRA trainers
-    target): every block's attention projections and MLP layers.
+    """The Linear layers a tiny LoRA patches in a tiny Qwen-Image, Z-Image, Krea 2 or HunyuanVideo (what their LoRA
+    trainers target): every block's attention projections and MLP layers.
+      HunyuanVideo: double_blocks.N.{img,txt}_{attn.qkv,attn.proj,mlp.0,mlp.2}, single_blocks.N.linear{1,2};
       Qwen-Image: transformer_blocks.N.attn.{to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out},
                   {img,txt}_mlp.net.{0.proj,2};
       Z-Image:    {layers,noise_refiner,context_refiner}.N.attention.{qkv,out}, feed_forward.{w1,w2,w3};
@@ -1039,6 +1128,10 @@ def dit_lora_layers(model):
     elif isinstance(model.model, comfy.model_base.Lumina2):
         suffixes = (".attention.qkv", ".attention.out", ".feed_forward.w1", ".feed_forward.w2", ".feed_forward.w3")
         prefixes = ("layers.", "noise_refiner.", "context_refiner.")
+    elif isinstance(model.model, comfy.model_base.HunyuanVideo):
+        suffixes = tuple(f".{s}_{p}" for s in ("img", "txt") for p in ("attn.qkv", "attn.proj", "mlp.0", "mlp.2")) + (
+            ".linear1", ".linear2")
+        prefixes = ("double_blocks.", "single_blocks.")
     elif isinstance(model.model, comfy.model_base.Krea2):
         suffixes = tuple(f".attn.{p}" for p in ("wq", "wk", "wv", "gate", "wo")) + (".mlp.gate", ".mlp.up",
                                                                                     ".mlp.down")
@@ -1050,7 +1143,7 @@ def dit_lora_layers(model):
 
 
 def tiny_dit_lora(model, layers=None, rank=4, seed=230, scale=0.1):
-    """A tiny LoRA for a tiny Qwen-Image / Z-Image / Krea 2 (``dit_lora_layers`` by default) in the kohya naming
+    """A tiny LoRA for a tiny Qwen-Image / Z-Image / Krea 2 / HunyuanVideo (``dit_lora_layers`` by default) in the kohya naming
     comfy.lora.model_lora_keys_unet maps onto every model ('lora_unet_<ComfyUI key, dots as _>.lora_up/.lora_down/
     .alpha'). Apply with ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
     layers = dit_lora_layers(model) if layers is None else layers

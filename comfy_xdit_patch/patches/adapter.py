@@ -52,10 +52,14 @@ class BlockSplit:
     (``patches_replace["dit"]``). ``tokens``: the block argument holding the token sequence (B, L, C);
     ``per_token``: block arguments sliced like the tokens (their dim 1 runs over the tokens; see
     ``Adapter.per_token_slice``); ``local_attention``: submodules (regular expressions over module names) whose
-    attention stays on each rank, such as cross-attention from the local tokens to the whole text."""
+    attention stays on each rank, such as cross-attention from the local tokens to the whole text; ``text``: the
+    first block's argument holding a text stream that joins the tokens in attention, split with them (each rank
+    holds a slice of both, as in ``PostInputSplit``); the last block's output is gathered by
+    ``Adapter.gather_block_output``."""
     tokens: str
     per_token: tuple = ()
     local_attention: tuple = ()
+    text: str = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,13 @@ class Adapter:
     def per_token_slice(self, name, value, call, rank):
         """``value`` of the per-token block argument ``name`` cut to ``rank``'s tokens (dim 1 over the tokens)."""
         return take_shard(value, call.main_sizes, rank)
+
+    def gather_block_output(self, out, call):
+        """A ``BlockSplit``'s last block output (a dict) as the forward expects it after the blocks: by default its
+        tokens gathered from every rank."""
+        tokens = self.split.tokens
+        out[tokens] = gather_shards(out[tokens], call.main_sizes, call.mesh.sp_rank, group=call.mesh.sp_group)
+        return out
 
     def wrapped_modules(self, diffusion_model):
         """(name, factory(forward) -> wrapped forward) of every submodule the adapter hooks: its ``module_wrappers``
@@ -270,8 +281,9 @@ def split_tokens(split, original):
 
 
 def split_block(adapter, key, position, total):
-    """The block replacement of a ``BlockSplit``: the first block slices the tokens, every block slices its
-    per-token arguments (and gathers its sharded weights), the last block gathers the tokens from every rank."""
+    """The block replacement of a ``BlockSplit``: the first block slices the tokens (and the text), every block
+    slices its per-token arguments (and gathers its sharded weights), the last block gathers the tokens from every
+    rank."""
     split = adapter.split
 
     @hooks.ours
@@ -282,8 +294,11 @@ def split_block(adapter, key, position, total):
         rank = call.mesh.sp_rank
         args = dict(args)
         if position == 0:
-            call.plan_tokens(0, args[split.tokens].shape[1])
+            text = args[split.text].shape[1] if split.text else 0
+            call.plan_tokens(text, args[split.tokens].shape[1])
             args[split.tokens] = take_shard(args[split.tokens], call.main_sizes, rank)
+            if split.text:
+                args[split.text] = take_shard(args[split.text], call.txt_sizes, rank)
         for name in split.per_token:
             if args.get(name) is not None:
                 args[name] = adapter.per_token_slice(name, args[name], call, rank)
@@ -295,8 +310,7 @@ def split_block(adapter, key, position, total):
             if call.weight_shards is not None:
                 call.weight_shards.exit(key)
         if position == total - 1:
-            out = dict(out)
-            out[split.tokens] = gather_shards(out[split.tokens], call.main_sizes, rank, group=call.mesh.sp_group)
+            out = adapter.gather_block_output(dict(out), call)
         return out
 
     return replacement
