@@ -157,11 +157,19 @@ class MultiGPURun:
             return one_gpu()
         arguments = self.adapter.named_arguments(executor.original, args, kwargs)
         transformer_options = arguments.pop("transformer_options")
-        if not isinstance(arguments.get("x"), torch.Tensor):   # e.g. a list of streams (video and audio)
+        x = arguments.get("x")
+        if isinstance(x, torch.Tensor):
+            placement = group.scheduler.place(x, self._output_channels(x))
+        elif self.adapter.streams_input and isinstance(x, (list, tuple)):   # one row of several streams
+            if self.plan.replicas > 1:
+                self._one_gpu(f"{type(executor.class_obj).__name__} samples cond and uncond in separate calls of "
+                              "one row, which CFG groups cannot share; set sequence_degree to the number of GPUs")
+                return one_gpu()
+            placement = None   # one sequence-parallel group, an even token split
+        else:
             self._one_gpu(f"{type(executor.class_obj).__name__}'s input is not one latent tensor whose rows could "
                           "be placed on the GPUs")
             return one_gpu()
-        placement = group.scheduler.place(arguments["x"], self._output_channels(arguments["x"]))
         token_weights = None if placement is None or placement[1] is None else [
             weights for weights, rows in zip(placement[1], placement[0]) if rows]
         reason = self.adapter.unsupported_reason(arguments, transformer_options, executor.class_obj, self.plan.sp_degree,
@@ -174,7 +182,7 @@ class MultiGPURun:
         # The helpers call the model's forward, which may name an argument differently from the method it wraps
         # (Qwen-Image's timestep and timesteps): the call travels by the forward's names.
         renamed = _forward_names(executor)
-        call_args = {renamed.get(name, name): value for name, value in arguments.items()}
+        call_args = {renamed.get(name, name): value for name, value in self.adapter.call_arguments(arguments).items()}
         call_args["transformer_options"] = self.adapter.helper_transformer_options(transformer_options)
         try:
             return self._parallel_step(group, executor, call_args, transformer_options, placement, one_gpu,
@@ -186,7 +194,9 @@ class MultiGPURun:
     @torch.compiler.disable(recursive=False)   # as the wrapper: our host work stays out of dynamo
     def _parallel_step(self, group, executor, call_args, transformer_options, placement, one_gpu, own_names):
         try:
-            message, tensors = group.dispatch_forward(call_args, self.graphs_allowed, self.compile_kwargs,
+            # A model of several streams builds its packed layout on the host in every call: never graphed.
+            graphs = self.graphs_allowed and not self.adapter.streams_input
+            message, tensors = group.dispatch_forward(call_args, graphs, self.compile_kwargs,
                                                       self._graph_ready, placement)
         except (pickle.PicklingError, TypeError, AttributeError, ValueError) as e:
             self._one_gpu(f"a model input cannot be sent to the helpers ({e})")

@@ -7,7 +7,6 @@ import logging
 import comfy.sd
 import nodes
 import pytest
-import torch
 
 from comfy_env import load_tiny_wan, relative_error, tiny_wan_lora, wan_inputs
 from comfy_xdit_patch.multigpu import enable_multigpu
@@ -118,17 +117,3 @@ def test_wan22_two_experts_are_both_held_and_switching_sends_no_weights(caplog):
     assert not [m for m in messages if "one GPU" in m], messages
     ran_on(2, 2)
     assert relative_error(first, expected) <= 1e-5 and relative_error(second, expected) <= 1e-5
-
-
-def test_minimax_h3_streams_run_on_one_gpu_with_the_reason(caplog):
-    """MiniMax H3 hands its model one input holding the video and audio streams: the node runs those calls on one
-    GPU, says why once, and the prompt ends with the one-GPU result."""
-    from comfy_env import load_tiny_minimax, minimax_inputs
-    model, inputs = load_tiny_minimax(), minimax_inputs("t2v")
-    expected = sample(model, inputs, 3.0)
-    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
-        got = sample(enable_multigpu(model, gpus=2), inputs, 3.0)
-    assert [r.getMessage() for r in caplog.records if "one GPU" in r.getMessage()] == [
-        "Enable Multi-GPU: running on one GPU because MiniMaxH3Model's input is not one latent tensor whose rows could "
-        "be placed on the GPUs."]
-    assert all(torch.equal(a, b) for a, b in zip(got.unbind(), expected.unbind()))   # video and audio latents

@@ -55,11 +55,12 @@ class BlockSplit:
     attention stays on each rank, such as cross-attention from the local tokens to the whole text; ``text``: the
     first block's argument holding a text stream that joins the tokens in attention, split with them (each rank
     holds a slice of both, as in ``PostInputSplit``); the last block's output is gathered by
-    ``Adapter.gather_block_output``."""
+    ``Adapter.gather_block_output``; ``token_dim``: the tokens' dimension (0 for a packed sequence without batch)."""
     tokens: str
     per_token: tuple = ()
     local_attention: tuple = ()
     text: str = None
+    token_dim: int = 1
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Adapter:
     replaces_blocks = True   # False: the forward offers no block replacement; the module wrappers gather weights
     limits = ()           # (what, why): documented here, enforced by unsupported_reason
     sequence_parallel = True
+    streams_input = False   # True: x is a list of streams of one batch row, run over one sequence-parallel group
 
     named_arguments = staticmethod(hooks.named_arguments)
     helper_transformer_options = staticmethod(hooks.data_options)
@@ -117,6 +119,10 @@ class Adapter:
             return {}
         return {(kinds[attribute], index): hooks.sharded_block((attribute, index)) for attribute, index in keys}
 
+    def call_arguments(self, arguments):
+        """One model call's arguments (by the wrapped method's names) as every rank runs them."""
+        return arguments
+
     def per_token_slice(self, name, value, call, rank):
         """``value`` of the per-token block argument ``name`` cut to ``rank``'s tokens (dim 1 over the tokens)."""
         return take_shard(value, call.main_sizes, rank)
@@ -125,7 +131,8 @@ class Adapter:
         """A ``BlockSplit``'s last block output (a dict) as the forward expects it after the blocks: by default its
         tokens gathered from every rank."""
         tokens = self.split.tokens
-        out[tokens] = gather_shards(out[tokens], call.main_sizes, call.mesh.sp_rank, group=call.mesh.sp_group)
+        out[tokens] = gather_shards(out[tokens], call.main_sizes, call.mesh.sp_rank, group=call.mesh.sp_group,
+                                    dim=self.split.token_dim)
         return out
 
     def wrapped_modules(self, diffusion_model):
@@ -295,8 +302,8 @@ def split_block(adapter, key, position, total):
         args = dict(args)
         if position == 0:
             text = args[split.text].shape[1] if split.text else 0
-            call.plan_tokens(text, args[split.tokens].shape[1])
-            args[split.tokens] = take_shard(args[split.tokens], call.main_sizes, rank)
+            call.plan_tokens(text, args[split.tokens].shape[split.token_dim])
+            args[split.tokens] = take_shard(args[split.tokens], call.main_sizes, rank, dim=split.token_dim)
             if split.text:
                 args[split.text] = take_shard(args[split.text], call.txt_sizes, rank)
         for name in split.per_token:

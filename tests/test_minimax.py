@@ -1,0 +1,50 @@
+"""MiniMax H3 through the node (patches/minimax.py), 1 rank vs N ranks through ComfyUI's real KSampler and its own
+MiniMax H3 nodes (fp32, a tiny MiniMax H3 from ComfyUI's own classes, helper processes over gloo): the packed
+sequence of text, condition or reference rows, audio and video split over the ranks; the video and audio latents
+both compared. Packed lengths 35 (t2v), 54 (i2v), 67 (r2v): none a multiple of 2 or 4 except where noted."""
+import logging
+
+import nodes
+import pytest
+
+from comfy_env import load_tiny_minimax, minimax_inputs, relative_error
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.runtime import helper_group as helpers
+
+
+def sample(model, inputs, cfg=3.0):
+    positive, negative, latent = inputs
+    return nodes.KSampler().sample(model, 42, 2, cfg, "euler", "simple", positive, negative, latent)[0]["samples"]
+
+
+def streams_error(got, expected):
+    """The larger relative error of the video and the audio latents."""
+    return max(relative_error(a, b) for a, b in zip(got.unbind(), expected.unbind()))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_tiny_minimax()
+
+
+@pytest.mark.parametrize("mode,parallelism,gpus", [("t2v", "ulysses", 2), ("i2v", "ring", 2), ("r2v", "usp", 4)])
+def test_streams_equal_one_rank(model, mode, parallelism, gpus, caplog):
+    inputs = minimax_inputs(mode)
+    expected = sample(model, inputs)
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(model, gpus=gpus, parallelism=parallelism), inputs)
+    group = helpers.current_group()
+    assert group is not None and group.plan.world_size == gpus and group.plan.sp_degree == gpus
+    assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
+    assert streams_error(got, expected) <= 1e-5
+
+
+def test_cfg_groups_run_on_one_gpu_naming_the_fix(model, caplog):
+    """cond and uncond are separate calls of one row: CFG groups have nothing to share, and the message says which
+    setting runs it in parallel."""
+    inputs = minimax_inputs("t2v")
+    expected = sample(model, inputs)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(model, gpus=4, sequence_degree=2), inputs)
+    assert any("set sequence_degree to the number of GPUs" in r.getMessage() for r in caplog.records)
+    assert streams_error(got, expected) == 0
