@@ -32,6 +32,11 @@ WAN_14B = dict(dim=5120, heads=40, ffn_dim=13824, layers=40, channels=16)
 WAN_1_3B = dict(dim=1536, heads=12, ffn_dim=8960, layers=30, channels=16)
 WAN_5B = dict(dim=3072, heads=24, ffn_dim=14336, layers=30, channels=48)
 
+# HunyuanVideo 1.0 (comfy/ldm/hunyuan_video/model.py), 13B: 20 double-stream and 40 single-stream blocks. ComfyUI's
+# detection reads the widths, blocks and channels from the shapes and takes num_heads as hidden // 128; the LLaVA text
+# is 4096 wide, CLIP-L's pooled vector 768.
+HUNYUAN_VIDEO = dict(hidden=3072, heads=24, depth=20, depth_single=40, text_dim=4096)
+
 # Qwen-Image (comfy/ldm/qwen_image/model.py), the 20B double-stream MMDiT. ComfyUI's detection reads only the input
 # channels (16 latent channels packed 2x2: 64) and the layers; the heads, their width and the Qwen2.5-VL-7B text width
 # are the model's defaults.
@@ -145,6 +150,24 @@ def random_wan_state_dict(size, dtype, device, seed=0):
     return random_values(shapes, dtype, device, seed, norm_scales=True)
 
 
+def random_hunyuan_video_state_dict(size, dtype, device, seed=0):
+    """HunyuanVideo 1.0 text-to-video weights with random values in ComfyUI's own naming of its HunyuanVideo model
+    ('double_blocks.N.img_attn.qkv', 'txt_in.individual_token_refiner'), which its detection reads as a checkpoint:
+    16 latent channels, patch (1, 2, 2), RoPE axes (16, 56, 56) of theta 256, guidance embedding."""
+    import comfy.ops
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+    _require("HunyuanVideo", size, heads=size["hidden"] // 128)
+    with weight_shapes():
+        shapes = HunyuanVideo(
+            in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=size["text_dim"],
+            hidden_size=size["hidden"], mlp_ratio=4.0, num_heads=size["heads"], depth=size["depth"],
+            depth_single_blocks=size["depth_single"], axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2],
+            qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False, use_cond_type_embedding=False,
+            vision_in_dim=None, meanflow_sum=False, dtype=dtype, device="meta",
+            operations=comfy.ops.disable_weight_init).state_dict()
+    return random_values(shapes, dtype, device, seed, norm_scales=True)
+
+
 def _require(family, size, **detected):
     """ValueError unless ``size`` has the values that ComfyUI's detection builds ``family`` with, whatever the weights'
     shapes say."""
@@ -239,6 +262,15 @@ def wan_conditioning(tokens, seed, image_hw=None):
     return [[torch.randn(1, tokens, 4096, generator=generator), {"pooled_output": None}]]
 
 
+def hunyuan_video_conditioning(size, tokens, seed, image_hw=None):
+    """Random HunyuanVideo conditioning as its LLaVA-Llama-3 and CLIP-L encoders give a prompt: the hidden states and
+    CLIP-L's pooled output (its guidance is embedded: ComfyUI's default 6.0)."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, size["text_dim"], generator=generator),
+             {"pooled_output": torch.randn(1, 768, generator=generator)}]]
+
+
 def qwen_image_conditioning(size, tokens, seed, image_hw=None):
     """Random Qwen-Image conditioning as its Qwen2.5-VL-7B encoder gives a prompt: hidden states after the chat
     template and no pooled output; ComfyUI drops the attention mask where it masks nothing."""
@@ -276,6 +308,11 @@ def padded_joint_tokens(latent_size, text_tokens):
     height, width = latent_size
     image_tokens = -(-height // 2) * -(-width // 2)
     return -(-image_tokens // 32) * 32 + -(-text_tokens // 32) * 32
+
+
+def joint_video_tokens(latent_size, text_tokens):
+    """HunyuanVideo: every latent frame's 2x2 patches and the text in one sequence."""
+    return video_tokens(latent_size, text_tokens) + text_tokens
 
 
 def unet_tokens(latent_size, text_tokens):
@@ -376,6 +413,13 @@ MODELS = {
         description="Wan-2.2-5B-size video DiT", state_dict=functools.partial(random_wan_state_dict, WAN_5B),
         latent_channels=48, conditioning=wan_conditioning, cfg=5.0, resolutions=("1280x704",), text_tokens=512,
         attention_tokens=video_tokens, latent_downscale=16, frames=33),
+    # HunyuanVideo's text: LLaVA's prompt template leaves about 256 tokens of a short prompt; cfg 1 with its
+    # embedded guidance, as its workflows run it; 848x480 is its 480p.
+    "hunyuan-video": BenchModel(
+        description="HunyuanVideo-size video DiT",
+        state_dict=functools.partial(random_hunyuan_video_state_dict, HUNYUAN_VIDEO), latent_channels=16,
+        conditioning=functools.partial(hunyuan_video_conditioning, HUNYUAN_VIDEO), cfg=1.0,
+        resolutions=("848x480",), text_tokens=256, attention_tokens=joint_video_tokens, frames=33),
     # Text as the encoders give a prompt of a few sentences. Qwen-Image's template (without its Lightning LoRA): cfg 4,
     # cond and uncond in one call; its native size is --res 1328. Z-Image Turbo's: cfg 1. Krea 2 has no template in
     # ComfyUI: cfg 4, as Qwen-Image's.

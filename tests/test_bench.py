@@ -354,6 +354,21 @@ def test_the_graphed_baseline_passes_each_models_arguments_through(monkeypatch, 
     assert len(calls) == 2 and torch.equal(got, expected)
 
 
+def test_the_hunyuan_video_weights_are_detected_as_hunyuan_video_at_full_size():
+    """ComfyUI's detection rebuilds HunyuanVideo 1.0 from the shapes: 20 double and 40 single blocks of 24 heads over
+    LLaVA's 4096-wide text, CLIP-L's pooled 768, guidance embedded; a clip's tokens are its 2x2 patches and the text."""
+    from comfy_xdit_patch.bench_models import MODELS
+    _, config, model = _meta_model("hunyuan-video")
+    hunyuan = model.diffusion_model
+    assert type(config).__name__ == "HunyuanVideo" and config.latent_format.latent_channels == 16
+    assert (len(hunyuan.double_blocks), len(hunyuan.single_blocks), hunyuan.num_heads) == (20, 40, 24)
+    assert (hunyuan.hidden_size, hunyuan.params.context_in_dim, hunyuan.params.vec_in_dim) == (3072, 4096, 768)
+    assert hunyuan.params.guidance_embed and hunyuan.patch_size == [1, 2, 2]
+    spec = MODELS["hunyuan-video"]
+    clip = spec.resolution("848x480")
+    assert spec.tokens(clip, 256) == 9 * 30 * 53 + 256
+
+
 def test_qwen_image_z_image_and_krea2_are_detected_at_full_size_with_their_heads_and_text_widths():
     """ComfyUI's detection rebuilds each from the shapes alone: Qwen-Image's 60 double-stream blocks of 24 heads of
     128 over Qwen2.5-VL's 3584-wide text; Z-Image Turbo's NextDiT of width 3840 (30 heads, 2 refiner blocks each,
