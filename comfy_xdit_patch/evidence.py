@@ -403,7 +403,8 @@ SCENARIOS = {"spotcheck": spotcheck, "kill": kill, "stall": stall, "groups": gro
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("scenario", nargs="+", choices=sorted(SCENARIOS),
+                        help="one or more, run one after another in this process (one ComfyUI start, one model)")
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--res", type=int, default=None, help="image size (GPU default 1024; CPU 128)")
     parser.add_argument("--steps", type=int, default=None, help="GPU default 10 (kill: 28); CPU 4")
@@ -418,7 +419,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
     cpu = args.cpu or not torch.cuda.is_available()
-    dynamic_vram = args.scenario == "dynamic" or args.dynamic_vram
+    dynamic_vram = "dynamic" in args.scenario or args.dynamic_vram
     setup_comfy(cpu, dynamic_vram=dynamic_vram)
     if dynamic_vram:
         logging.info("dynamic VRAM: %s", "on" if enable_dynamic_vram() else "not available (classic ModelPatcher)")
@@ -429,24 +430,28 @@ def main(argv=None):
     if cpu:
         torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
     res = args.res or (128 if cpu else 1024)
-    args.steps = args.steps or (4 if cpu else (28 if args.scenario == "kill" else 10))
     tokens = 77 if cpu else 512
     # formats and devices load their own models: no FLUX.1-dev-size model beside them
-    model = None if args.scenario in ("formats", "devices") else load_random_flux(
-        size, dtype, device, from_host=dynamic_vram)
-    if model is not None:
+    model = None
+    if set(args.scenario) - {"formats", "devices"}:
+        model = load_random_flux(size, dtype, device, from_host=dynamic_vram)
         settle(model, [res], tokens, device)   # no figure from the process's first prompt (bench.settle)
-    try:
-        rows = SCENARIOS[args.scenario](args, model, device, size, dtype, res, tokens)
-    finally:
-        helper_group.shutdown_group()
-    print(f"\n# {args.scenario}: {'CPU' if cpu else torch.cuda.get_device_name(device)}, {args.gpus} devices, "
-          f"{args.steps} steps, {dtype}")
-    print("| case | res | 1-dev ms | N-dev ms | rel. err vs 1 dev | note |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        note = row[5] if len(row) > 5 else ""
-        print(f"| {row[0]} | {row[1]} | {row[2]:.1f} | {row[3]:.1f} | {row[4]:.2e} | {note} |")
+    rows = {}
+    for scenario in args.scenario:
+        scenario_args = argparse.Namespace(**vars(args))
+        scenario_args.steps = args.steps or (4 if cpu else (28 if scenario == "kill" else 10))
+        try:
+            rows[scenario] = SCENARIOS[scenario](scenario_args, model if scenario not in ("formats", "devices")
+                                                 else None, device, size, dtype, res, tokens)
+        finally:
+            helper_group.shutdown_group()
+        print(f"\n# {scenario}: {'CPU' if cpu else torch.cuda.get_device_name(device)}, {args.gpus} devices, "
+              f"{scenario_args.steps} steps, {dtype}")
+        print("| case | res | 1-dev ms | N-dev ms | rel. err vs 1 dev | note |")
+        print("|---|---|---|---|---|---|")
+        for row in rows[scenario]:
+            note = row[5] if len(row) > 5 else ""
+            print(f"| {row[0]} | {row[1]} | {row[2]:.1f} | {row[3]:.1f} | {row[4]:.2e} | {note} |", flush=True)
     return rows
 
 
