@@ -18,7 +18,7 @@ def block_bytes(model):
     return blocks, sum(t.numel() * t.element_size() for t in state.values()) - blocks
 
 
-@pytest.mark.parametrize("parallelism,gpus", [("ulysses", 2), ("ring", 2), ("usp", 4)])
+@pytest.mark.parametrize("parallelism,gpus", [("ulysses", 2), ("usp", 4)])   # ring alone: test_wan, test_hunyuan_video
 def test_sharded_weights_equal_replicated_and_one_rank(tiny_flux, parallelism, gpus):
     expected = ksample(tiny_flux)
     replicated = ksample(enable_multigpu(tiny_flux, gpus=gpus, parallelism=parallelism))
