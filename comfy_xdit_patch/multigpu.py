@@ -160,10 +160,10 @@ class MultiGPURun:
         x = arguments.get("x")
         if isinstance(x, torch.Tensor):
             placement = group.scheduler.place(x, self._output_channels(x))
-        elif self.adapter.streams_input and isinstance(x, (list, tuple)):   # one row of several streams
+        elif self.adapter.streams_input and isinstance(x, (list, tuple)):   # several streams (video, audio)
             if self.plan.replicas > 1:
-                self._one_gpu(f"{type(executor.class_obj).__name__} samples cond and uncond in separate calls of "
-                              "one row, which CFG groups cannot share; set sequence_degree to the number of GPUs")
+                self._one_gpu(f"{type(executor.class_obj).__name__}'s input is a list of streams, whose rows CFG "
+                              "groups cannot share out; set sequence_degree to the number of GPUs")
                 return one_gpu()
             placement = None   # one sequence-parallel group, an even token split
         else:
@@ -182,7 +182,8 @@ class MultiGPURun:
         # The helpers call the model's forward, which may name an argument differently from the method it wraps
         # (Qwen-Image's timestep and timesteps): the call travels by the forward's names.
         renamed = _forward_names(executor)
-        call_args = {renamed.get(name, name): value for name, value in self.adapter.call_arguments(arguments).items()}
+        arguments = self.adapter.call_arguments(arguments)
+        call_args = {renamed.get(name, name): value for name, value in arguments.items()}
         call_args["transformer_options"] = self.adapter.helper_transformer_options(transformer_options)
         try:
             return self._parallel_step(group, executor, call_args, transformer_options, placement, one_gpu,
@@ -194,7 +195,8 @@ class MultiGPURun:
     @torch.compiler.disable(recursive=False)   # as the wrapper: our host work stays out of dynamo
     def _parallel_step(self, group, executor, call_args, transformer_options, placement, one_gpu, own_names):
         try:
-            # A model of several streams builds its packed layout on the host in every call: never graphed.
+            # A call of several streams (video and audio) is never graphed: MiniMax H3 builds its packed layout on
+            # the host in every call.
             graphs = self.graphs_allowed and not self.adapter.streams_input
             message, tensors = group.dispatch_forward(call_args, graphs, self.compile_kwargs,
                                                       self._graph_ready, placement)

@@ -819,6 +819,67 @@ def hunyuan_video_inputs(variant="1.0", frames=3, height=6, width=10, guidance_t
     return positive, negative, latent
 
 
+# --- LTX-Video, LTX-2 ------------------------------------------------------------------------------------------------
+
+def tiny_ltx_unet_config(variant="video", heads=4, head_dim=32, layers=2, text_dim=64, audio_heads=4,
+                         audio_head_dim=16):
+    """The unet_config of a tiny LTX model (ComfyUI's comfy.ldm.lightricks), for comfy.supported_models.LTXV / LTXAV:
+    128 latent channels as the real (32x spatial, 8x temporal VAE; one token per latent pixel), ``heads`` heads of
+    ``head_dim`` (real: 32 of 128 for LTX-2) whose width is also the cross-attention width, ``layers`` blocks (real:
+    48), the text encoder's width ``text_dim`` (real: T5's 4096 / Gemma's 3840).
+      "video": LTX-Video (LTXVModel);
+      "av":    LTX-2 (LTXAVModel): an audio stream of ``audio_heads`` heads of ``audio_head_dim`` (real: 32 of 64) over
+               the audio VAE's 8 channels x 16 frequency bins, audio-video cross-attention both ways, and text
+               connectors of 2 heads of text_dim / 2 (only used on unprocessed text)."""
+    config = dict(image_model="ltxv", in_channels=128, num_attention_heads=heads, attention_head_dim=head_dim,
+                  cross_attention_dim=heads * head_dim, caption_channels=text_dim, num_layers=layers)
+    if variant == "av":
+        config.update(image_model="ltxav", audio_in_channels=128, audio_num_attention_heads=audio_heads,
+                      audio_attention_head_dim=audio_head_dim, audio_cross_attention_dim=audio_heads * audio_head_dim,
+                      connector_num_attention_heads=2, connector_attention_head_dim=text_dim // 2)
+    elif variant != "video":
+        raise ValueError(f"unknown LTX variant {variant!r}; 'video' or 'av'")
+    return config
+
+
+def load_tiny_ltx(variant="video", seed=270, **config):
+    """A tiny LTX-Video ("video") or LTX-2 ("av") as a ModelPatcher (ComfyUI's model_base.LTXV / LTXAV, random fp32
+    weights with fan-in scales): see ``tiny_ltx_unet_config``. Inputs: ``ltx_inputs``."""
+    import comfy.supported_models as models
+    model_config = (models.LTXAV if variant == "av" else models.LTXV)(tiny_ltx_unet_config(variant, **config))
+    return _tiny_model_patcher(model_config, seed, fan_in=True)
+
+
+def ltx_inputs(variant="video", frames=3, height=3, width=5, first_frame=False, audio_latents=7, text_tokens=21,
+               seed=1, text_dim=64):
+    """(positive, negative, latent) for a tiny LTX model: random prompt states (1, L, text_dim; LTX-2's as its text
+    connectors leave them, video and audio side by side, 2 x text_dim) with the encoder's attention mask (all ones:
+    LTX-Video's forward requires one) through LTXVConditioning (25 fps), and
+    EmptyLTXVLatentVideo's latent of ``frames`` latent frames of height x width (one token each: 45 by default).
+    ``first_frame``: a random first latent frame kept by a noise mask of 0 there, as LTXVImgToVideo leaves the
+    latent (each latent frame then has its own timestep). LTX-2 adds an empty audio latent of ``audio_latents``
+    latents (the LTX-2 audio VAE's 8 channels x 16 bins, as LTXVEmptyLatentAudio makes it) joined to the video by
+    LTXVConcatAVLatent."""
+    import torch
+    from comfy_extras.nodes_lt import EmptyLTXVLatentVideo, LTXVConcatAVLatent, LTXVConditioning
+    generator = torch.Generator().manual_seed(seed)
+    width_out = text_dim * (2 if variant == "av" else 1)
+    positive, negative = ([[torch.randn(1, text_tokens, width_out, generator=generator),
+                            {"pooled_output": None, "attention_mask": torch.ones(1, text_tokens, dtype=torch.long)}]]
+                          for _ in range(2))
+    positive, negative = LTXVConditioning.execute(positive, negative, 25.0).result
+    latent = EmptyLTXVLatentVideo.execute(width * 32, height * 32, 8 * (frames - 1) + 1, 1).result[0]
+    if first_frame:
+        latent["samples"][:, :, :1] = torch.randn(latent["samples"][:, :, :1].shape, generator=generator)
+        mask = torch.ones((1, 1, frames, height, width))
+        mask[:, :, 0] = 0.0
+        latent["noise_mask"] = mask
+    if variant == "av":
+        audio = {"samples": torch.zeros(1, 8, audio_latents, 16), "type": "audio"}
+        latent = LTXVConcatAVLatent.execute(latent, audio).result[0]
+    return positive, negative, latent
+
+
 # --- Qwen-Image, Z-Image (Lumina 2 / NextDiT), Krea 2 ---------------------------------------------------------------
 
 QWEN_IMAGE_VARIANTS = ("t2i", "edit", "edit_2511")
@@ -1114,6 +1175,7 @@ def dit_lora_layers(model):
     """The Linear layers a tiny LoRA patches in a tiny Qwen-Image, Z-Image, Krea 2 or HunyuanVideo (what their LoRA
     trainers target): every block's attention projections and MLP layers.
       HunyuanVideo: double_blocks.N.{img,txt}_{attn.qkv,attn.proj,mlp.0,mlp.2}, single_blocks.N.linear{1,2};
+      LTX-Video:  transformer_blocks.N.{attn1,attn2}.{to_q,to_k,to_v,to_out.0}, ff.net.{0.proj,2};
       Qwen-Image: transformer_blocks.N.attn.{to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out},
                   {img,txt}_mlp.net.{0.proj,2};
       Z-Image:    {layers,noise_refiner,context_refiner}.N.attention.{qkv,out}, feed_forward.{w1,w2,w3};
@@ -1132,6 +1194,10 @@ def dit_lora_layers(model):
         suffixes = tuple(f".{s}_{p}" for s in ("img", "txt") for p in ("attn.qkv", "attn.proj", "mlp.0", "mlp.2")) + (
             ".linear1", ".linear2")
         prefixes = ("double_blocks.", "single_blocks.")
+    elif isinstance(model.model, comfy.model_base.LTXV):
+        suffixes = tuple(f".{a}.{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0")) + (
+            ".ff.net.0.proj", ".ff.net.2")
+        prefixes = ("transformer_blocks.",)
     elif isinstance(model.model, comfy.model_base.Krea2):
         suffixes = tuple(f".attn.{p}" for p in ("wq", "wk", "wv", "gate", "wo")) + (".mlp.gate", ".mlp.up",
                                                                                     ".mlp.down")
@@ -1143,9 +1209,9 @@ def dit_lora_layers(model):
 
 
 def tiny_dit_lora(model, layers=None, rank=4, seed=230, scale=0.1):
-    """A tiny LoRA for a tiny Qwen-Image / Z-Image / Krea 2 / HunyuanVideo (``dit_lora_layers`` by default) in the kohya naming
-    comfy.lora.model_lora_keys_unet maps onto every model ('lora_unet_<ComfyUI key, dots as _>.lora_up/.lora_down/
-    .alpha'). Apply with ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
+    """A tiny LoRA for a tiny Qwen-Image, Z-Image, Krea 2, HunyuanVideo or LTX-Video (``dit_lora_layers`` by
+    default) in the kohya naming comfy.lora.model_lora_keys_unet maps onto every model ('lora_unet_<ComfyUI key, dots
+    as _>.lora_up/.lora_down/.alpha'). Apply with ``comfy.sd.load_lora_for_models(model, None, lora, strength, 0)``."""
     layers = dit_lora_layers(model) if layers is None else layers
     return tiny_unet_lora(model, layers=layers, rank=rank, seed=seed, scale=scale, style="kohya")
 

@@ -5,15 +5,16 @@ output gathers, its heads, its transformer blocks and what it cannot run in para
 family's adapter for a diffusion model, or None; a model without one runs CFG/batch-parallel (``ANY_MODEL``). The
 helpers find the same adapter by the name the model spec carries. Nothing outside this package names a model family.
 """
-from . import any_model, flux, hunyuan_video, krea2, minimax, mmdit, qwen_image, wan, z_image
+from . import any_model, flux, hunyuan_video, krea2, ltx, minimax, mmdit, qwen_image, wan, z_image
 from .hooks import ours
 
 SEQUENCE_PARALLEL = (flux.ADAPTER, mmdit.ADAPTER, wan.ADAPTER, hunyuan_video.ADAPTER, minimax.ADAPTER,
-                     qwen_image.ADAPTER, krea2.ADAPTER, z_image.ADAPTER)
+                     ltx.VIDEO_ADAPTER, ltx.AUDIO_VIDEO_ADAPTER, qwen_image.ADAPTER, krea2.ADAPTER, z_image.ADAPTER)
 ANY_MODEL = any_model.ADAPTER
 ADAPTERS = {adapter.name: adapter for adapter in SEQUENCE_PARALLEL + (ANY_MODEL,)}
 # What the sequence-parallel adapters cover, for messages.
-FAMILIES = "FLUX, Chroma, SD3, SD3.5, Wan, HunyuanVideo, MiniMax H3, Qwen-Image, Z-Image, Lumina 2 and Krea 2"
+FAMILIES = ("FLUX, Chroma, SD3, SD3.5, Wan, HunyuanVideo, MiniMax H3, LTX-Video, LTX-2, Qwen-Image, Z-Image, "
+            "Lumina 2 and Krea 2")
 
 __all__ = ["ADAPTERS", "ANY_MODEL", "FAMILIES", "SEQUENCE_PARALLEL", "adapter_for", "adapter_named", "ours",
            "transformer_blocks"]

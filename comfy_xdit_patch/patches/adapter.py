@@ -80,7 +80,7 @@ class Adapter:
     replaces_blocks = True   # False: the forward offers no block replacement; the module wrappers gather weights
     limits = ()           # (what, why): documented here, enforced by unsupported_reason
     sequence_parallel = True
-    streams_input = False   # True: x is a list of streams of one batch row, run over one sequence-parallel group
+    streams_input = False   # True: x is a list of streams (video, audio), run over one sequence-parallel group
 
     named_arguments = staticmethod(hooks.named_arguments)
     helper_transformer_options = staticmethod(hooks.data_options)
@@ -126,6 +126,16 @@ class Adapter:
     def per_token_slice(self, name, value, call, rank):
         """``value`` of the per-token block argument ``name`` cut to ``rank``'s tokens (dim 1 over the tokens)."""
         return take_shard(value, call.main_sizes, rank)
+
+    def split_block_input(self, args, call, rank):
+        """A ``BlockSplit``'s first block arguments (a dict, changed in place): the split planned, the tokens (and the
+        text) cut to ``rank``'s."""
+        split = self.split
+        text = args[split.text].shape[1] if split.text else 0
+        call.plan_tokens(text, args[split.tokens].shape[split.token_dim])
+        args[split.tokens] = take_shard(args[split.tokens], call.main_sizes, rank, dim=split.token_dim)
+        if split.text:
+            args[split.text] = take_shard(args[split.text], call.txt_sizes, rank)
 
     def gather_block_output(self, out, call):
         """A ``BlockSplit``'s last block output (a dict) as the forward expects it after the blocks: by default its
@@ -301,11 +311,7 @@ def split_block(adapter, key, position, total):
         rank = call.mesh.sp_rank
         args = dict(args)
         if position == 0:
-            text = args[split.text].shape[1] if split.text else 0
-            call.plan_tokens(text, args[split.tokens].shape[split.token_dim])
-            args[split.tokens] = take_shard(args[split.tokens], call.main_sizes, rank, dim=split.token_dim)
-            if split.text:
-                args[split.text] = take_shard(args[split.text], call.txt_sizes, rank)
+            adapter.split_block_input(args, call, rank)
         for name in split.per_token:
             if args.get(name) is not None:
                 args[name] = adapter.per_token_slice(name, args[name], call, rank)

@@ -1,0 +1,82 @@
+"""LTX-Video and LTX-2 through the node (patches/ltx.py), 1 rank vs N ranks through ComfyUI's real KSampler and its
+own LTX latent nodes (fp32, tiny models from ComfyUI's own classes, helper processes over gloo): text-to-video,
+image-to-video's per-frame timesteps (LTX-2's per-frame compressed modulation cut mid-frame), LTX-2's audio stream
+with its audio-video cross-attention, a LoRA. 3 latent frames of 3 x 5: 45 video tokens, uneven over 2 and 4."""
+import logging
+
+import comfy.sd
+import nodes
+import pytest
+
+from comfy_env import load_tiny_ltx, ltx_inputs, relative_error, tiny_dit_lora
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.runtime import helper_group as helpers
+
+
+def sample(model, inputs, cfg=3.0):
+    positive, negative, latent = inputs
+    return nodes.KSampler().sample(model, 42, 2, cfg, "euler", "simple", positive, negative, latent)[0]["samples"]
+
+
+def error(got, expected):
+    """The larger relative error of the streams (LTX-2's video and audio latents)."""
+    if got.is_nested:
+        return max(relative_error(a, b) for a, b in zip(got.unbind(), expected.unbind()))
+    return relative_error(got, expected)
+
+
+def in_parallel(model, inputs, caplog, cfg=3.0, **options):
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(model, **options), inputs, cfg)
+    group = helpers.current_group()
+    assert group is not None and group.plan.world_size == options["gpus"], "the helpers did not run"
+    assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
+    return got, group
+
+
+@pytest.mark.parametrize("variant,first_frame,parallelism,gpus", [
+    ("video", False, "ulysses", 2), ("video", True, "usp", 4), ("av", False, "ring", 2), ("av", True, "usp", 4)])
+def test_video_equals_one_rank(variant, first_frame, parallelism, gpus, caplog):
+    model, inputs = load_tiny_ltx(variant), ltx_inputs(variant, first_frame=first_frame)
+    expected = sample(model, inputs)
+    got, group = in_parallel(model, inputs, caplog, gpus=gpus, parallelism=parallelism)
+    assert group.plan.sp_degree == gpus
+    assert error(got, expected) <= 1e-5
+
+
+def test_lora_sharded_weights_and_cfg_groups(caplog):
+    model, inputs = load_tiny_ltx("video"), ltx_inputs("video", first_frame=True)
+    patched, _ = comfy.sd.load_lora_for_models(model, None, tiny_dit_lora(model), 1.0, 0)
+    expected = sample(patched, inputs)
+    assert relative_error(expected, sample(model, inputs)) > 1e-3, "the LoRA changed nothing"
+    got, group = in_parallel(patched, inputs, caplog, gpus=2, parallelism="ring", shard_weights=True)
+    assert group.block_shards is not None and len(group.block_shards.order) == 2
+    assert relative_error(got, expected) <= 1e-5
+    got, group = in_parallel(patched, inputs, caplog, gpus=4, sequence_degree=2)
+    assert group.plan.sp_degree == 2 and group.scheduler.last_rows == [[0], [1]]
+    assert relative_error(got, expected) <= 1e-5
+
+
+def test_ltx2_cfg_groups_run_on_one_gpu_naming_the_fix(caplog):
+    """LTX-2's input is a list of video and audio streams: CFG groups cannot share out its rows, and the message
+    names the setting that runs it in parallel."""
+    model, inputs = load_tiny_ltx("av"), ltx_inputs("av")
+    expected = sample(model, inputs)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(model, gpus=4, sequence_degree=2), inputs)
+    assert any("set sequence_degree to the number of GPUs" in r.getMessage() for r in caplog.records)
+    assert error(got, expected) == 0
+
+
+def test_a_guide_attention_strength_runs_on_one_gpu_naming_the_fix():
+    """LTXVAddGuide with an attention strength other than 1 makes ComfyUI build a guide attention mask over the whole
+    sequence: such calls are refused for the parallel path with the reason (they then run on one GPU)."""
+    import torch
+    from comfy_xdit_patch.patches import adapter_named
+    model = load_tiny_ltx("video")
+    diffusion_model = model.get_model_object("diffusion_model")
+    arguments = {"x": torch.zeros(1, 128, 3, 3, 5), "guide_attention_entries": [{"strength": 1.0}]}
+    assert adapter_named("ltxv").unsupported_reason(arguments, {}, diffusion_model, 2) is None
+    arguments["guide_attention_entries"].append({"strength": 0.5})
+    reason = adapter_named("ltxv").unsupported_reason(arguments, {}, diffusion_model, 2)
+    assert "set its strength to 1" in reason
