@@ -163,15 +163,16 @@ def _with_weight_patches(model, seed=5, count=8, strength=1.0):
     return patched
 
 
-def scaled_fp8_state_dict(state, input_scale=None, rest_dtype=None):
-    """``state`` as a ComfyUI "scaled fp8" checkpoint: block Linear weights in float8_e4m3fn with a per-layer fp32
-    'scale_weight' (and a fixed 'scale_input' when ``input_scale`` is given; without one ComfyUI scales activations
-    by their own amax), a 'scaled_fp8' marker; everything else unchanged, or cast to ``rest_dtype``."""
+def scaled_fp8_state_dict(state, input_scale=None, rest_dtype=None, blocks=("double_blocks.", "single_blocks.")):
+    """``state`` as a ComfyUI "scaled fp8" checkpoint: Linear weights under ``blocks`` (FLUX's by default) in
+    float8_e4m3fn with a per-layer fp32 'scale_weight' (and a fixed 'scale_input' when ``input_scale`` is given;
+    without one ComfyUI scales activations by their own amax), a 'scaled_fp8' marker; everything else unchanged, or
+    cast to ``rest_dtype``."""
     import torch
     fp8 = torch.float8_e4m3fn
     out = {"scaled_fp8": torch.empty(0, dtype=fp8)}
     for key, value in state.items():
-        if key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and value.ndim == 2:
+        if key.startswith(tuple(blocks)) and key.endswith(".weight") and value.ndim == 2:
             layer = key[:-len(".weight")]
             scale = (value.float().abs().amax() / torch.finfo(fp8).max).clamp(min=1e-12)
             out[key] = (value.float() / scale).to(fp8)

@@ -117,3 +117,24 @@ def test_wan22_two_experts_are_both_held_and_switching_sends_no_weights(caplog):
     assert not [m for m in messages if "one GPU" in m], messages
     ran_on(2, 2)
     assert relative_error(first, expected) <= 1e-5 and relative_error(second, expected) <= 1e-5
+
+
+def test_scaled_fp8_checkpoint_through_the_loader(t2v, tmp_path, caplog):
+    """A Wan checkpoint in ComfyUI's scaled fp8 format (block Linear weights float8_e4m3fn with per-layer scales),
+    loaded by ComfyUI's own loader into its mixed-precision layers: the helpers rebuild the same quantized layers."""
+    import safetensors.torch
+    from comfy_env import wan_detection_metadata
+    from comfy_xdit_patch.evidence import scaled_fp8_state_dict
+    from comfy.quant_ops import QuantizedTensor
+    model, inputs = t2v
+    path = str(tmp_path / "tiny_wan_scaled_fp8.safetensors")
+    state = scaled_fp8_state_dict(model.model.diffusion_model.state_dict(), blocks=("blocks.",))
+    safetensors.torch.save_file(state, path, metadata=wan_detection_metadata(model))
+    quantized = comfy.sd.load_diffusion_model(path)
+    assert isinstance(quantized.model.diffusion_model.blocks[0].self_attn.q.weight, QuantizedTensor)
+    expected = sample(quantized, inputs, 3.0)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(quantized, gpus=2, parallelism="ulysses"), inputs, 3.0)
+    assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
+    ran_on(2, 2)
+    assert relative_error(got, expected) <= 1e-5
