@@ -4,6 +4,8 @@ Each one takes its inputs from the core node's own INPUT_TYPES at definition tim
 it stays in step with the ComfyUI it runs in, and calls the core node to do the work: no second implementation.
 - XDiTUNetLoader, XDiTCheckpointLoader: the loaded MODEL comes out with Enable Multi-GPU applied.
 - XDiTKSampler: KSampler on the model with Enable Multi-GPU applied.
+- XDiTVAEDecodeTiled: VAEDecodeTiled with its tiles decoded on every GPU of the running helpers, blended by ComfyUI
+  as in its own tiled decode (runtime/vae_decode.py).
 - XDiTVAELoader, XDiTCLIPLoader, XDiTDualCLIPLoader: the loaded VAE / text encoders go to the chosen device (e.g. a
   helper GPU, so that rank 0 keeps its memory for the diffusion model), through ComfyUI's own Select*Device nodes.
 """
@@ -100,6 +102,19 @@ class XDiTKSampler(io.ComfyNode):
         return io.NodeOutput(*nodes.KSampler().sample(**core_args))
 
 
+class XDiTVAEDecodeTiled(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema("XDiTVAEDecodeTiled", "VAE Decode (Tiled, Multi-GPU)", nodes.VAEDecodeTiled,
+                       "VAE Decode (Tiled) with its tiles decoded on every GPU of the running Enable Multi-GPU "
+                       "helpers: the image equals the core node's with the same tile settings.", [])
+
+    @classmethod
+    def execute(cls, vae, **core_args):
+        from .runtime import vae_decode
+        return io.NodeOutput(vae_decode.decode(vae, lambda: nodes.VAEDecodeTiled().decode(vae, **core_args)[0]))
+
+
 def _device_input(options):
     """The device choice, its tooltip naming exactly what the list offers: ComfyUI offers "cpu" for text encoders but
     not for the VAE (its Select VAE Device passes a VAE asked for the CPU through unchanged)."""
@@ -156,5 +171,5 @@ class XDiTDualCLIPLoader(io.ComfyNode):
         return io.NodeOutput(_clip_on_device(nodes.DualCLIPLoader().load_clip, device, core_args))
 
 
-DROP_IN_NODES = [XDiTUNetLoader, XDiTCheckpointLoader, XDiTKSampler, XDiTVAELoader, XDiTCLIPLoader,
-                 XDiTDualCLIPLoader]
+DROP_IN_NODES = [XDiTUNetLoader, XDiTCheckpointLoader, XDiTKSampler, XDiTVAEDecodeTiled, XDiTVAELoader,
+                 XDiTCLIPLoader, XDiTDualCLIPLoader]

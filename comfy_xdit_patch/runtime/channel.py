@@ -63,7 +63,8 @@ _ALLOWED_GLOBALS = {
     ("comfy_xdit_patch.runtime.transport", "TensorSlot"),
 } | {
     ("comfy_xdit_patch.runtime.messages", name)
-    for name in ("Joined", "Prepare", "Setup", "Load", "Select", "Forward", "Stats", "Exit", "Reply")
+    for name in ("Joined", "Prepare", "Setup", "Load", "Select", "Forward", "LoadVAE", "DecodeTiles", "Stats", "Exit",
+                 "Reply")
 }
 # Enums (ComfyUI's command-line choices, GGUF's quantization types) from modules the process already imported, or
 # from ComfyUI's command-line module, which a helper decodes before it imports ComfyUI.

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+import weakref
 from datetime import timedelta
 
 import psutil
@@ -69,6 +70,7 @@ class HelperGroup:
         self.started_s = None
         self.start_phases = {}        # seconds per start-up phase, in order (first-prompt cost, status route, bench)
         self.weight_syncs = 0
+        self.vae = None               # (a weak reference to rank 0's VAE model, its dtype) the helpers hold
         self.graphs = StepGraphs()
         self.graph_keys = {}
         self.generation = 0
@@ -528,6 +530,37 @@ class HelperGroup:
         log.info("Enable Multi-GPU: sent the diffusion model's weights to %d helper(s) in %.1f s",
                  self.plan.world_size - 1, time.perf_counter() - t0)
         return True
+
+    def decode_tiles(self, vae, tiles):
+        """The decoded ``tiles`` of one tiled decode of ``vae``, in order: tile i on rank i % N (rank 0 decodes its
+        own share meanwhile). The helpers get the VAE's weights the first time."""
+        from .vae_decode import decode_tile
+        if self.vae is None or self.vae[0]() is not vae.first_stage_model or self.vae[1] != vae.vae_dtype:
+            state = vae.get_sd()
+            keys, tensors = list(state), list(state.values())
+            self._broadcast_message(messages.LoadVAE(keys, transport.layout(tensors), vae.vae_dtype))
+            deadline = time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT
+            self._watched(lambda: transport.send_tensors(tensors, self.device), deadline, "sending the VAE")
+            self._expect_all("vae loaded", deadline)
+            self.vae = (weakref.ref(vae.first_stage_model), vae.vae_dtype)
+        world, output_dtype = self.plan.world_size, vae.vae_output_dtype()
+        self._broadcast_message(messages.DecodeTiles(transport.layout(tiles), output_dtype))
+        deadline = time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT
+        self._watched(lambda: transport.send_tensors(tiles, self.device), deadline, "sending the tiles")
+        decoded = {i: decode_tile(vae.first_stage_model, tiles[i], vae.vae_dtype, output_dtype, vae.device)
+                   for i in range(0, len(tiles), world)}
+        # The helpers decode while rank 0 does: each reports its tiles' shapes, then sends them in order.
+        shapes = self._expect_all("decoded", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
+
+        def receive():
+            for rank, rank_shapes in zip(sorted(self.channels), shapes):
+                for index, shape in zip(range(rank, len(tiles), world), rank_shapes):
+                    tile = torch.empty(shape, dtype=output_dtype, device=self.device)
+                    dist.recv(tile, src=rank)
+                    decoded[index] = tile
+        self._watched(receive, time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT, "receiving the decoded tiles")
+        log.info("Enable Multi-GPU: decoded %d tiles on %d GPUs", len(tiles), world)
+        return [decoded[i].to(vae.device) for i in range(len(tiles))]
 
     def _room_for_another(self, model_patcher, margin=1.5):
         """Whether every helper can keep its current model beside this one: helpers of this machine with unsharded

@@ -109,13 +109,13 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
     import torch
     from comfy_xdit_patch.parallel.call import SequenceParallelCall
     from comfy_xdit_patch.patches import adapter_named
-    from comfy_xdit_patch.runtime import gguf_weights, messages, transport, weights
+    from comfy_xdit_patch.runtime import gguf_weights, messages, transport, vae_decode, weights
     from comfy_xdit_patch.runtime.step import ParallelStep
     from comfy_xdit_patch.parallel.weight_shards import ShardedBlocks
     from comfy_xdit_patch.runtime.step_graphs import StepGraphs
     from comfy_xdit_patch.profiling import HelperProfile
 
-    diffusion_model = loaded_spec = shards = replacements = adapter = None
+    diffusion_model = loaded_spec = shards = replacements = adapter = vae = None
     compiled = None     # (settings, torch.compile of diffusion_model) while rank 0 runs TorchCompileModel
     slot, held = None, None   # rank 0's name for the current model; the other model kept (Load.keep_held)
     last_compile = None  # the settings the last call ran with (None: eager), for the stats
@@ -201,6 +201,21 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
                 torch.cuda.synchronize(device)   # nothing else to do until the next call: time the step truly
             step_ms.append((time.perf_counter() - started) * 1e3)
             profiled.after(forwards, mesh.rank, log)
+        elif isinstance(message, messages.LoadVAE):
+            vae = None
+            gc.collect()
+            state = dict(zip(message.keys, transport.receive_tensors(message.tensor_layout, device)))
+            vae = vae_decode.build_vae(state, message.dtype, device)
+            del state
+            link.send(messages.Reply("vae loaded"))
+        elif isinstance(message, messages.DecodeTiles):
+            tiles = transport.receive_tensors(message.tensor_layout, device)
+            mine = [vae_decode.decode_tile(vae.first_stage_model, tiles[i], vae.vae_dtype, message.output_dtype,
+                                           device) for i in range(mesh.rank, len(tiles), mesh.world_size)]
+            link.send(messages.Reply("decoded", [tuple(t.shape) for t in mine]))
+            for tile in mine:
+                torch.distributed.send(tile.contiguous(), dst=0)
+            del tiles, mine
         elif isinstance(message, messages.Stats):
             link.send(dict(_device_stats(device), step_ms=list(step_ms), group_ms=list(group_ms),
                            weight_bytes=_weight_bytes(diffusion_model, shards),

@@ -64,6 +64,23 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class LoadVAE:
+    """Rank 0 → helper: build the VAE of these state-dict ``keys`` (tensors follow in one broadcast, cut by
+    ``tensor_layout``) in ``dtype``, for the tiled decode spread over the GPUs."""
+    keys: list
+    tensor_layout: list
+    dtype: Any
+
+
+@dataclass(frozen=True)
+class DecodeTiles:
+    """Rank 0 → helper: the latent tiles of one tiled decode (they follow in one broadcast, cut by
+    ``tensor_layout``); rank r decodes tiles r, r + N, r + 2N, ... to ``output_dtype`` and sends them to rank 0."""
+    tensor_layout: list
+    output_dtype: Any
+
+
+@dataclass(frozen=True)
 class Stats:
     """Rank 0 → helper, between sampling runs: report memory and step times."""
 

@@ -1,0 +1,69 @@
+"""VAE Decode (Tiled, Multi-GPU) (runtime/vae_decode.py): ComfyUI's own tiled decode of a video latent with its tiles
+decoded on the running helpers' GPUs (CPU ranks over gloo) equals the core VAE Decode (Tiled) node's with the same
+tile settings; without helpers, or for a VAE that tiles inside its own decode, it runs on one GPU and says why."""
+import logging
+
+import nodes
+import pytest
+import torch
+
+from comfy_env import load_tiny_wan, tiny_minimax_vae, tiny_wan_vae, wan_inputs
+from comfy_xdit_patch.dropin import XDiTVAEDecodeTiled
+from comfy_xdit_patch.multigpu import enable_multigpu
+from comfy_xdit_patch.runtime import helper_group as helpers
+
+# 96 x 128 pixels, 17 frames; 64-pixel tiles overlapping by 16 and 8-frame ones by 4: 2 x 3 x 4 tiles.
+TILES = dict(tile_size=64, overlap=16, temporal_size=8, temporal_overlap=4)
+
+
+@pytest.fixture(autouse=True)
+def inference_mode():
+    """ComfyUI runs every node under inference mode; the VAE's decode writes its output in place."""
+    with torch.inference_mode():
+        yield
+
+
+@pytest.fixture(scope="module")
+def latent():
+    return {"samples": torch.randn(1, 16, 5, 12, 16, generator=torch.Generator().manual_seed(3))}
+
+
+def start_helpers(gpus):
+    """Helpers as a prompt leaves them: a tiny Wan sampled through the node."""
+    model = load_tiny_wan("t2v")
+    positive, negative, empty = wan_inputs("t2v", 2, 4, 4)
+    nodes.KSampler().sample(enable_multigpu(model, gpus=gpus), 42, 1, 1.0, "euler", "simple", positive, negative,
+                            empty)
+    assert helpers.current_group() is not None and helpers.current_group().plan.world_size == gpus
+
+
+@pytest.mark.parametrize("gpus", [2, 3])
+def test_tiles_decoded_on_every_gpu_equal_the_core_tiled_decode(latent, gpus, caplog):
+    vae = tiny_wan_vae("2.1")
+    expected = nodes.VAEDecodeTiled().decode(vae, latent, **TILES)[0]
+    start_helpers(gpus)
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        got = XDiTVAEDecodeTiled.execute(vae=vae, samples=latent, **TILES).result[0]
+        again = XDiTVAEDecodeTiled.execute(vae=vae, samples=latent, **TILES).result[0]   # the VAE is sent once
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count(f"Enable Multi-GPU: decoded 24 tiles on {gpus} GPUs") == 2, messages
+    assert got.shape == expected.shape == (17, 96, 128, 3)
+    assert torch.equal(got, expected) and torch.equal(again, expected)
+
+
+def test_without_helpers_or_for_a_vae_that_tiles_itself_it_decodes_on_one_gpu(latent, caplog):
+    vae = tiny_wan_vae("2.1")
+    helpers.shutdown_group()
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        got = XDiTVAEDecodeTiled.execute(vae=vae, samples=latent, **TILES).result[0]
+    assert torch.equal(got, nodes.VAEDecodeTiled().decode(vae, latent, **TILES)[0])
+    assert any("no helper GPUs are running" in r.getMessage() for r in caplog.records)
+
+    start_helpers(2)
+    minimax = tiny_minimax_vae()
+    h3_latent = {"samples": torch.randn(1, 24, 2, 4, 6, generator=torch.Generator().manual_seed(4))}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        got = XDiTVAEDecodeTiled.execute(vae=minimax, samples=h3_latent, **TILES).result[0]
+    assert torch.equal(got, nodes.VAEDecodeTiled().decode(minimax, h3_latent, **TILES)[0])
+    assert any("tiles inside its own decode" in r.getMessage() for r in caplog.records)
