@@ -151,13 +151,18 @@ def run_sampler(model, latent, positive, negative, steps, device, on_step=None, 
 def sample(model, latent_size, steps, text_tokens, device, seed=7, spec=None, cfg=None):
     """The benchmark's run: an empty latent of ``latent_size`` (its shape after batch and channels: height, width, or
     frames, height, width for video) and random conditioning of ``text_tokens``, both in the format of ``spec``'s
-    family (a bench_models.BenchModel; FLUX if None), at ``cfg`` (``spec``'s if None)."""
-    import torch
+    family (a bench_models.BenchModel; FLUX if None), at ``cfg`` (``spec``'s if None). A latent of several streams
+    (MiniMax H3's video and audio) comes back packed into one tensor, as the sampler ran it, so that a comparison
+    covers every stream."""
+    import comfy.utils
     spec = spec or MODELS["flux-dev"]
     image_hw = tuple(side * spec.latent_downscale for side in latent_size[-2:])
-    return run_sampler(model, torch.zeros(1, spec.latent_channels, *latent_size),
-                       spec.conditioning(text_tokens, 1, image_hw), spec.conditioning(text_tokens, 2, image_hw),
-                       steps, device, seed=seed, cfg=spec.cfg if cfg is None else cfg)
+    out, step_times, total = run_sampler(
+        model, spec.empty_latent(latent_size), spec.conditioning(text_tokens, 1, image_hw),
+        spec.conditioning(text_tokens, 2, image_hw), steps, device, seed=seed, cfg=spec.cfg if cfg is None else cfg)
+    if getattr(out, "is_nested", False):
+        out = comfy.utils.pack_latents(out.unbind())[0]
+    return out, step_times, total
 
 
 def settle(model, resolutions, text_tokens, device, spec=None, cfg=None):
@@ -422,15 +427,16 @@ def main(argv=None):
     parser.add_argument("--model", choices=tuple(MODELS), default=None, help="the random-weight model to time "
                         "(bench_models.py; GPU default flux-dev, CPU tiny)")
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance (default the model's: FLUX "
-                        "and Z-Image 1, SD3.5, SDXL, Qwen-Image and Krea 2 4, Wan 5); above 1 ComfyUI batches cond and "
-                        "uncond into one model call")
+                        "and Z-Image 1, SD3.5, SDXL, Qwen-Image and Krea 2 4, Wan 5, MiniMax H3 8); above 1 ComfyUI "
+                        "batches cond and uncond into one model call")
     parser.add_argument("--passthrough", action="store_true", help="one device only: time the unpatched model, the "
                         "node with gpus=1 and the node's hooked clone passing every call through, interleaved")
     parser.add_argument("--res", default=None, help="image sides, or WIDTHxHEIGHT for video models, comma separated "
                         "(GPU default the model's: FLUX 1024,2048, Wan 832x480, wan-5b 1280x704, the others 1024; "
                         "CPU 256, video 256x256)")
     parser.add_argument("--frames", type=int, default=None, help="video models: the clip's length in pixel frames "
-                        "(default 33); the latent has (frames - 1) // 4 + 1 frames")
+                        "(default 33); the latent has (frames - 1) // 4 + 1 frames (MiniMax H3: snapped up to 17k + 5 "
+                        "frames, 5k + 2 latent frames)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps per run (GPU default 10; CPU 4)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the per-step median")
     parser.add_argument("--text-tokens", type=int, default=None, help="text length (GPU default the model's: FLUX "

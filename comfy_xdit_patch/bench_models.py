@@ -52,6 +52,12 @@ Z_IMAGE = dict(dim=3840, heads=30, layers=30, refiner_layers=2, text_dim=2560)
 # model's text-fusion transformer (its 20 heads fixed) folds into one.
 KREA2 = dict(features=6144, heads=48, kvheads=12, layers=28, txtlayers=12, txtdim=2560)
 
+# MiniMax H3 (comfy/ldm/minimax/model.py), joint video and audio: 50 single-stream blocks of 56 heads of 128 over a
+# residual stream of 5376 (the attention maps between the two widths), a 2-block token refiner over Qwen3-VL-32B's
+# 5120-wide states, 16 RoPE frequencies per (t, h, w) axis. ComfyUI's detection reads every size from the shapes.
+MINIMAX_H3 = dict(hidden=5376, heads=56, head_dim=128, layers=50, refiner_layers=2, ffn_dim=14336, text_dim=5120,
+                  rope_freqs=16)
+
 
 @contextlib.contextmanager
 def weight_shapes():
@@ -227,6 +233,35 @@ def random_krea2_state_dict(size, dtype, device, seed=0):
     return random_values(shapes, dtype, device, seed)
 
 
+def random_minimax_state_dict(size, dtype, device, seed=0):
+    """MiniMax H3 weights with random values in its checkpoints' naming, which is ComfyUI's own MiniMaxH3Model's
+    ('video_patch_proj', 'token_refiner.blocks.N', 'blocks.N.attn.qkv_proj', 'rope.inv_freq'): 24 video channels in
+    1x2x2 patches, 32 audio channels, the time embedder 256 -> hidden -> hidden / 2 (no adaLN curve table), the patch
+    projections, time embedder and output heads in float32 as the model keeps them, and the RoPE's inverse
+    frequencies 10000 ** (-2i / 2n) per axis, not random values."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.minimax.model import MiniMaxH3Model
+    if size["text_dim"] == size["hidden"]:
+        raise ValueError(f"MiniMax H3 with text as wide as its hidden size {size['hidden']}: the model would take the "
+                         f"text as already refined and skip its token refiner")
+    with weight_shapes():
+        shapes = MiniMaxH3Model(
+            hidden_size=size["hidden"], num_layers=size["layers"], token_refiner_num_layers=size["refiner_layers"],
+            num_attention_heads=size["heads"], attention_head_dim=size["head_dim"], ffn_hidden_size=size["ffn_dim"],
+            latents_dim=24, audio_latents_dim=32, patch_size=(1, 2, 2), text_dim=size["text_dim"],
+            timestep_input_dim=256, time_embed_hidden_size=size["hidden"], time_embed_dim=size["hidden"] // 2,
+            rope_inv_freq_len=size["rope_freqs"], dtype=dtype, device="meta",
+            operations=comfy.ops.disable_weight_init).state_dict()
+    state = random_values(shapes, dtype, device, seed, norm_scales=True)
+    state = {key: value.to(shapes[key].dtype) for key, value in state.items()}   # the float32 layers stay float32
+    if torch.device(device).type != "meta":
+        n = size["rope_freqs"]
+        state["rope.inv_freq"] = 1.0 / 10000.0 ** (torch.arange(0, 2 * n, 2, dtype=torch.float32, device=device)
+                                                    / (2 * n))
+    return state
+
+
 def flux_conditioning(tokens, seed, image_hw=None):
     """Random FLUX conditioning (T5 tokens, CLIP pooled output, guidance) in ComfyUI's format."""
     import torch
@@ -296,6 +331,47 @@ def krea2_conditioning(size, tokens, seed, image_hw=None):
     return [[torch.randn(1, tokens, size["txtlayers"] * size["txtdim"], generator=generator), {"pooled_output": None}]]
 
 
+def minimax_conditioning(size, tokens, seed, image_hw=None):
+    """Random MiniMax H3 conditioning as its Qwen3-VL-32B encoder gives a text-only prompt (no chat template, no
+    padding): the hidden states after layer 50, no pooled output, and the tokens' adaLN tags, all 1 (text; vision
+    tokens would be 0)."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, size["text_dim"], generator=generator), {
+        "pooled_output": None, "minimax_token_tags": torch.ones(tokens, dtype=torch.long)}]]
+
+
+def minimax_latent_frames(frames):
+    """MiniMax H3's latent frames for a clip of ``frames`` pixel frames, which ComfyUI's nodes snap up to 17k + 5
+    (33 becomes 39): 5k + 2."""
+    frames = max(5, frames)
+    frames += (5 - frames) % 17
+    return (frames - 5) // 17 * 5 + 2
+
+
+def _minimax_pixel_frames(latent_frames):
+    """The clip's pixel frames (17k + 5) of MiniMax H3's 5k + 2 latent frames."""
+    return (latent_frames - 2) // 5 * 17 + 5
+
+
+def minimax_latent(latent_size):
+    """The empty latent ComfyUI's EmptyMiniMaxH3LatentAV node makes for ``latent_size`` (frames, height, width): a
+    NestedTensor of the video (1, 24, frames, height, width) and the stereo audio (1, 32, 2, 40 latent frames per
+    second of the clip at 24 fps)."""
+    from comfy_extras.nodes_minimax_h3 import EmptyMiniMaxH3LatentAV
+    frames, height, width = latent_size
+    node = EmptyMiniMaxH3LatentAV.execute(width * 16, height * 16, _minimax_pixel_frames(frames))
+    return node.result[0]["samples"]
+
+
+def minimax_tokens(latent_size, text_tokens):
+    """MiniMax H3's one packed sequence: the text, the audio's latent frames (a token per stereo channel of each) and
+    every video latent frame's 2x2 patches (ComfyUI pads to whole patches)."""
+    frames, height, width = latent_size
+    audio_frames = round(_minimax_pixel_frames(frames) / 24 * 40)
+    return text_tokens + 2 * audio_frames + frames * -(-height // 2) * -(-width // 2)
+
+
 def joint_tokens(latent_size, text_tokens):
     """A joint-attention transformer with 2x2 patches: image patches and text in one sequence."""
     height, width = latent_size
@@ -353,6 +429,8 @@ class BenchModel:
     latent_downscale: int = 8
     frames: int = 0             # a video model's default clip length in pixel frames; 0 for an image model
     frames_per_latent: int = 4  # a video VAE keeps the first frame and folds each further 4 into one latent frame
+    latent_frames: Callable = None  # (pixel frames) -> latent frames, for a VAE that does not fold frames so
+    latent: Callable = None     # (latent size) -> the empty latent, for a family whose latent is not one zero tensor
 
     def resolution(self, text, frames=None):
         """One ``--res`` entry: an image's side in pixels, or a video's WIDTHxHEIGHT of ``frames`` (the model's
@@ -368,10 +446,19 @@ class BenchModel:
         """The latent's shape after batch and channels for ``res`` (``resolution``'s): (height, width), or for a
         video (frames, height, width)."""
         if isinstance(res, VideoSize):
-            return ((res.frames - 1) // self.frames_per_latent + 1, res.height // self.latent_downscale,
-                    res.width // self.latent_downscale)
+            frames = self.latent_frames(res.frames) if self.latent_frames else \
+                (res.frames - 1) // self.frames_per_latent + 1
+            return frames, res.height // self.latent_downscale, res.width // self.latent_downscale
         side = res // self.latent_downscale
         return side, side
+
+    def empty_latent(self, latent_size):
+        """The latent a sampling run starts from, of ``latent_size`` (the method's): zeros of (1, channels,
+        *latent_size), or the family's own."""
+        import torch
+        if self.latent is not None:
+            return self.latent(latent_size)
+        return torch.zeros(1, self.latent_channels, *latent_size)
 
     def tokens(self, res, text_tokens):
         return self.attention_tokens(self.latent_size(res), text_tokens)
@@ -435,4 +522,14 @@ MODELS = {
         description="Krea-2-size single-stream DiT", state_dict=functools.partial(random_krea2_state_dict, KREA2),
         latent_channels=16, conditioning=functools.partial(krea2_conditioning, KREA2), cfg=4.0, resolutions=(1024,),
         text_tokens=256, attention_tokens=joint_tokens),
+    # MiniMax H3's text: Qwen3-VL's states of the raw prompt, unpadded: 256 tokens, a paragraph on picture and sound.
+    # ComfyUI has no MiniMax H3 template and its MiniMax nodes set no guidance: cfg 8, KSampler's default; any cfg
+    # above 1 costs the same, cond and uncond in two calls a step (their payloads never share a batch). 832x480 as
+    # Wan's 480p (ComfyUI's node defaults to 1344x768, 124 frames); --frames snaps up to 17k + 5 as its nodes do.
+    "minimax-h3": BenchModel(
+        description="MiniMax-H3-size audio-video DiT",
+        state_dict=functools.partial(random_minimax_state_dict, MINIMAX_H3), latent_channels=24,
+        conditioning=functools.partial(minimax_conditioning, MINIMAX_H3), cfg=8.0, resolutions=("832x480",),
+        text_tokens=256, attention_tokens=minimax_tokens, latent_downscale=16, frames=33,
+        latent_frames=minimax_latent_frames, latent=minimax_latent),
 }

@@ -1,6 +1,6 @@
 """The README's main-job command on a machine without GPUs: 1 vs N CPU ranks on ComfyUI's FLUX, a table with the
 error against 1 rank, and what the benchmark's profiling reports; the registry's other models (SD3.5, SDXL, Wan video,
-Qwen-Image, Z-Image, Krea 2) detected by ComfyUI's loader and sampled at reduced sizes."""
+HunyuanVideo, Qwen-Image, Z-Image, Krea 2, MiniMax H3) detected by ComfyUI's loader and sampled at reduced sizes."""
 import os
 import re
 import subprocess
@@ -515,3 +515,84 @@ def test_the_main_job_times_a_z_image_shaped_model_on_cpu_ranks_at_turbos_cfg(mo
     assert row["layout"] == "2 CPU ranks (ulysses 2 x ring 1)" and row["tokens"] == 96 + 64
     assert row["err"] <= 1e-5, row["err"]
     assert "random Z-Image-Turbo-size NextDiT, cfg 1," in capsys.readouterr().out
+
+
+def test_the_minimax_h3_weights_are_detected_as_minimax_h3_at_full_size():
+    """ComfyUI's detection rebuilds MiniMax H3 from the shapes: 50 blocks of 56 heads of 128 over a residual stream of
+    5376, a 2-block token refiner over Qwen3-VL-32B's 5120-wide text. A clip's latent is what ComfyUI's empty-latent
+    node makes (33 frames snap up to 39: 12 latent frames and 65 of audio), its tokens the length of the sequence
+    ComfyUI's model packs (text, audio, video patches); the text is tagged as text."""
+    import torch
+    from comfy.ldm.minimax.model import PackedLayout
+    from comfy_extras.nodes_minimax_h3 import EmptyMiniMaxH3LatentAV
+    from comfy_xdit_patch.bench_models import MODELS
+    state, config, model = _meta_model("minimax-h3")
+    minimax = model.diffusion_model
+    attention = minimax.blocks[0].attn
+    assert type(config).__name__ == "MiniMaxH3" and type(model).__name__ == "MiniMaxH3"
+    assert (len(minimax.blocks), attention.heads, attention.head_dim, minimax.hidden_size) == (50, 56, 128, 5376)
+    assert minimax.condition_proj.in_features == 5120 and len(minimax.token_refiner.blocks) == 2
+    assert (minimax.latents_dim, minimax.audio_latents_dim, minimax.patch_size) == (24, 32, (1, 2, 2))
+    assert state["video_patch_proj.weight"].dtype == torch.float32 and state["rope.inv_freq"].shape == (16,)
+    spec = MODELS["minimax-h3"]
+    clip = spec.resolution("832x480", 33)
+    video, audio = EmptyMiniMaxH3LatentAV.execute(832, 480, 33).result[0]["samples"].unbind()
+    assert spec.latent_size(clip) == tuple(video.shape[2:]) == (12, 30, 52)
+    assert spec.tokens(clip, 256) == PackedLayout(256, *video.shape[2:], audio.shape[-1]).seq_len
+    assert [t.shape for t in spec.empty_latent(spec.latent_size(clip)).unbind()] == [video.shape, audio.shape]
+    assert spec.latent_channels == video.shape[1] == 24
+    [[context, extra]] = spec.conditioning(spec.text_tokens, 1, (480, 832))
+    assert context.shape == (1, 256, 5120) and extra["pooled_output"] is None and spec.cfg > 1
+    assert torch.equal(extra["minimax_token_tags"], torch.ones(256, dtype=torch.long))
+
+
+def test_a_minimax_h3_shaped_model_samples_its_video_and_audio_latent_with_its_conditioning(monkeypatch):
+    """The MiniMax H3 builder at a reduced size (4 heads of 32 over 96, RoPE inverse frequencies, not random values),
+    through ComfyUI's loader and sampler with the registry's latent and conditioning: ComfyUI's empty-latent node's
+    video and audio, one packed sequence of text, audio and video patches, cond and uncond in two calls (cfg 8), the
+    result both streams packed."""
+    import dataclasses
+    import functools
+    import torch
+    from comfy_xdit_patch import bench
+    from comfy_xdit_patch.bench_models import MODELS, VideoSize, minimax_conditioning, random_minimax_state_dict
+    small = dict(hidden=96, heads=4, head_dim=32, layers=2, refiner_layers=2, ffn_dim=192, text_dim=64, rope_freqs=4)
+    spec = dataclasses.replace(MODELS["minimax-h3"], state_dict=functools.partial(random_minimax_state_dict, small),
+                               conditioning=functools.partial(minimax_conditioning, small))
+    model = bench.load_random_model(spec, torch.float32, torch.device("cpu"))
+    minimax = model.model.diffusion_model
+    assert type(model.model).__name__ == "MiniMaxH3" and minimax.blocks[0].attn.heads == 4
+    assert torch.allclose(minimax.rope.inv_freq, 10000.0 ** -(torch.arange(4) / 4))
+    latents, sequences = [], []
+    run_sampler = bench.run_sampler
+
+    def recorded(model, latent, *args, **kwargs):
+        latents.append([tuple(t.shape) for t in latent.unbind()])
+        return run_sampler(model, latent, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "run_sampler", recorded)
+    minimax.blocks[0].register_forward_pre_hook(lambda block, inputs: sequences.append(inputs[0].shape))
+    clip = VideoSize(96, 64, 5)
+    out, _, _ = bench.sample(model, spec.latent_size(clip), 1, 7, torch.device("cpu"), spec=spec)
+    assert latents == [[(1, 24, 2, 4, 6), (1, 32, 2, 8)]]
+    assert sequences == [(spec.tokens(clip, 7), 96)] * 2 and spec.tokens(clip, 7) == 7 + 16 + 12
+    assert out.shape == (1, 1, 24 * 2 * 4 * 6 + 32 * 2 * 8) and torch.isfinite(out).all()
+
+
+def test_passthrough_of_a_minimax_h3_shaped_model_is_bit_identical(monkeypatch):
+    """``--passthrough --model minimax-h3`` at a reduced size: the node's hooks pass every call through, and both
+    streams of every round's result equal the unpatched model's bit for bit."""
+    import dataclasses
+    import functools
+    from comfy_xdit_patch import bench, bench_models
+    from comfy_xdit_patch.runtime import helper_group as helpers
+    helpers.shutdown_group()
+    small = dict(hidden=96, heads=4, head_dim=32, layers=2, refiner_layers=2, ffn_dim=192, text_dim=64, rope_freqs=4)
+    monkeypatch.setitem(bench_models.MODELS, "minimax-h3", dataclasses.replace(
+        bench_models.MODELS["minimax-h3"], state_dict=functools.partial(bench_models.random_minimax_state_dict, small),
+        conditioning=functools.partial(bench_models.minimax_conditioning, small)))
+    rows = bench.main(["--cpu", "--model", "minimax-h3", "--passthrough", "--frames", "5", "--res", "96x64", "--steps",
+                       "2", "--warmup", "1", "--repeat", "2"])
+    assert [row["tokens"] for row in rows] == [77 + 16 + 12] * 3
+    assert helpers.current_group() is None
+    assert all(row["identical"] and row["max_diff"] == 0.0 for row in rows), rows
