@@ -733,11 +733,12 @@ def tiny_wan_lora(model, layers=None, rank=4, seed=170, scale=0.1):
 
 # --- HunyuanVideo 1.0 / 1.5 -----------------------------------------------------------------------------------------
 
-def tiny_hunyuan_video_unet_config(variant="1.0", hidden=192, num_heads=6, depth=2, depth_single=2, text_dim=64):
+def tiny_hunyuan_video_unet_config(variant="1.0", hidden=192, num_heads=6, depth=2, depth_single=None, text_dim=64):
     """The unet_config comfy.model_detection builds for a HunyuanVideo checkpoint, tiny: ``num_heads`` heads of
     hidden / num_heads (real: 24 of 128 for 1.0, 16 of 128 for 1.5), the RoPE axes split 1:3:3 over (t, h, w) like
-    the real 16/56/56, ``depth`` double and ``depth_single`` single blocks (real: 20 and 40; 1.5: 54 and 0), the
-    LLaVA / Qwen2.5-VL width 4096 / 3584 as ``text_dim``, mlp ratio 2 (real: 4).
+    the real 16/56/56, ``depth`` double and ``depth_single`` single blocks (real: 20 and 40; 1.5: 54 and 0; by
+    default 2 single blocks, none for 1.5), the LLaVA / Qwen2.5-VL width 4096 / 3584 as ``text_dim``, mlp ratio 2
+    (real: 4).
       "1.0": HunyuanVideo 1.0 T2V (comfy.supported_models.HunyuanVideo): 16 latent channels, patch (1, 2, 2), CLIP-L
              pooled vector (768 wide), guidance embedding;
       "i2v": HunyuanVideo 1.0 I2V (HunyuanVideoI2V): 33 channels in (16 + the start frame's 16 + a mask), 16 out;
@@ -746,6 +747,8 @@ def tiny_hunyuan_video_unet_config(variant="1.0", hidden=192, num_heads=6, depth
              (1152 wide) and the condition-type embedding."""
     head = hidden // num_heads
     axes = [head // 7 * 1, head // 7 * 3, head - head // 7 * 4]
+    if depth_single is None:
+        depth_single = 0 if variant == "1.5" else 2
     config = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, patch_size=[1, 2, 2],
                   vec_in_dim=768, axes_dim=axes, meanflow=False, context_in_dim=text_dim, hidden_size=hidden,
                   mlp_ratio=2.0, num_heads=num_heads, depth=depth, depth_single_blocks=depth_single, theta=256,

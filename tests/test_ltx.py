@@ -80,3 +80,15 @@ def test_a_guide_attention_strength_runs_on_one_gpu_naming_the_fix():
     arguments["guide_attention_entries"].append({"strength": 0.5})
     reason = adapter_named("ltxv").unsupported_reason(arguments, {}, diffusion_model, 2)
     assert "set its strength to 1" in reason
+
+
+def test_ltx2_spatio_temporal_guidance(caplog):
+    """LTXV Spatio-Temporal Guidance: one extra call per step with the chosen blocks' self-attention passed through
+    (a set of block indices in transformer_options, which the helpers must receive to skip the same exchanges)."""
+    from comfy_extras.nodes_lt import LTXVSpatioTemporalGuidance
+    model = LTXVSpatioTemporalGuidance.execute(load_tiny_ltx("av"), 1.0, "1", 0.0, 1.0).result[0]
+    inputs = ltx_inputs("av")
+    expected = sample(model, inputs)
+    assert error(expected, sample(load_tiny_ltx("av"), inputs)) > 1e-3, "the guidance changed nothing"
+    got, _ = in_parallel(model, inputs, caplog, gpus=2, parallelism="ulysses")
+    assert error(got, expected) <= 1e-5

@@ -140,7 +140,7 @@ def foreign_object_patches(model_patcher):
 def _is_data(value):
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor, torch.dtype, uuid.UUID)):
         return True
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):   # sets: LTX's STG names its perturbed blocks in one
         return all(_is_data(v) for v in value)
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_data(v) for k, v in value.items())

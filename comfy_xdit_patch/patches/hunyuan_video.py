@@ -8,8 +8,9 @@ and single blocks).
 - Per-token arguments of every block: the RoPE table ``pe`` and the text key mask (text then video, cut to this
   rank's part of each; the attention gathers the whole key mask once per call: Ulysses only), and the modulation
   ranges of image-to-video's first frame (``modulation_dims*``: positions of the whole sequence made this rank's).
-- Gather: after the last single block, the video's tokens of every rank behind this rank's text, which the forward
-  cuts away.
+- Gather: after the last block, the video's tokens of every rank: after a single block behind this rank's text,
+  which the forward cuts away; after a double block (1.5 has no single blocks) the video stream alone, which the
+  forward puts behind this rank's text and cuts away again.
 - Heads: ``num_heads`` (24 for HunyuanVideo 1.0, 16 for 1.5).
 """
 import torch
@@ -82,7 +83,10 @@ class HunyuanVideoAdapter(Adapter):
         return cached[1]
 
     def gather_block_output(self, out, call):
-        text = call.txt_sizes[call.mesh.sp_rank]
+        if "txt" in out:   # a model without single blocks (1.5): the last double block's video stream
+            out["img"] = gather_main_tokens(out["img"], call)
+            return out
+        text = call.txt_sizes[call.mesh.sp_rank]   # a single block's text-then-video sequence
         out["img"] = gather_main_tokens(out["img"], call, start=text, lead=text)
         return out
 
