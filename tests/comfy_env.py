@@ -1,4 +1,5 @@
 """Imports the real ComfyUI from COMFYUI_PATH on the CPU, and builds the tiny random-weight models the tests use."""
+import contextlib
 import os
 import sys
 
@@ -1311,16 +1312,12 @@ class TinyMiniMaxClip:
         return [[states, {"pooled_output": None, "minimax_token_tags": tags}]]
 
 
-def tiny_minimax_vae(seed=250, ch=32, decoder_layers=1, decoder_heads=2, decoder_head_dim=16):
-    """A random-weight MiniMax H3 video VAE as a comfy.sd.VAE built by ComfyUI's own VAE detection (24 latent
-    channels, 16x spatial, pixel frames 17k+5 <-> latent frames 5k+2, an image is 1 latent frame): ComfyUI's
-    comfy.ldm.minimax.vae.MiniMaxH3VideoVAE with its 3D causal CNN encoder ``ch`` channels wide at all six levels
-    (real: 128 x (1, 2, 2, 4, 4, 8); its GroupNorms have 32 groups, so ch >= 32) and one residual block per level
-    (real: 2), and a ViT3D decoder of ``decoder_layers`` x ``decoder_heads`` x ``decoder_head_dim``
-    (real: 36 x 32 x 64). comfy.sd.VAE builds the VAE at its fixed real size, so for the construction only the two
-    classes are replaced in comfy.ldm.minimax.vae by subclasses with these sizes (restored afterwards)."""
-    import torch
-    import comfy.sd
+@contextlib.contextmanager
+def tiny_minimax_vae_classes(ch=32, decoder_layers=1, decoder_heads=2, decoder_head_dim=16):
+    """ComfyUI's MiniMax H3 VAE classes (comfy.ldm.minimax.vae.MiniMaxH3VideoVAE and its ViT3DDecoder), which
+    comfy.sd.VAE builds at their fixed real size, replaced for the duration by subclasses of the tiny sizes
+    ``tiny_minimax_vae`` describes (yields the VAE subclass). Helper processes use it too, to rebuild the same VAE
+    from its weights (tests/helper_hooks.py, COMFY_XDIT_TEST_TINY_MINIMAX_VAE)."""
     import comfy.ldm.minimax.vae as minimax_vae
     base_vae, base_decoder = minimax_vae.MiniMaxH3VideoVAE, minimax_vae.ViT3DDecoder
 
@@ -1329,21 +1326,35 @@ def tiny_minimax_vae(seed=250, ch=32, decoder_layers=1, decoder_heads=2, decoder
             kwargs.update(num_layers=decoder_layers, heads=decoder_heads, dim_head=decoder_head_dim)
             super().__init__(**kwargs)
 
-    class TinyVAE(base_vae):
+    class MiniMaxH3VideoVAE(base_vae):   # the class name the MiniMax adapter knows
         def __init__(self, **kwargs):
             kwargs.update(ch=ch, ch_mult=(1,) * 6, num_res_blocks=1)
             super().__init__(**kwargs)
 
-    minimax_vae.MiniMaxH3VideoVAE, minimax_vae.ViT3DDecoder = TinyVAE, TinyDecoder
+    minimax_vae.MiniMaxH3VideoVAE, minimax_vae.ViT3DDecoder = MiniMaxH3VideoVAE, TinyDecoder
     try:
+        yield MiniMaxH3VideoVAE
+    finally:
+        minimax_vae.MiniMaxH3VideoVAE, minimax_vae.ViT3DDecoder = base_vae, base_decoder
+
+
+def tiny_minimax_vae(seed=250, ch=32, decoder_layers=1, decoder_heads=2, decoder_head_dim=16):
+    """A random-weight MiniMax H3 video VAE as a comfy.sd.VAE built by ComfyUI's own VAE detection (24 latent
+    channels, 16x spatial, pixel frames 17k+5 <-> latent frames 5k+2, an image is 1 latent frame): ComfyUI's
+    comfy.ldm.minimax.vae.MiniMaxH3VideoVAE with its 3D causal CNN encoder ``ch`` channels wide at all six levels
+    (real: 128 x (1, 2, 2, 4, 4, 8); its GroupNorms have 32 groups, so ch >= 32) and one residual block per level
+    (real: 2), and a ViT3D decoder of ``decoder_layers`` x ``decoder_heads`` x ``decoder_head_dim``
+    (real: 36 x 32 x 64), built inside ``tiny_minimax_vae_classes``."""
+    import torch
+    import comfy.sd
+    import comfy.ldm.minimax.vae as minimax_vae
+    with tiny_minimax_vae_classes(ch, decoder_layers, decoder_heads, decoder_head_dim) as tiny_vae:
         with torch.device("meta"):
-            shapes = TinyVAE().state_dict()
+            shapes = tiny_vae().state_dict()
         state = _random_state(shapes, seed, fan_in=True)
         for k in ("latents_mean", "latents_std"):
             state[k] = torch.tensor(getattr(minimax_vae, k.upper()))
         return comfy.sd.VAE(sd=state, dtype=torch.float32)
-    finally:
-        minimax_vae.MiniMaxH3VideoVAE, minimax_vae.ViT3DDecoder = base_vae, base_decoder
 
 
 def minimax_inputs(mode="t2v", frames=2, height=4, width=6, text_tokens=7, seed=1, text_dim=64, last_frame=False,

@@ -7,6 +7,8 @@ fault; the product itself has no test hooks.
 - COMFY_XDIT_TEST_CORRUPT_WEIGHTS=1: flip one byte of the received weights (a corrupted transfer).
 - COMFY_XDIT_TEST_EXIT_AT=init|sync: exit inside the process group's initialisation, or midway through the weight sync.
 - COMFY_XDIT_TEST_SPEEDS=a,b,...: the matrix-multiply speed each rank reports (GPUs of different speeds).
+- COMFY_XDIT_TEST_TINY_MINIMAX_VAE=1: build MiniMax H3 VAEs at the tests' tiny size (comfy_env.tiny_minimax_vae),
+  which ComfyUI's loader, building its fixed real size, cannot rebuild from their weights.
 """
 import os
 import sys
@@ -72,6 +74,16 @@ def _install():
                 os._exit(7)
             return original_broadcast(tensor, *args, **kwargs)
         weights.dist.broadcast = broadcast
+
+    if os.environ.get("COMFY_XDIT_TEST_TINY_MINIMAX_VAE"):
+        from comfy_xdit_patch.runtime import vae_decode
+        original_build = vae_decode.build_vae
+
+        def build_vae(*args, **kwargs):
+            from comfy_env import tiny_minimax_vae_classes
+            with tiny_minimax_vae_classes():
+                return original_build(*args, **kwargs)
+        vae_decode.build_vae = build_vae
 
     speeds = os.environ.get("COMFY_XDIT_TEST_SPEEDS")
     if speeds:

@@ -67,8 +67,8 @@ def test_a_model_without_a_family_adapter_runs_cfg_batch_parallel_and_refuses_to
         with pytest.raises(ValueError) as error:
             enable_multigpu(other, gpus=2, **setting)
         assert str(error.value).startswith("Linear has no sequence-parallel adapter (Enable Multi-GPU splits the "
-                                           "tokens of FLUX, Chroma, SD3, SD3.5, Wan, Qwen-Image, Z-Image, Lumina 2 and "
-                                           "Krea 2)")
+                                           "tokens of FLUX, Chroma, SD3, SD3.5, Wan, HunyuanVideo, MiniMax H3, "
+                                           "LTX-Video, LTX-2, Qwen-Image, Z-Image, Lumina 2 and Krea 2)")
         assert str(error.value).endswith(fix)
 
 

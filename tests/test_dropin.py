@@ -4,7 +4,7 @@ import torch
 
 from comfy_env import empty_latent, flux_conditioning, ksample, relative_error
 from comfy_xdit_patch.dropin import (XDiTCheckpointLoader, XDiTCLIPLoader, XDiTDualCLIPLoader, XDiTKSampler,
-                                     XDiTUNetLoader, XDiTVAELoader)
+                                     XDiTUNetLoader, XDiTVAEDecodeTiled, XDiTVAELoader)
 from comfy_xdit_patch.runtime import helper_group as helpers
 
 MULTIGPU = {"enabled": True, "gpus": 2, "parallelism": "ring"}
@@ -21,7 +21,8 @@ def v1_names(core):
 
 def test_every_drop_in_keeps_the_native_inputs_and_outputs(model_files):
     for node, core in [(XDiTUNetLoader, nodes.UNETLoader), (XDiTCheckpointLoader, nodes.CheckpointLoaderSimple),
-                       (XDiTKSampler, nodes.KSampler), (XDiTVAELoader, nodes.VAELoader),
+                       (XDiTKSampler, nodes.KSampler), (XDiTVAEDecodeTiled, nodes.VAEDecodeTiled),
+                       (XDiTVAELoader, nodes.VAELoader),
                        (XDiTCLIPLoader, nodes.CLIPLoader), (XDiTDualCLIPLoader, nodes.DualCLIPLoader)]:
         names = input_names(node)
         assert names[:len(v1_names(core)) - ("device" in v1_names(core))] == \

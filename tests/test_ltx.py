@@ -1,7 +1,8 @@
 """LTX-Video and LTX-2 through the node (patches/ltx.py), 1 rank vs N ranks through ComfyUI's real KSampler and its
 own LTX latent nodes (fp32, tiny models from ComfyUI's own classes, helper processes over gloo): text-to-video,
 image-to-video's per-frame timesteps (LTX-2's per-frame compressed modulation cut mid-frame), LTX-2's audio stream
-with its audio-video cross-attention, a LoRA. 3 latent frames of 3 x 5: 45 video tokens, uneven over 2 and 4."""
+with its audio-video cross-attention and spatio-temporal guidance, a LoRA, sharded weights, CFG groups. 3 latent
+frames of 3 x 5: 45 video tokens, uneven over 2 and 4."""
 import logging
 
 import comfy.sd
@@ -34,13 +35,14 @@ def in_parallel(model, inputs, caplog, cfg=3.0, **options):
     return got, group
 
 
-@pytest.mark.parametrize("variant,first_frame,parallelism,gpus", [
-    ("video", False, "ulysses", 2), ("video", True, "usp", 4), ("av", False, "ring", 2), ("av", True, "usp", 4)])
-def test_video_equals_one_rank(variant, first_frame, parallelism, gpus, caplog):
+@pytest.mark.parametrize("variant,first_frame,parallelism,gpus,shard_weights", [
+    ("video", False, "ulysses", 2, False), ("video", True, "usp", 4, False), ("av", False, "ring", 2, True),
+    ("av", True, "usp", 4, False)])
+def test_video_equals_one_rank(variant, first_frame, parallelism, gpus, shard_weights, caplog):
     model, inputs = load_tiny_ltx(variant), ltx_inputs(variant, first_frame=first_frame)
     expected = sample(model, inputs)
-    got, group = in_parallel(model, inputs, caplog, gpus=gpus, parallelism=parallelism)
-    assert group.plan.sp_degree == gpus
+    got, group = in_parallel(model, inputs, caplog, gpus=gpus, parallelism=parallelism, shard_weights=shard_weights)
+    assert group.plan.sp_degree == gpus and (group.block_shards is not None) == shard_weights
     assert error(got, expected) <= 1e-5
 
 

@@ -1,7 +1,8 @@
 """MiniMax H3 through the node (patches/minimax.py), 1 rank vs N ranks through ComfyUI's real KSampler and its own
 MiniMax H3 nodes (fp32, a tiny MiniMax H3 from ComfyUI's own classes, helper processes over gloo): the packed
-sequence of text, condition or reference rows, audio and video split over the ranks; the video and audio latents
-both compared. Packed lengths 35 (t2v), 54 (i2v), 67 (r2v): none a multiple of 2 or 4 except where noted."""
+sequence of text, condition or reference rows, audio and video split over the ranks (with sharded weights on
+i2v); the video and audio latents both compared. Packed lengths 35 (t2v), 54 (i2v), 67 (r2v): uneven over 4 ranks,
+and over 2 but for i2v."""
 import logging
 
 import nodes
@@ -27,14 +28,16 @@ def model():
     return load_tiny_minimax()
 
 
-@pytest.mark.parametrize("mode,parallelism,gpus", [("t2v", "ulysses", 2), ("i2v", "ring", 2), ("r2v", "usp", 4)])
-def test_streams_equal_one_rank(model, mode, parallelism, gpus, caplog):
+@pytest.mark.parametrize("mode,parallelism,gpus,shard_weights", [
+    ("t2v", "ulysses", 2, False), ("i2v", "ring", 2, True), ("r2v", "usp", 4, False)])
+def test_streams_equal_one_rank(model, mode, parallelism, gpus, shard_weights, caplog):
     inputs = minimax_inputs(mode)
     expected = sample(model, inputs)
     with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
-        got = sample(enable_multigpu(model, gpus=gpus, parallelism=parallelism), inputs)
+        got = sample(enable_multigpu(model, gpus=gpus, parallelism=parallelism, shard_weights=shard_weights), inputs)
     group = helpers.current_group()
     assert group is not None and group.plan.world_size == gpus and group.plan.sp_degree == gpus
+    assert (group.block_shards is not None) == shard_weights
     assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
     assert streams_error(got, expected) <= 1e-5
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from comfy_env import load_tiny_wan, tiny_minimax_vae, tiny_wan_vae, wan_inputs
+from helper_hooks import use_hooked_helpers
 from comfy_xdit_patch.dropin import XDiTVAEDecodeTiled
 from comfy_xdit_patch.multigpu import enable_multigpu
 from comfy_xdit_patch.runtime import helper_group as helpers
@@ -51,7 +52,7 @@ def test_tiles_decoded_on_every_gpu_equal_the_core_tiled_decode(latent, gpus, ca
     assert torch.equal(got, expected) and torch.equal(again, expected)
 
 
-def test_without_helpers_or_for_a_vae_that_tiles_itself_it_decodes_on_one_gpu(latent, caplog):
+def test_without_helpers_it_decodes_on_one_gpu(latent, caplog):
     vae = tiny_wan_vae("2.1")
     helpers.shutdown_group()
     with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
@@ -59,11 +60,18 @@ def test_without_helpers_or_for_a_vae_that_tiles_itself_it_decodes_on_one_gpu(la
     assert torch.equal(got, nodes.VAEDecodeTiled().decode(vae, latent, **TILES)[0])
     assert any("no helper GPUs are running" in r.getMessage() for r in caplog.records)
 
-    start_helpers(2)
+
+def test_a_vae_that_tiles_itself_has_its_own_tiles_spread(monkeypatch, caplog):
+    """MiniMax H3's VAE tiles inside its own decode (temporal chunks of 7 latent frames here, tile settings
+    ignored): its adapter names the method that decodes one tile, which is hooked instead of the model's decode."""
+    use_hooked_helpers(monkeypatch, TINY_MINIMAX_VAE=1)
+    helpers.shutdown_group()
     minimax = tiny_minimax_vae()
-    h3_latent = {"samples": torch.randn(1, 24, 2, 4, 6, generator=torch.Generator().manual_seed(4))}
-    caplog.clear()
+    h3_latent = {"samples": torch.randn(1, 24, 12, 4, 6, generator=torch.Generator().manual_seed(4))}
+    expected = nodes.VAEDecodeTiled().decode(minimax, h3_latent, **TILES)[0]
+    start_helpers(2)
     with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
         got = XDiTVAEDecodeTiled.execute(vae=minimax, samples=h3_latent, **TILES).result[0]
-    assert torch.equal(got, nodes.VAEDecodeTiled().decode(minimax, h3_latent, **TILES)[0])
-    assert any("tiles inside its own decode" in r.getMessage() for r in caplog.records)
+    assert any(r.getMessage().startswith("Enable Multi-GPU: decoded ") for r in caplog.records), caplog.text
+    assert torch.equal(got, expected)
+    helpers.shutdown_group()

@@ -17,7 +17,7 @@ FAMILIES = ("FLUX, Chroma, SD3, SD3.5, Wan, HunyuanVideo, MiniMax H3, LTX-Video,
             "Lumina 2 and Krea 2")
 
 __all__ = ["ADAPTERS", "ANY_MODEL", "FAMILIES", "SEQUENCE_PARALLEL", "adapter_for", "adapter_named", "ours",
-           "transformer_blocks"]
+           "transformer_blocks", "vae_tile_decoder"]
 
 
 def adapter_for(diffusion_model):
@@ -27,6 +27,14 @@ def adapter_for(diffusion_model):
 
 def adapter_named(name):
     return ADAPTERS[name]
+
+
+def vae_tile_decoder(first_stage_model):
+    """For a VAE model that tiles inside its own decode, the name of its method that decodes one tile (its family
+    adapter names it), or None."""
+    classes = {cls.__name__ for cls in type(first_stage_model).__mro__}
+    return next((method for adapter in SEQUENCE_PARALLEL for name, method in adapter.vae_tile_decoders.items()
+                 if name in classes), None)
 
 
 def transformer_blocks(diffusion_model):

@@ -38,6 +38,8 @@ class MiniMaxAdapter(Adapter):
                        token_dim=0)
     block_lists = (("blocks", "double_block"),)
     streams_input = True
+    # Its video VAE tiles inside its own decode (spatial tiles of each temporal chunk): one tile per call of this.
+    vae_tile_decoders = {"MiniMaxH3VideoVAE": "_decode_pixels"}
     limits = (("CFG groups and token splits by measured speed", "every call holds one row (cond and uncond are "
                "separate calls): all GPUs form one sequence-parallel group and split the tokens evenly"),)
 

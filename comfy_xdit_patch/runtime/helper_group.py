@@ -531,33 +531,36 @@ class HelperGroup:
                  self.plan.world_size - 1, time.perf_counter() - t0)
         return True
 
-    def decode_tiles(self, vae, tiles):
-        """The decoded ``tiles`` of one tiled decode of ``vae``, in order: tile i on rank i % N (rank 0 decodes its
-        own share meanwhile). The helpers get the VAE's weights the first time."""
+    def decode_tiles(self, vae, method, tiles, decoded):
+        """Every tile of one tiled decode of ``vae`` decoded by its model's ``method``, in order. ``decoded``: tiles
+        rank 0 decoded already (index: output); the others go round robin to every rank, rank 0 decoding its share
+        meanwhile. The helpers get the VAE's weights the first time."""
         from .vae_decode import decode_tile
-        if self.vae is None or self.vae[0]() is not vae.first_stage_model or self.vae[1] != vae.vae_dtype:
+        model = vae.first_stage_model
+        if self.vae is None or self.vae[0]() is not model or self.vae[1] != vae.vae_dtype:
             state = vae.get_sd()
             keys, tensors = list(state), list(state.values())
             self._broadcast_message(messages.LoadVAE(keys, transport.layout(tensors), vae.vae_dtype))
             deadline = time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT
             self._watched(lambda: transport.send_tensors(tensors, self.device), deadline, "sending the VAE")
             self._expect_all("vae loaded", deadline)
-            self.vae = (weakref.ref(vae.first_stage_model), vae.vae_dtype)
-        world, output_dtype = self.plan.world_size, vae.vae_output_dtype()
-        self._broadcast_message(messages.DecodeTiles(transport.layout(tiles), output_dtype))
+            self.vae = (weakref.ref(model), vae.vae_dtype)
+        world, todo = self.plan.world_size, [i for i in range(len(tiles)) if i not in decoded]
+        sent = [tiles[i] for i in todo]
+        self._broadcast_message(messages.DecodeTiles(transport.layout(sent), method))
         deadline = time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT
-        self._watched(lambda: transport.send_tensors(tiles, self.device), deadline, "sending the tiles")
-        decoded = {i: decode_tile(vae.first_stage_model, tiles[i], vae.vae_dtype, output_dtype, vae.device)
-                   for i in range(0, len(tiles), world)}
-        # The helpers decode while rank 0 does: each reports its tiles' shapes, then sends them in order.
-        shapes = self._expect_all("decoded", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
+        self._watched(lambda: transport.send_tensors(sent, self.device), deadline, "sending the tiles")
+        for k in range(0, len(todo), world):
+            decoded[todo[k]] = decode_tile(model, method, sent[k], vae.device)
+        # The helpers decode while rank 0 does: each reports its tiles' shapes and dtype, then sends them in order.
+        reports = self._expect_all("decoded", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
 
         def receive():
-            for rank, rank_shapes in zip(sorted(self.channels), shapes):
-                for index, shape in zip(range(rank, len(tiles), world), rank_shapes):
-                    tile = torch.empty(shape, dtype=output_dtype, device=self.device)
+            for rank, report in zip(sorted(self.channels), reports):
+                for k, (shape, dtype) in zip(range(rank, len(todo), world), report):
+                    tile = torch.empty(shape, dtype=dtype, device=self.device)
                     dist.recv(tile, src=rank)
-                    decoded[index] = tile
+                    decoded[todo[k]] = tile
         self._watched(receive, time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT, "receiving the decoded tiles")
         log.info("Enable Multi-GPU: decoded %d tiles on %d GPUs", len(tiles), world)
         return [decoded[i].to(vae.device) for i in range(len(tiles))]

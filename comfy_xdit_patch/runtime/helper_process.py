@@ -210,9 +210,9 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
             link.send(messages.Reply("vae loaded"))
         elif isinstance(message, messages.DecodeTiles):
             tiles = transport.receive_tensors(message.tensor_layout, device)
-            mine = [vae_decode.decode_tile(vae.first_stage_model, tiles[i], vae.vae_dtype, message.output_dtype,
-                                           device) for i in range(mesh.rank, len(tiles), mesh.world_size)]
-            link.send(messages.Reply("decoded", [tuple(t.shape) for t in mine]))
+            mine = [vae_decode.decode_tile(vae.first_stage_model, message.method, tiles[i], device)
+                    for i in range(mesh.rank, len(tiles), mesh.world_size)]
+            link.send(messages.Reply("decoded", [(tuple(t.shape), t.dtype) for t in mine]))
             for tile in mine:
                 torch.distributed.send(tile.contiguous(), dst=0)
             del tiles, mine

@@ -74,10 +74,10 @@ class LoadVAE:
 
 @dataclass(frozen=True)
 class DecodeTiles:
-    """Rank 0 → helper: the latent tiles of one tiled decode (they follow in one broadcast, cut by
-    ``tensor_layout``); rank r decodes tiles r, r + N, r + 2N, ... to ``output_dtype`` and sends them to rank 0."""
+    """Rank 0 → helper: latent tiles of one tiled decode (they follow in one broadcast, cut by ``tensor_layout``);
+    rank r decodes tiles r, r + N, r + 2N, ... with the VAE model's ``method`` and sends them to rank 0."""
     tensor_layout: list
-    output_dtype: Any
+    method: str
 
 
 @dataclass(frozen=True)

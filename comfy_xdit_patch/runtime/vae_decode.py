@@ -1,20 +1,23 @@
 """ComfyUI's tiled VAE decode with its tiles spread over the helper GPUs.
 
-ComfyUI's own tiled decode runs twice on rank 0 with its VAE's ``first_stage_model.decode`` hooked: the first run
-records the tiles it asks for (answering placeholders of the decoded size), then every GPU decodes its share of them,
-and the second run is answered tile by tile with the decoded pixels. The tiles, their order and the blending are
-ComfyUI's own, so the image equals its tiled decode with the same tile settings.
+ComfyUI's own tiled decode runs twice on rank 0 with the VAE model's tile decoder hooked (``decode``, which ComfyUI's
+tiling calls once per tile, or the method a VAE that tiles by itself calls per tile, as its family adapter names it):
+the first run records the tiles it asks for and answers placeholders of the decoded size, then every GPU decodes its
+share of them, and the second run is answered tile by tile with the decoded pixels. The tiles, their order and the
+blending are ComfyUI's own, so the image equals its tiled decode with the same tile settings.
 """
 import contextlib
 import logging
 
+from .. import patches
 
 log = logging.getLogger(__name__)
 
 
-def decode_tile(first_stage_model, tile, dtype, output_dtype, device):
-    """One tile as ComfyUI's tiled decode computes it (``VAE.decode_tiled_*``'s decode function)."""
-    return first_stage_model.decode(tile.to(dtype).to(device)).to(dtype=output_dtype)
+def decode_tile(first_stage_model, method, tile, device):
+    """One tile decoded by the VAE model's tile decoder ``method`` on ``device`` (the tile comes as the decoder
+    received it on rank 0: already in the VAE's dtype)."""
+    return getattr(first_stage_model, method)(tile.to(device))
 
 
 def build_vae(state_dict, dtype, device):
@@ -25,28 +28,30 @@ def build_vae(state_dict, dtype, device):
     return vae
 
 
-def why_not_spread(vae):
-    """Why this VAE's tiled decode cannot be spread over GPUs, or None."""
-    if getattr(vae, "handles_tiling", False):
-        return (f"{type(vae.first_stage_model).__name__} tiles inside its own decode, which ComfyUI's tiled decode "
-                "does not split into tiles")
-    return None
+def tile_decoder(vae):
+    """(the VAE model's method that decodes one tile, why there is none)."""
+    if not getattr(vae, "handles_tiling", False):
+        return "decode", None   # ComfyUI's tiling calls the model's decode once per tile
+    method = patches.vae_tile_decoder(vae.first_stage_model)
+    if method is None:
+        return None, (f"{type(vae.first_stage_model).__name__} tiles inside its own decode, where no hook reaches "
+                      "its tiles")
+    return method, None
 
 
 @contextlib.contextmanager
-def _decode_answered_by(vae, answer):
-    """``vae.first_stage_model.decode`` answered by ``answer(tile)`` for the duration (an instance attribute over the
-    class's method, removed afterwards)."""
-    model = vae.first_stage_model
-    model.decode = lambda tile, *args, **kwargs: answer(tile)
+def _tiles_answered_by(model, method, answer):
+    """``model.<method>`` answered by ``answer(tile)`` for the duration (an instance attribute over the class's
+    method, removed afterwards)."""
+    setattr(model, method, lambda tile, *args, **kwargs: answer(tile))
     try:
         yield
     finally:
-        del model.decode
+        delattr(model, method)
 
 
 def _decoded_shape(vae, tile):
-    """The shape ComfyUI's tiled decode expects for a decoded ``tile`` (its upscale ratio per dimension)."""
+    """The shape ComfyUI's tiling expects for a decoded ``tile`` (the VAE's upscale ratio per dimension)."""
     sizes = tile.shape[2:]
     ratios = vae.upscale_ratio if isinstance(vae.upscale_ratio, (tuple, list)) else [vae.upscale_ratio] * len(sizes)
     return (tile.shape[0], vae.output_channels) + tuple(
@@ -55,36 +60,46 @@ def _decoded_shape(vae, tile):
 
 def decode(vae, run):
     """``run()`` (ComfyUI's tiled decode of ``vae``) spread over the running helpers' GPUs; on one GPU, with the
-    reason in the log, where there are none or the VAE tiles by itself, and after a helper fails."""
+    reason in the log, where there are none or no tile can be reached, and after a helper fails."""
     from . import helper_group
     group = helper_group.current_group()
-    reason = why_not_spread(vae)
+    method, reason = tile_decoder(vae)
     if reason is None and (group is None or not group.alive()):
         reason = "no helper GPUs are running (they start with a model that went through Enable Multi-GPU)"
     if reason is not None:
         log.info("Enable Multi-GPU: the tiled decode runs on one GPU because %s", reason)
         return run()
     try:
-        return spread_decode(group, vae, run)
+        return spread_decode(group, vae, method, run)
     except helper_group.HelperFailure as e:
         log.error("Enable Multi-GPU: the spread decode failed (%s); stopping the helpers and decoding on one GPU", e)
         helper_group.shutdown_group("a spread decode failed", graceful=False)
         return run()
 
 
-def spread_decode(group, vae, run):
-    """``run()`` (ComfyUI's tiled decode of ``vae``) with its tiles decoded on every GPU of ``group``."""
-    tiles = []
+def spread_decode(group, vae, method, run):
+    """``run()`` with the tiles of ``vae.first_stage_model.<method>`` decoded on every GPU of ``group``. Where the
+    decoded size of a tile is not ComfyUI's upscale ratio of it (a VAE tiling by itself), rank 0 decodes the first
+    tile of each shape while recording (its share), and the others of that shape get placeholders of its size."""
+    model = vae.first_stage_model
+    tiles, decoded, shapes = [], {}, {}
 
     def record(tile):
         tiles.append(tile.contiguous())
-        return tile.new_zeros(_decoded_shape(vae, tile))
+        if method == "decode":
+            return tile.new_zeros(_decoded_shape(vae, tile))
+        key = (tuple(tile.shape), tile.dtype)
+        if key not in shapes:   # the class's method: the instance's is this hook
+            decoded[len(tiles) - 1] = result = getattr(type(model), method)(model, tile)
+            shapes[key] = result
+            return result
+        return shapes[key].new_zeros(shapes[key].shape)
 
-    with _decode_answered_by(vae, record):
+    with _tiles_answered_by(model, method, record):
         run()
     if len(tiles) < 2:
         log.info("Enable Multi-GPU: the decode is one tile; it runs on one GPU")
         return run()
-    decoded = iter(group.decode_tiles(vae, tiles))
-    with _decode_answered_by(vae, lambda tile: next(decoded)):
+    answers = iter(group.decode_tiles(vae, method, tiles, decoded))
+    with _tiles_answered_by(model, method, lambda tile: next(answers)):
         return run()
