@@ -5,7 +5,8 @@ fault; the product itself has no test hooks.
 - COMFY_XDIT_TEST_STALL_AT_FORWARD=N: sleep inside the Nth model call, before its tensors arrive (a stuck peer).
 - COMFY_XDIT_TEST_VERSIONS=name=value;...: report these versions when joining (a helper from another install).
 - COMFY_XDIT_TEST_CORRUPT_WEIGHTS=1: flip one byte of the received weights (a corrupted transfer).
-- COMFY_XDIT_TEST_EXIT_AT=init|sync: exit inside the process group's initialisation, or midway through the weight sync.
+- COMFY_XDIT_TEST_EXIT_AT=init|sync|decode: exit inside the process group's initialisation, midway through the weight
+  sync, or when asked to decode VAE tiles.
 - COMFY_XDIT_TEST_SPEEDS=a,b,...: the matrix-multiply speed each rank reports (GPUs of different speeds).
 - COMFY_XDIT_TEST_TINY_MINIMAX_VAE=1: build MiniMax H3 VAEs at the tests' tiny size (comfy_env.tiny_minimax_vae),
   which ComfyUI's loader, building its fixed real size, cannot rebuild from their weights.
@@ -84,6 +85,10 @@ def _install():
             with tiny_minimax_vae_classes():
                 return original_build(*args, **kwargs)
         vae_decode.build_vae = build_vae
+
+    elif exit_at == "decode":
+        from comfy_xdit_patch.runtime import vae_decode
+        vae_decode.decode_tile = lambda *args, **kwargs: os._exit(7)
 
     speeds = os.environ.get("COMFY_XDIT_TEST_SPEEDS")
     if speeds:

@@ -1,6 +1,7 @@
 """VAE Decode (Tiled, Multi-GPU) (runtime/vae_decode.py): ComfyUI's own tiled decode of a video latent with its tiles
 decoded on the running helpers' GPUs (CPU ranks over gloo) equals the core VAE Decode (Tiled) node's with the same
-tile settings; without helpers, or for a VAE that tiles inside its own decode, it runs on one GPU and says why."""
+tile settings, for ComfyUI's tiling (Wan's VAE) and for a VAE that tiles inside its own decode (MiniMax H3's); without
+helpers it runs on one GPU and says why, and a helper dying mid-decode still ends with the one-GPU image."""
 import logging
 
 import nodes
@@ -75,3 +76,16 @@ def test_a_vae_that_tiles_itself_has_its_own_tiles_spread(monkeypatch, caplog):
     assert any(r.getMessage().startswith("Enable Multi-GPU: decoded ") for r in caplog.records), caplog.text
     assert torch.equal(got, expected)
     helpers.shutdown_group()
+
+
+def test_a_helper_dying_in_a_spread_decode_ends_with_the_one_gpu_image(latent, monkeypatch, caplog):
+    use_hooked_helpers(monkeypatch, EXIT_AT="decode")
+    helpers.shutdown_group()
+    vae = tiny_wan_vae("2.1")
+    expected = nodes.VAEDecodeTiled().decode(vae, latent, **TILES)[0]
+    start_helpers(2)
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        got = XDiTVAEDecodeTiled.execute(vae=vae, samples=latent, **TILES).result[0]
+    assert any("the spread decode failed" in r.getMessage() for r in caplog.records), caplog.text
+    assert torch.equal(got, expected)
+    assert helpers.current_group() is None

@@ -69,10 +69,15 @@ def decode(vae, run):
     if reason is not None:
         log.info("Enable Multi-GPU: the tiled decode runs on one GPU because %s", reason)
         return run()
+    import comfy.model_management
     try:
         return spread_decode(group, vae, method, run)
-    except helper_group.HelperFailure as e:
-        log.error("Enable Multi-GPU: the spread decode failed (%s); stopping the helpers and decoding on one GPU", e)
+    except comfy.model_management.InterruptProcessingException:
+        helper_group.shutdown_group("cancelled in the middle of a spread decode", graceful=False)
+        raise
+    except Exception as e:   # a helper failed or a transfer broke: the helpers may be mid-way, so they end
+        log.error("Enable Multi-GPU: the spread decode failed (%s: %s); stopping the helpers and decoding on one GPU",
+                  type(e).__name__, e)
         helper_group.shutdown_group("a spread decode failed", graceful=False)
         return run()
 
