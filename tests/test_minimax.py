@@ -51,3 +51,22 @@ def test_cfg_groups_run_on_one_gpu_naming_the_fix(model, caplog):
         got = sample(enable_multigpu(model, gpus=4, sequence_degree=2), inputs)
     assert any("set sequence_degree to the number of GPUs" in r.getMessage() for r in caplog.records)
     assert streams_error(got, expected) == 0
+
+
+def test_a_noise_mask_gives_rows_their_own_modulation(model, caplog):
+    """A noise mask on the video (part of the first frame kept at half strength, as a masked edit leaves it): the
+    model gives those rows their own timestep, a per-token modulation row that each rank cuts to its tokens."""
+    import comfy.nested_tensor
+    import torch
+    positive, negative, latent = minimax_inputs("t2v")
+    video, audio = latent["samples"].unbind()
+    video_mask = torch.ones((1, 1) + tuple(video.shape[2:]))
+    video_mask[:, :, 0, :2, :] = 0.5
+    latent = dict(latent, noise_mask=comfy.nested_tensor.NestedTensor((video_mask, torch.ones_like(audio[:, :1]))))
+    inputs = (positive, negative, latent)
+    expected = sample(model, inputs)
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(model, gpus=4, parallelism="ulysses"), inputs)
+    assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
+    assert helpers.current_group().plan.sp_degree == 4   # the video's 12 tokens (23..35) split at 27
+    assert streams_error(got, expected) <= 1e-5
