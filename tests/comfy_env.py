@@ -855,7 +855,7 @@ def load_tiny_ltx(variant="video", seed=270, **config):
 
 
 def ltx_inputs(variant="video", frames=3, height=3, width=5, first_frame=False, audio_latents=7, text_tokens=21,
-               seed=1, text_dim=64):
+               seed=1, text_dim=64, guide_frame=None, guide_strength=1.0):
     """(positive, negative, latent) for a tiny LTX model: random prompt states (1, L, text_dim; LTX-2's as its text
     connectors leave them, video and audio side by side, 2 x text_dim) with the encoder's attention mask (all ones:
     LTX-Video's forward requires one) through LTXVConditioning (25 fps), and
@@ -863,7 +863,9 @@ def ltx_inputs(variant="video", frames=3, height=3, width=5, first_frame=False, 
     ``first_frame``: a random first latent frame kept by a noise mask of 0 there, as LTXVImgToVideo leaves the
     latent (each latent frame then has its own timestep). LTX-2 adds an empty audio latent of ``audio_latents``
     latents (the LTX-2 audio VAE's 8 channels x 16 bins, as LTXVEmptyLatentAudio makes it) joined to the video by
-    LTXVConcatAVLatent."""
+    LTXVConcatAVLatent. ``guide_frame``: a random encoded guide frame at that pixel frame, appended as LTXVAddGuide
+    appends a VAE-encoded image (its keyframe index, its noise mask of 1 - ``guide_strength``, its guide attention
+    entry), through the node's own functions (LTX-Video only)."""
     import torch
     from comfy_extras.nodes_lt import EmptyLTXVLatentVideo, LTXVConcatAVLatent, LTXVConditioning
     generator = torch.Generator().manual_seed(seed)
@@ -878,6 +880,18 @@ def ltx_inputs(variant="video", frames=3, height=3, width=5, first_frame=False, 
         mask = torch.ones((1, 1, frames, height, width))
         mask[:, :, 0] = 0.0
         latent["noise_mask"] = mask
+    if guide_frame is not None:
+        from comfy_extras.nodes_lt import LTXVAddGuide, _append_guide_attention_entry, get_noise_mask
+        scale_factors = (8, 32, 32)   # the LTX VAE's downscale_index_formula
+        guide = torch.randn((1, 128, 1, height, width), generator=generator)
+        frame_idx, _ = LTXVAddGuide.get_latent_index(positive, frames, 1, guide_frame, scale_factors,
+                                                      latent_shape=latent["samples"].shape)
+        positive, negative, samples, mask = LTXVAddGuide.append_keyframe(
+            positive, negative, frame_idx, latent["samples"], get_noise_mask(latent), guide, guide_strength,
+            scale_factors, causal_fix=frame_idx == 0)
+        positive, negative = _append_guide_attention_entry(positive, negative, height * width, [1, height, width],
+                                                           strength=guide_strength)
+        latent = {"samples": samples, "noise_mask": mask}
     if variant == "av":
         audio = {"samples": torch.zeros(1, 8, audio_latents, 16), "type": "audio"}
         latent = LTXVConcatAVLatent.execute(latent, audio).result[0]

@@ -70,18 +70,22 @@ def test_ltx2_cfg_groups_run_on_one_gpu_naming_the_fix(caplog):
     assert error(got, expected) == 0
 
 
-def test_a_guide_attention_strength_runs_on_one_gpu_naming_the_fix():
-    """LTXVAddGuide with an attention strength other than 1 makes ComfyUI build a guide attention mask over the whole
-    sequence: such calls are refused for the parallel path with the reason (they then run on one GPU)."""
-    import torch
-    from comfy_xdit_patch.patches import adapter_named
+def test_a_keyframe_guide(caplog):
+    """LTXVAddGuide: an encoded guide frame appended to the video with its own positions and timestep (strength 1:
+    60 tokens, the guide's 15 kept). At strength 0.5 ComfyUI builds a guide attention mask over the whole sequence:
+    those calls run on one GPU, saying how to run them in parallel."""
     model = load_tiny_ltx("video")
-    diffusion_model = model.get_model_object("diffusion_model")
-    arguments = {"x": torch.zeros(1, 128, 3, 3, 5), "guide_attention_entries": [{"strength": 1.0}]}
-    assert adapter_named("ltxv").unsupported_reason(arguments, {}, diffusion_model, 2) is None
-    arguments["guide_attention_entries"].append({"strength": 0.5})
-    reason = adapter_named("ltxv").unsupported_reason(arguments, {}, diffusion_model, 2)
-    assert "set its strength to 1" in reason
+    inputs = ltx_inputs("video", guide_frame=8)
+    expected = sample(model, inputs)
+    got, _ = in_parallel(model, inputs, caplog, gpus=2, parallelism="ulysses")
+    assert relative_error(got, expected) <= 1e-5
+    inputs = ltx_inputs("video", guide_frame=8, guide_strength=0.5)
+    expected = sample(model, inputs)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(model, gpus=2), inputs)
+    assert any("set its strength to 1" in r.getMessage() for r in caplog.records)
+    assert relative_error(got, expected) == 0
 
 
 def test_ltx2_spatio_temporal_guidance(caplog):
