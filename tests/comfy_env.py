@@ -745,7 +745,9 @@ def tiny_hunyuan_video_unet_config(variant="1.0", hidden=192, num_heads=6, depth
       "i2v": HunyuanVideo 1.0 I2V (HunyuanVideoI2V): 33 channels in (16 + the start frame's 16 + a mask), 16 out;
       "1.5": HunyuanVideo 1.5 (HunyuanVideo15): 32 latent channels, 65 in (noise, start frame, mask), patch
              (1, 1, 1), no pooled vector or guidance, ByT5 glyph tokens (ByT5Mapper, 1472 wide), SigLIP vision tokens
-             (1152 wide) and the condition-type embedding."""
+             (1152 wide) and the condition-type embedding;
+      "image21": HunyuanImage 2.1 (HunyuanImage21): the same transformer on images, 64 latent channels (32x VAE),
+             2-D patches of 1, RoPE over (h, w), ByT5 glyph tokens, guidance embedding, no pooled vector."""
     head = hidden // num_heads
     axes = [head // 7 * 1, head // 7 * 3, head - head // 7 * 4]
     if depth_single is None:
@@ -760,8 +762,11 @@ def tiny_hunyuan_video_unet_config(variant="1.0", hidden=192, num_heads=6, depth
     elif variant == "1.5":
         config.update(in_channels=65, out_channels=32, patch_size=[1, 1, 1], vec_in_dim=None, guidance_embed=False,
                       byt5=True, use_cond_type_embedding=True, vision_in_dim=1152)
+    elif variant == "image21":
+        config.update(in_channels=64, out_channels=64, patch_size=[1, 1], vec_in_dim=None, byt5=True,
+                      axes_dim=[head // 2, head - head // 2])
     elif variant != "1.0":
-        raise ValueError(f"unknown HunyuanVideo variant {variant!r}; one of '1.0', 'i2v', '1.5'")
+        raise ValueError(f"unknown HunyuanVideo variant {variant!r}; one of '1.0', 'i2v', '1.5', 'image21'")
     return config
 
 
@@ -770,7 +775,8 @@ def load_tiny_hunyuan_video(variant="1.0", seed=260, **config):
     comfy.ldm.hunyuan_video.model.HunyuanVideo, random fp32 weights with fan-in scales) as a ModelPatcher, through
     ComfyUI's config class of the variant: see ``tiny_hunyuan_video_unet_config``. Inputs: ``hunyuan_video_inputs``."""
     import comfy.supported_models as models
-    classes = {"1.0": models.HunyuanVideo, "i2v": models.HunyuanVideoI2V, "1.5": models.HunyuanVideo15}
+    classes = {"1.0": models.HunyuanVideo, "i2v": models.HunyuanVideoI2V, "1.5": models.HunyuanVideo15,
+               "image21": models.HunyuanImage21}
     model_config = classes[variant](tiny_hunyuan_video_unet_config(variant, **config))
     return _tiny_model_patcher(model_config, seed, fan_in=True)
 
@@ -781,12 +787,12 @@ def hunyuan_video_conditioning(variant="1.0", text_tokens=21, seed=1, text_dim=6
     many padding tokens at the end. 1.5 adds ByT5 glyph states (1, 5, 1472) as conditioning_byt5small."""
     import torch
     generator = torch.Generator().manual_seed(seed)
-    extra = {"pooled_output": torch.randn(1, 768, generator=generator) if variant != "1.5" else None}
+    extra = {"pooled_output": torch.randn(1, 768, generator=generator) if variant in ("1.0", "i2v") else None}
     if masked_tokens:
         mask = torch.ones(1, text_tokens, dtype=torch.long)
         mask[:, text_tokens - masked_tokens:] = 0
         extra["attention_mask"] = mask
-    if variant == "1.5":
+    if variant in ("1.5", "image21"):
         extra["conditioning_byt5small"] = torch.randn(1, 5, 1472, generator=generator)
     return [[torch.randn(1, text_tokens, text_dim, generator=generator), extra]]
 
@@ -798,7 +804,7 @@ def hunyuan_video_inputs(variant="1.0", frames=3, height=6, width=10, guidance_t
     EmptyHunyuanLatentVideo (1.0) or EmptyHunyuanVideo15Latent (1.5); with ``guidance_type`` ("v1 (concat)",
     "v2 (replace)" or "custom"), HunyuanImageToVideo with a random start image, encoded by a tiny Wan 2.1 VAE, which
     makes HunyuanVideo 1.0's latent shape (16 channels, 4x in time, 8x in space). 1.5 adds SigLIP vision states
-    (1, 9, 1152) as clip_vision_output."""
+    (1, 9, 1152) as clip_vision_output. "image21": EmptyHunyuanImageLatent's image of height x width latent pixels."""
     import comfy.clip_vision
     import node_helpers
     import torch
@@ -806,6 +812,9 @@ def hunyuan_video_inputs(variant="1.0", frames=3, height=6, width=10, guidance_t
     positive = hunyuan_video_conditioning(variant, text_tokens, seed, masked_tokens=masked_tokens)
     negative = hunyuan_video_conditioning(variant, text_tokens, seed + 1, masked_tokens=masked_tokens)
     length = 4 * (frames - 1) + 1
+    if variant == "image21":
+        from comfy_extras.nodes_hunyuan import EmptyHunyuanImageLatent
+        return positive, negative, EmptyHunyuanImageLatent.execute(width * 32, height * 32, batch).result[0]
     if variant == "1.5":
         from comfy_extras.nodes_hunyuan import EmptyHunyuanVideo15Latent
         latent = EmptyHunyuanVideo15Latent.execute(width * 16, height * 16, length, batch).result[0]

@@ -93,3 +93,13 @@ def test_hunyuan_video_15_byt5_and_vision_tokens(caplog):
     expected = sample(model, inputs, 3.0)
     got, _ = in_parallel(model, inputs, 3.0, caplog, gpus=2, parallelism="ulysses")
     assert relative_error(got, expected) <= 1e-5
+
+
+def test_hunyuan_image_21(caplog):
+    """HunyuanImage 2.1: the same transformer on an image (2-D patches and RoPE) with ByT5 glyph tokens; 7 x 9
+    latent pixels (63 tokens) and 26 text tokens over 4 ranks."""
+    model = load_tiny_hunyuan_video("image21")
+    inputs = hunyuan_video_inputs("image21", height=7, width=9)
+    expected = sample(model, inputs, 3.0)
+    got, _ = in_parallel(model, inputs, 3.0, caplog, gpus=4, parallelism="usp")
+    assert relative_error(got, expected) <= 1e-5
