@@ -4,8 +4,10 @@ Each rank holds q, k and v of its own tokens (B, H, L_local, D), RoPE already ap
 attention output (B, L_local, H * D), equal to attention over the whole sequence. Token order across ranks does not
 matter to attention, so no permutation is ever undone.
 """
+import torch
+
 from ..kernels import attention_with_lse, merge_partial_attention
-from .comm import RingExchange, scatter_heads_gather_sequence, scatter_sequence_gather_heads
+from .comm import RingExchange, all_gather_single, scatter_heads_gather_sequence, scatter_sequence_gather_heads
 
 
 def ring_attention(q, k, v, ring_lens, ring_ranks, member):
@@ -25,6 +27,21 @@ def ring_attention(q, k, v, ring_lens, ring_ranks, member):
             exchange.wait()
             k, v = incoming
     return out.to(q.dtype)
+
+
+def split_key_attention(q, k, v, group, world):
+    """Attention of queries every rank holds whole over keys and values split across ``group`` (``world`` ranks,
+    each with a slice): each rank's partial result and log-sum-exp are gathered (the size of the queries' output,
+    not of the keys) and merged in rank order, so every rank gets the same result. Returns (B, L, H, D)."""
+    out, lse = attention_with_lse(q, k, v)
+    packed = torch.cat((out.float().reshape(-1), lse.reshape(-1)))
+    gathered = packed.new_empty(world * packed.numel())
+    all_gather_single(gathered, packed, group=group)
+    merged = merged_lse = None
+    for part in gathered.view(world, -1):
+        part_out, part_lse = part[:out.numel()].view(out.shape), part[out.numel():].view(lse.shape)
+        merged, merged_lse = merge_partial_attention(merged, merged_lse, part_out, part_lse)
+    return merged.to(q.dtype)
 
 
 class AttentionLayout:

@@ -29,6 +29,7 @@ class SequenceParallelCall:
         self._mask = None   # (mask, the mask in the token order of the gathered sequence): every block passes the same
         self._key_mask = None   # a key mask over the whole sequence, gathered once per call (gathered_key_mask)
         self.per_token = {}     # name -> (argument, this rank's cut): every block passes the same, cut once per call
+        self.keys_split = False  # the running attention's queries are whole on every rank, its keys split
 
     def _split(self, length):
         if self.token_weights:

@@ -10,7 +10,7 @@ import uuid
 
 import torch
 
-from ..parallel.attention import sequence_parallel_attention
+from ..parallel.attention import sequence_parallel_attention, split_key_attention
 from ..parallel.call import TRANSFORMER_OPTIONS_KEY, active_call
 
 OUR_MARK = "_comfy_xdit_patch"
@@ -67,8 +67,14 @@ def parallel_attention(func, q, k, v, heads, *args, **kwargs):
         raise RuntimeError("positional attention arguments are not known to the sequence-parallel attention")
     kwargs.update(zip(_ATTENTION_POSITIONALS, args))   # optimized_attention(q, k, v, heads, mask, attn_precision)
     if not kwargs.pop("skip_reshape", False):   # (B, L, H * D), or (B, L, H, D) as SD3 passes v
-        batch, length = q.shape[:2]
-        q, k, v = (t.reshape(batch, length, heads, -1).transpose(1, 2) for t in (q, k, v))
+        batch = q.shape[0]
+        q, k, v = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+    if call.keys_split:
+        if kwargs.get("mask") is not None:
+            raise RuntimeError("an attention mask over keys split across ranks is not supported")
+        out = split_key_attention(q, k, v, call.mesh.sp_group, call.mesh.sp_degree)
+        call.collective_issued()
+        return out.transpose(1, 2) if kwargs.get("skip_output_reshape") else out.reshape(q.shape[0], q.shape[2], -1)
     layout = call.layout_for(q.shape[2])
     mask = kwargs.pop("mask", None)
     if mask is not None:

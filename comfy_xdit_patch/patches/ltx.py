@@ -8,14 +8,14 @@
   each rank keeps per frame and cuts after expanding) and its RoPE table.
 - Local: cross-attention to the text (and LTX-2's audio self- and text attention, and the audio-to-video attention,
   whose queries are this rank's video tokens). LTX-2's video-to-audio attention, whose keys are the whole video,
-  gathers the video's keys' input from every rank first.
+  runs on each rank over its own video tokens and merges the partial results across ranks by their log-sum-exp.
 - Limits: guide attention strengths other than 1 (LTXVAddGuide's attention mask), and CFG groups on LTX-2, whose
   input is a list of streams, run on one GPU with the reason.
 - Heads: ``num_attention_heads`` (32 for LTX-Video 2B / 13B and LTX-2).
 """
 import functools
 
-from ..parallel.call import TRANSFORMER_OPTIONS_KEY, active_call
+from ..parallel.call import active_call
 from ..parallel.token_split import gather_shards, take_shard
 from . import hooks
 from .adapter import Adapter, BlockSplit, local_attention
@@ -100,19 +100,22 @@ def _audio_to_video(adapter, forward, name, names):
 
 
 def _video_to_audio(adapter, forward, name, names):
-    """Queries from the whole audio, keys from the whole video: the video's keys' input is gathered from every
-    rank, then it runs locally (the keys' RoPE is passed whole)."""
+    """Queries from the whole audio (on every rank), keys from the video (split): each rank attends over its own
+    video tokens, with the keys' RoPE cut to them, and the partial results merge across the ranks (the size of the
+    audio's output travels, not the video's)."""
     @hooks.ours
     @functools.wraps(forward)
     def attention(*args, **kwargs):
-        options = kwargs.get("transformer_options")
-        call = active_call(options)
+        call = active_call(kwargs.get("transformer_options"))
         if call is None:
             return forward(*args, **kwargs)
-        kwargs["context"] = gather_shards(kwargs["context"], call.main_sizes, call.mesh.sp_rank,
-                                          group=call.mesh.sp_group)
-        kwargs["transformer_options"] = {k: v for k, v in options.items() if k != TRANSFORMER_OPTIONS_KEY}
-        return forward(*args, **kwargs)
+        if kwargs.get("k_pe") is not None:
+            kwargs["k_pe"] = _local_rope(kwargs["k_pe"], call, call.mesh.sp_rank, "v_cross_pe")
+        call.keys_split = True
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            call.keys_split = False
 
     return attention
 
