@@ -8,6 +8,7 @@ fault; the product itself has no test hooks.
 - COMFY_XDIT_TEST_EXIT_AT=init|sync|decode: exit inside the process group's initialisation, midway through the weight
   sync, or when asked to decode VAE tiles.
 - COMFY_XDIT_TEST_SPEEDS=a,b,...: the matrix-multiply speed each rank reports (GPUs of different speeds).
+- COMFY_XDIT_TEST_VAE_REBUILT_DIFFERENTLY=1: report every VAE rebuilt from its weights as another model.
 - COMFY_XDIT_TEST_TINY_MINIMAX_VAE=1: build MiniMax H3 VAEs at the tests' tiny size (comfy_env.tiny_minimax_vae),
   which ComfyUI's loader, building its fixed real size, cannot rebuild from their weights.
 """
@@ -86,7 +87,12 @@ def _install():
                 return original_build(*args, **kwargs)
         vae_decode.build_vae = build_vae
 
-    elif exit_at == "decode":
+
+    if os.environ.get("COMFY_XDIT_TEST_VAE_REBUILT_DIFFERENTLY"):
+        from comfy_xdit_patch.runtime import vae_decode
+        vae_decode.rebuilt_differently = lambda *args: "the weights were rebuilt as another model"
+
+    if exit_at == "decode":
         from comfy_xdit_patch.runtime import vae_decode
         vae_decode.decode_tile = lambda *args, **kwargs: os._exit(7)
 

@@ -49,6 +49,7 @@ def test_tiles_decoded_on_every_gpu_equal_the_core_tiled_decode(latent, gpus, ca
         again = XDiTVAEDecodeTiled.execute(vae=vae, samples=latent, **TILES).result[0]   # the VAE is sent once
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count(f"Enable Multi-GPU: decoded 24 tiles on {gpus} GPUs") == 2, messages
+    assert sum("sent the VAE's weights" in m for m in messages) == 1, messages
     assert got.shape == expected.shape == (17, 96, 128, 3)
     assert torch.equal(got, expected) and torch.equal(again, expected)
 
@@ -89,3 +90,23 @@ def test_a_helper_dying_in_a_spread_decode_ends_with_the_one_gpu_image(latent, m
     assert any("the spread decode failed" in r.getMessage() for r in caplog.records), caplog.text
     assert torch.equal(got, expected)
     assert helpers.current_group() is None
+
+
+def test_a_vae_the_helpers_rebuild_differently_decodes_on_one_gpu_and_the_helpers_stay(latent, monkeypatch, caplog):
+    """ComfyUI rebuilds a VAE on the helpers from its weights; where that gives another model (a VAE configured by
+    its file's metadata), they say so, this VAE decodes on one GPU from then on, and the helpers keep running."""
+    use_hooked_helpers(monkeypatch, VAE_REBUILT_DIFFERENTLY=1)
+    helpers.shutdown_group()
+    vae = tiny_wan_vae("2.1")
+    expected = nodes.VAEDecodeTiled().decode(vae, latent, **TILES)[0]
+    start_helpers(2)
+    group = helpers.current_group()
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        first = XDiTVAEDecodeTiled.execute(vae=vae, samples=latent, **TILES).result[0]
+        second = XDiTVAEDecodeTiled.execute(vae=vae, samples=latent, **TILES).result[0]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("helpers cannot rebuild" in m for m in messages) == 1, messages
+    assert any("runs on one GPU because WanVAE: the weights were rebuilt as another model" in m for m in messages)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert helpers.current_group() is group and group.alive()
+    helpers.shutdown_group()

@@ -30,11 +30,16 @@ def adapter_named(name):
 
 
 def vae_tile_decoder(first_stage_model):
-    """For a VAE model that tiles inside its own decode, the name of its method that decodes one tile (its family
-    adapter names it), or None."""
-    classes = {cls.__name__ for cls in type(first_stage_model).__mro__}
-    return next((method for adapter in SEQUENCE_PARALLEL for name, method in adapter.vae_tile_decoders.items()
-                 if name in classes), None)
+    """(the method of a VAE model that decodes one tile when the VAE tiles inside its own decode, as its family
+    adapter names it, or None; why its tiles cannot be decoded on other GPUs, or None)."""
+    classes = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(first_stage_model).__mro__}
+    for adapter in SEQUENCE_PARALLEL:
+        for name, reason in adapter.vae_unspreadable.items():
+            if name in classes:
+                return None, reason
+    method = next((method for adapter in SEQUENCE_PARALLEL for name, method in adapter.vae_tile_decoders.items()
+                   if name in classes), None)
+    return method, None
 
 
 def transformer_blocks(diffusion_model):

@@ -81,7 +81,8 @@ class Adapter:
     limits = ()           # (what, why): documented here, enforced by unsupported_reason
     sequence_parallel = True
     streams_input = False   # True: x is a list of streams (video, audio), run over one sequence-parallel group
-    vae_tile_decoders = {}  # {VAE model class name: its method decoding one tile}, for VAEs that tile by themselves
+    vae_tile_decoders = {}  # {VAE model class ("module.Class"): its method decoding one tile}, for VAEs that tile
+    vae_unspreadable = {}   # by themselves; {VAE model class: why its tiles cannot be decoded on other GPUs}
 
     named_arguments = staticmethod(hooks.named_arguments)
     helper_transformer_options = staticmethod(hooks.data_options)

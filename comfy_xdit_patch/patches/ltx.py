@@ -120,8 +120,17 @@ def _video_to_audio(adapter, forward, name, names):
     return attention
 
 
+_LTX_VAE_CONFIG = ("LTX's VAEs read their configuration from the file's metadata and may add random noise while "
+                   "decoding, neither of which a helper rebuilding one from its weights shares")
+
+
 class LTXVideoAdapter(Adapter):
     name = "ltxv"
+    # LTX's VAEs: random noise at decode (timestep conditioning, injected noise, a diffusion decoder) drawn from
+    # ComfyUI's random state, and configurations read from the file's metadata.
+    vae_unspreadable = {"comfy.ldm.lightricks.vae.causal_video_autoencoder.VideoVAE": _LTX_VAE_CONFIG,
+                        "comfy.ldm.lightricks.vae.na_diffusion_decoder.CausalDiffusionVAE": _LTX_VAE_CONFIG,
+                        "comfy.ldm.lightricks.vae.audio_vae.AudioVAE": _LTX_VAE_CONFIG}
     split = BlockSplit("img", per_token=("vec", "pe"), local_attention=(r"transformer_blocks\.\d+\.attn2",))
     block_lists = (("transformer_blocks", "double_block"),)
     limits = (("guide attention strengths other than 1 (LTXVAddGuide)", "the guide attention mask is an object over "

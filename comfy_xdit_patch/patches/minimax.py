@@ -39,7 +39,7 @@ class MiniMaxAdapter(Adapter):
     block_lists = (("blocks", "double_block"),)
     streams_input = True
     # Its video VAE tiles inside its own decode (spatial tiles of each temporal chunk): one tile per call of this.
-    vae_tile_decoders = {"MiniMaxH3VideoVAE": "_decode_pixels"}
+    vae_tile_decoders = {"comfy.ldm.minimax.vae.MiniMaxH3VideoVAE": "_decode_pixels"}
     limits = (("CFG groups and token splits by measured speed", "every call holds one row (cond and uncond are "
                "separate calls): all GPUs form one sequence-parallel group and split the tokens evenly"),)
 

@@ -7,6 +7,7 @@ everything else over one control channel per helper.
 """
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import pickle
@@ -531,39 +532,52 @@ class HelperGroup:
                  self.plan.world_size - 1, time.perf_counter() - t0)
         return True
 
-    def decode_tiles(self, vae, method, tiles, decoded):
-        """Every tile of one tiled decode of ``vae`` decoded by its model's ``method``, in order. ``decoded``: tiles
-        rank 0 decoded already (index: output); the others go round robin to every rank, rank 0 decoding its share
-        meanwhile. The helpers get the VAE's weights the first time."""
-        from .vae_decode import decode_tile
+    def decode_tiles(self, vae, method, tiles, decoded, keep_on):
+        """Every tile of one tiled decode of ``vae`` decoded by its model's ``method``, in order, on ``keep_on``.
+        ``decoded``: tiles rank 0 decoded already (index: output); the others go round robin to every rank, rank 0
+        decoding its share meanwhile. The helpers get the VAE's weights the first time; vae_decode.NotSpreadable
+        when they cannot rebuild it (they stay in step)."""
+        from .vae_decode import NotSpreadable, decode_tile, qualified_name
         model = vae.first_stage_model
         if self.vae is None or self.vae[0]() is not model or self.vae[1] != vae.vae_dtype:
+            self.vae = None
             state = vae.get_sd()
             keys, tensors = list(state), list(state.values())
-            self._broadcast_message(messages.LoadVAE(keys, transport.layout(tensors), vae.vae_dtype))
+            layout = transport.layout(tensors)
+            self._broadcast_message(messages.LoadVAE(keys, layout, vae.vae_dtype, qualified_name(model)))
             deadline = time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT
             self._watched(lambda: transport.send_tensors(tensors, self.device), deadline, "sending the VAE")
-            self._expect_all("vae loaded", deadline)
+            problems = [p for p in self._expect_all("vae loaded", deadline) if p]
+            if problems:
+                raise NotSpreadable(problems[0])
             self.vae = (weakref.ref(model), vae.vae_dtype)
+            log.info("Enable Multi-GPU: sent the VAE's weights to %d helper(s)", self.plan.world_size - 1)
         world, todo = self.plan.world_size, [i for i in range(len(tiles)) if i not in decoded]
         sent = [tiles[i] for i in todo]
         self._broadcast_message(messages.DecodeTiles(transport.layout(sent), method))
         deadline = time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT
         self._watched(lambda: transport.send_tensors(sent, self.device), deadline, "sending the tiles")
-        for k in range(0, len(todo), world):
-            decoded[todo[k]] = decode_tile(model, method, sent[k], vae.device)
-        # The helpers decode while rank 0 does: each reports its tiles' shapes and dtype, then sends them in order.
+        on_vae_gpu = torch.cuda.device(vae.device) if vae.device.type == "cuda" else contextlib.nullcontext()
+        with on_vae_gpu:   # rank 0's share on the VAE's GPU, as ComfyUI's decode runs it
+            for k in range(0, len(todo), world):
+                decoded[todo[k]] = decode_tile(model, method, sent[k], vae.device).to(keep_on)
+        # The helpers decode while rank 0 does: each reports its tiles' shapes and dtypes, then sends them in order.
         reports = self._expect_all("decoded", time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT)
+        for rank, report in zip(sorted(self.channels), reports):
+            if len(report) != len(range(rank, len(todo), world)):
+                raise HelperFailure(f"helper rank {rank} decoded {len(report)} tiles, not its share")
 
         def receive():
             for rank, report in zip(sorted(self.channels), reports):
                 for k, (shape, dtype) in zip(range(rank, len(todo), world), report):
                     tile = torch.empty(shape, dtype=dtype, device=self.device)
                     dist.recv(tile, src=rank)
-                    decoded[todo[k]] = tile
+                    decoded[todo[k]] = tile.to(keep_on)   # waits for the receive (NCCL's returns at once)
         self._watched(receive, time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT, "receiving the decoded tiles")
+        if self.failure:
+            raise HelperFailure(self.failure)
         log.info("Enable Multi-GPU: decoded %d tiles on %d GPUs", len(tiles), world)
-        return [decoded[i].to(vae.device) for i in range(len(tiles))]
+        return [decoded[i] for i in range(len(tiles))]
 
     def _room_for_another(self, model_patcher, margin=1.5):
         """Whether every helper can keep its current model beside this one: helpers of this machine with unsharded

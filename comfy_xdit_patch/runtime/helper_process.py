@@ -205,9 +205,16 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
             vae = None
             gc.collect()
             state = dict(zip(message.keys, transport.receive_tensors(message.tensor_layout, device)))
-            vae = vae_decode.build_vae(state, message.dtype, device)
+            try:
+                vae = vae_decode.build_vae(state, message.dtype, device)
+                problem = vae_decode.rebuilt_differently(vae, message.model_class, message.keys,
+                                                         message.tensor_layout)
+            except Exception as e:   # a VAE ComfyUI cannot rebuild from its weights alone: rank 0 decodes it
+                problem = f"{type(e).__name__}: {e}"
+            if problem:
+                vae = None
             del state
-            link.send(messages.Reply("vae loaded"))
+            link.send(messages.Reply("vae loaded", problem))
         elif isinstance(message, messages.DecodeTiles):
             tiles = transport.receive_tensors(message.tensor_layout, device)
             mine = [vae_decode.decode_tile(vae.first_stage_model, message.method, tiles[i], device)
@@ -216,6 +223,8 @@ def serve(link, mesh, device, shard_weights=False, shard_gathers="pull"):
             for tile in mine:
                 torch.distributed.send(tile.contiguous(), dst=0)
             del tiles, mine
+            if device.type == "cuda":
+                torch.cuda.empty_cache()   # the decode's activations: the diffusion model needs the memory back
         elif isinstance(message, messages.Stats):
             link.send(dict(_device_stats(device), step_ms=list(step_ms), group_ms=list(group_ms),
                            weight_bytes=_weight_bytes(diffusion_model, shards),

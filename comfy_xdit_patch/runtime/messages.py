@@ -66,10 +66,12 @@ class Forward:
 @dataclass(frozen=True)
 class LoadVAE:
     """Rank 0 → helper: build the VAE of these state-dict ``keys`` (tensors follow in one broadcast, cut by
-    ``tensor_layout``) in ``dtype``, for the tiled decode spread over the GPUs."""
+    ``tensor_layout``) in ``dtype``, for the tiled decode spread over the GPUs; it replies why not if ComfyUI does
+    not rebuild ``model_class`` ("module.Class") from them."""
     keys: list
     tensor_layout: list
     dtype: Any
+    model_class: str
 
 
 @dataclass(frozen=True)
