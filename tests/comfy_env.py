@@ -734,12 +734,13 @@ def tiny_wan_lora(model, layers=None, rank=4, seed=170, scale=0.1):
 
 # --- HunyuanVideo 1.0 / 1.5 -----------------------------------------------------------------------------------------
 
-def tiny_hunyuan_video_unet_config(variant="1.0", hidden=192, num_heads=6, depth=2, depth_single=None, text_dim=64):
+def tiny_hunyuan_video_unet_config(variant="1.0", hidden=192, num_heads=6, depth=2, depth_single=None, text_dim=64,
+                                   meanflow=False):
     """The unet_config comfy.model_detection builds for a HunyuanVideo checkpoint, tiny: ``num_heads`` heads of
     hidden / num_heads (real: 24 of 128 for 1.0, 16 of 128 for 1.5), the RoPE axes split 1:3:3 over (t, h, w) like
     the real 16/56/56, ``depth`` double and ``depth_single`` single blocks (real: 20 and 40; 1.5: 54 and 0; by
     default 2 single blocks, none for 1.5), the LLaVA / Qwen2.5-VL width 4096 / 3584 as ``text_dim``, mlp ratio 2
-    (real: 4).
+    (real: 4); ``meanflow``: the distilled models' second time embedding (of the next step's sigma).
       "1.0": HunyuanVideo 1.0 T2V (comfy.supported_models.HunyuanVideo): 16 latent channels, patch (1, 2, 2), CLIP-L
              pooled vector (768 wide), guidance embedding;
       "i2v": HunyuanVideo 1.0 I2V (HunyuanVideoI2V): 33 channels in (16 + the start frame's 16 + a mask), 16 out;
@@ -757,6 +758,7 @@ def tiny_hunyuan_video_unet_config(variant="1.0", hidden=192, num_heads=6, depth
                   mlp_ratio=2.0, num_heads=num_heads, depth=depth, depth_single_blocks=depth_single, theta=256,
                   qkv_bias=True, byt5=False, guidance_embed=True, use_cond_type_embedding=False,
                   vision_in_dim=None, meanflow_sum=False)
+    config["meanflow"] = meanflow
     if variant == "i2v":
         config.update(in_channels=33)
     elif variant == "1.5":

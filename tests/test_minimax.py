@@ -1,8 +1,8 @@
 """MiniMax H3 through the node (patches/minimax.py), 1 rank vs N ranks through ComfyUI's real KSampler and its own
 MiniMax H3 nodes (fp32, a tiny MiniMax H3 from ComfyUI's own classes, helper processes over gloo): the packed
 sequence of text, condition or reference rows, audio and video split over the ranks (with sharded weights on
-i2v); the video and audio latents both compared. Packed lengths 35 (t2v), 54 (i2v), 67 (r2v): uneven over 4 ranks,
-and over 2 but for i2v."""
+i2v with a first and a last frame); the video and audio latents both compared. Packed lengths 35 (t2v) and 67 (r2v):
+uneven over 2 and 4 ranks."""
 import logging
 
 import nodes
@@ -31,7 +31,8 @@ def model():
 @pytest.mark.parametrize("mode,parallelism,gpus,shard_weights", [
     ("t2v", "ulysses", 2, False), ("i2v", "ring", 2, True), ("r2v", "usp", 4, False)])
 def test_streams_equal_one_rank(model, mode, parallelism, gpus, shard_weights, caplog):
-    inputs = minimax_inputs(mode)
+    """i2v with a first and a last frame (fl2va)."""
+    inputs = minimax_inputs(mode, last_frame=mode == "i2v")
     expected = sample(model, inputs)
     with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
         got = sample(enable_multigpu(model, gpus=gpus, parallelism=parallelism, shard_weights=shard_weights), inputs)
