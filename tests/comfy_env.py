@@ -199,6 +199,27 @@ def ksample(model, latent_hw=(18, 14), steps=2, cfg=1.0, text_tokens=77):
                                    empty_latent(*latent_hw))[0]["samples"]
 
 
+def ksample_inputs(model, inputs, cfg=1.0, steps=2, seed=42):
+    """ComfyUI's KSampler (euler, simple) on ``inputs`` = (positive, negative, latent); the sampled latent."""
+    import nodes
+    positive, negative, latent = inputs
+    return nodes.KSampler().sample(model, seed, steps, cfg, "euler", "simple", positive, negative, latent)[0]["samples"]
+
+
+def sampled_in_parallel(model, inputs, cfg, caplog, **options):
+    """``ksample_inputs`` of ``model`` through the node with ``options``, checked to have run every call on
+    ``options["gpus"]`` ranks (helpers running, no call on one GPU); (the latent, the helper group)."""
+    import logging
+    from comfy_xdit_patch.multigpu import enable_multigpu
+    from comfy_xdit_patch.runtime import helper_group
+    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
+        got = ksample_inputs(enable_multigpu(model, **options), inputs, cfg)
+    group = helper_group.current_group()
+    assert group is not None and group.plan.world_size == options["gpus"], "the helpers did not run"
+    assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
+    return got, group
+
+
 def relative_error(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 

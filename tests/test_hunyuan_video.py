@@ -1,32 +1,18 @@
 """HunyuanVideo through the node (patches/hunyuan_video.py), 1 rank vs N ranks through ComfyUI's real KSampler and
 its own HunyuanVideo latent nodes (fp32, tiny models from ComfyUI's own classes, helper processes over gloo):
 text-to-video, the text mask, image-to-video's replaced first frame and reference latent, a LoRA with sharded weights
-and CFG groups, HunyuanVideo 1.5's ByT5 and vision tokens. 3 latent frames of 6 x 10 (45 tokens) and a prompt of 21
-tokens: uneven over 2 and 4 ranks."""
+and CFG groups, HunyuanVideo 1.5's ByT5 and vision tokens (and meanflow), HunyuanImage 2.1. 3 latent frames of
+6 x 10 (45 tokens) and a prompt of 21 tokens: uneven over 2 and 4 ranks."""
 import logging
 
 import comfy.sd
-import nodes
 import pytest
 
-from comfy_env import hunyuan_video_inputs, load_tiny_hunyuan_video, relative_error, tiny_dit_lora
+from comfy_env import (hunyuan_video_inputs, ksample_inputs, load_tiny_hunyuan_video, relative_error,
+                       sampled_in_parallel, tiny_dit_lora)
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.runtime import helper_group as helpers
 
-
-def sample(model, inputs, cfg=1.0):
-    positive, negative, latent = inputs
-    return nodes.KSampler().sample(model, 42, 2, cfg, "euler", "simple", positive, negative, latent)[0]["samples"]
-
-
-def in_parallel(model, inputs, cfg, caplog, **options):
-    """The node's result, checked to have run every call on ``gpus`` ranks."""
-    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
-        got = sample(enable_multigpu(model, **options), inputs, cfg)
-    group = helpers.current_group()
-    assert group is not None and group.plan.world_size == options["gpus"], "the helpers did not run"
-    assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
-    return got, group
+sample, in_parallel = ksample_inputs, sampled_in_parallel
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,15 @@ frames of 3 x 5: 45 video tokens, uneven over 2 and 4."""
 import logging
 
 import comfy.sd
-import nodes
 import pytest
 
-from comfy_env import load_tiny_ltx, ltx_inputs, relative_error, tiny_dit_lora
+from comfy_env import (ksample_inputs, load_tiny_ltx, ltx_inputs, relative_error, sampled_in_parallel,
+                       tiny_dit_lora)
 from comfy_xdit_patch.multigpu import enable_multigpu
-from comfy_xdit_patch.runtime import helper_group as helpers
 
 
 def sample(model, inputs, cfg=3.0):
-    positive, negative, latent = inputs
-    return nodes.KSampler().sample(model, 42, 2, cfg, "euler", "simple", positive, negative, latent)[0]["samples"]
+    return ksample_inputs(model, inputs, cfg)
 
 
 def error(got, expected):
@@ -27,12 +25,7 @@ def error(got, expected):
 
 
 def in_parallel(model, inputs, caplog, cfg=3.0, **options):
-    with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
-        got = sample(enable_multigpu(model, **options), inputs, cfg)
-    group = helpers.current_group()
-    assert group is not None and group.plan.world_size == options["gpus"], "the helpers did not run"
-    assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
-    return got, group
+    return sampled_in_parallel(model, inputs, cfg, caplog, **options)
 
 
 @pytest.mark.parametrize("variant,first_frame,parallelism,gpus,shard_weights", [
