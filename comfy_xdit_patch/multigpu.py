@@ -195,8 +195,8 @@ class MultiGPURun:
     @torch.compiler.disable(recursive=False)   # as the wrapper: our host work stays out of dynamo
     def _parallel_step(self, group, executor, call_args, transformer_options, placement, one_gpu, own_names):
         try:
-            # A call of several streams (video and audio) is never graphed: MiniMax H3 builds its packed layout on
-            # the host in every call.
+            # A call of several streams (video and audio) returns a list, which a step graph's output buffer is
+            # not: it runs eagerly.
             graphs = self.graphs_allowed and not self.adapter.streams_input
             message, tensors = group.dispatch_forward(call_args, graphs, self.compile_kwargs,
                                                       self._graph_ready, placement)

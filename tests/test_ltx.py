@@ -77,7 +77,7 @@ def test_a_keyframe_guide(caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
         got = sample(enable_multigpu(model, gpus=2), inputs)
-    assert any("set its strength to 1" in r.getMessage() for r in caplog.records)
+    assert any("set its strength to 1 and remove its mask" in r.getMessage() for r in caplog.records)
     assert relative_error(got, expected) == 0
 
 

@@ -110,3 +110,20 @@ def test_a_vae_the_helpers_rebuild_differently_decodes_on_one_gpu_and_the_helper
     assert torch.equal(first, expected) and torch.equal(second, expected)
     assert helpers.current_group() is group and group.alive()
     helpers.shutdown_group()
+
+
+def test_the_vae_classes_the_adapters_name_exist_in_comfyui():
+    """The adapters name VAE classes by module and class; a class ComfyUI moved or renamed would match nothing and
+    silently change what the node does."""
+    import importlib
+    from comfy_xdit_patch import patches
+    named = [name for adapter in patches.SEQUENCE_PARALLEL
+             for name in list(adapter.vae_tile_decoders) + list(adapter.vae_unspreadable)]
+    assert named
+    for name in named:
+        module, _, cls = name.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), cls), type), name
+    for adapter in patches.SEQUENCE_PARALLEL:
+        for name, method in adapter.vae_tile_decoders.items():
+            module, _, cls = name.rpartition(".")
+            assert callable(getattr(getattr(importlib.import_module(module), cls), method)), (name, method)

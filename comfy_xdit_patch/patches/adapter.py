@@ -4,17 +4,24 @@ A family's adapter is an ``Adapter`` whose class attributes say:
 - ``name``: carried by the model spec, so the helpers install the same family's hooks;
 - ``split``: where the tokens are split and the output gathers, one of
   ``TokenSplit`` (a model method whose arguments are tokens and whose return value is the image: SD3),
-  ``BlockSplit`` (the first block's input and the last block's output, through block replacement: Wan),
+  ``BlockSplit`` (the first block's input and the last block's output, through block replacement: Wan, with a text
+  stream HunyuanVideo, over dimension 0 MiniMax H3, with the method overrides below LTX-2),
   ``PostInputSplit`` (ComfyUI's ``post_input`` point, FLUX's shape: FLUX, Qwen-Image, Krea 2);
   a family with none of these splits in a patch of its own (Z-Image, where ``patchify_and_embed`` returns its tokens);
 - ``module_wrappers``: hooks on named submodules (regular expressions), for per-token block arguments, attention
   that stays local and the gather after the last block;
 - ``block_lists``: the transformer blocks, in the order the forward runs them (what ``shard_weights`` shards), and
   ``replaces_blocks``: whether the forward offers ComfyUI's block replacement for them;
-- ``limits``: what it cannot run in parallel and why (those calls run on one GPU, with the reason in the log).
+- ``limits``: what it cannot run in parallel and why (those calls run on one GPU, with the reason in the log);
+- ``streams_input``: the model's input is a list of streams (video and audio) of one call: one sequence-parallel
+  group of every GPU, no CFG groups, no step graphs;
+- ``vae_tile_decoders`` / ``vae_unspreadable``: for the family's VAEs, the method decoding one tile of a VAE that
+  tiles by itself, or why its tiles cannot be decoded on other GPUs (runtime/vae_decode.py).
 and its methods say which classes it serves (``supports``), how many attention heads bound Ulysses
-(``num_heads``) and how many tokens a call has (``token_counts``). The hooks themselves (patches/hooks.py) are shared;
-ComfyUI's forward is never copied.
+(``num_heads``), how many tokens a call has (``token_counts``), and, where the defaults do not fit, how a
+``BlockSplit`` cuts the first block's input and per-token arguments and gathers the last block's output
+(``split_block_input``, ``per_token_slice``, ``gather_block_output``) and what of a call travels to every rank
+(``call_arguments``). The hooks themselves (patches/hooks.py) are shared; ComfyUI's forward is never copied.
 """
 import functools
 import inspect

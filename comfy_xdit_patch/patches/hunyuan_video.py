@@ -11,7 +11,9 @@ and single blocks).
 - Gather: after the last block, the video's tokens of every rank: after a single block behind this rank's text,
   which the forward cuts away; after a double block (1.5 has no single blocks) the video stream alone, which the
   forward puts behind this rank's text and cuts away again.
-- Heads: ``num_heads`` (24 for HunyuanVideo 1.0, 16 for 1.5).
+- Limits: a text mask runs with Ulysses only (ring never holds the whole key sequence); a custom ControlNet's
+  residuals run on one GPU (ComfyUI ships no HunyuanVideo ControlNet).
+- Heads: ``num_heads``, the width / 128 ComfyUI detects (24 for HunyuanVideo 1.0, 16 for 1.5).
 """
 import torch
 

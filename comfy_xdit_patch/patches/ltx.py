@@ -9,8 +9,8 @@
 - Local: cross-attention to the text (and LTX-2's audio self- and text attention, and the audio-to-video attention,
   whose queries are this rank's video tokens). LTX-2's video-to-audio attention, whose keys are the whole video,
   runs on each rank over its own video tokens and merges the partial results across ranks by their log-sum-exp.
-- Limits: guide attention strengths other than 1 (LTXVAddGuide's attention mask), and CFG groups on LTX-2, whose
-  input is a list of streams, run on one GPU with the reason.
+- Limits: guide attention strengths other than 1 or a guide's pixel mask (LTXVAddGuide's attention mask), and CFG
+  groups on LTX-2, whose input is a list of streams, run on one GPU with the reason; LTX's VAEs decode on one GPU.
 - Heads: ``num_attention_heads`` (32 for LTX-Video 2B / 13B and LTX-2).
 """
 import functools
@@ -149,8 +149,9 @@ class LTXVideoAdapter(Adapter):
 
     def family_reason(self, arguments, diffusion_model, ring_degree):
         if _guide_attention_mask(arguments):
-            return ("a guide's attention strength is not 1 (LTXVAddGuide), which builds a guide attention mask the "
-                    "sequence-parallel attention does not split; set its strength to 1 to run in parallel")
+            return ("a guide's attention strength is not 1 or it has a pixel mask (LTXVAddGuide), which builds a "
+                    "guide attention mask the sequence-parallel attention does not split; set its strength to 1 and "
+                    "remove its mask to run in parallel")
         return None
 
     def token_counts(self, arguments, diffusion_model):

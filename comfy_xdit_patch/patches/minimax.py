@@ -1,7 +1,8 @@
 """MiniMax H3 (comfy/ldm/minimax/model.py, ``MiniMaxH3Model``): text-, image- and reference-to-video with audio.
 
 - Input: one list of streams, [video latent, audio latent], of one batch row; cond and uncond are separate calls.
-  Its calls run sequence-parallel over every GPU (no CFG groups, no split of the tokens by measured speed).
+  Its calls run sequence-parallel over one group of every GPU, the tokens split evenly; with CFG groups
+  (``sequence_degree`` below the GPU count) they run on one GPU, naming the setting.
 - Split: the forward packs text, condition or reference rows, audio and video into one sequence without a batch
   dimension; it is split at the first block's input and gathered at the last block's output, through ComfyUI's
   block replacement (a ``BlockSplit`` over dimension 0).

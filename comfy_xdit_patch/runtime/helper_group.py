@@ -572,7 +572,9 @@ class HelperGroup:
                 for k, (shape, dtype) in zip(range(rank, len(todo), world), report):
                     tile = torch.empty(shape, dtype=dtype, device=self.device)
                     dist.recv(tile, src=rank)
-                    decoded[todo[k]] = tile.to(keep_on)   # waits for the receive (NCCL's returns at once)
+                    decoded[todo[k]] = tile.to(keep_on)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)   # NCCL's receives return before their data has arrived
         self._watched(receive, time.monotonic() + envs.COMFY_XDIT_COLLECTIVE_TIMEOUT, "receiving the decoded tiles")
         if self.failure:
             raise HelperFailure(self.failure)

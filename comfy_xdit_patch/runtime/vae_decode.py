@@ -2,9 +2,11 @@
 
 ComfyUI's own tiled decode runs twice on rank 0 with the VAE model's tile decoder hooked (``decode``, which ComfyUI's
 tiling calls once per tile, or the method a VAE that tiles by itself calls per tile, as its family adapter names it):
-the first run records the tiles it asks for and answers placeholders of the decoded size, then every GPU decodes its
-share of them, and the second run is answered tile by tile with the decoded pixels. The tiles, their order and the
-blending are ComfyUI's own, so the image equals its tiled decode with the same tile settings.
+the first run records the tiles it asks for and answers placeholders of the decoded size (for a VAE that tiles by
+itself, rank 0 decodes the first tile of each shape to learn that size), then every GPU decodes its share of the
+rest, and the second run is answered tile by tile with the decoded pixels. The tiles, their order and the blending are
+ComfyUI's own, so the image equals its tiled decode with the same tile settings. Without helpers, for a VAE the
+helpers cannot rebuild from its weights, and after a failure in the exchange, the decode runs on one GPU as ComfyUI's.
 """
 import contextlib
 import logging
@@ -113,6 +115,7 @@ def spread_decode(group, vae, method, run):
     from . import helper_group
     model = vae.first_stage_model
     tiles, decoded, shapes = [], {}, {}
+    keep_on = vae.output_device   # where ComfyUI's tiling keeps decoded tiles: the whole video never sits in VRAM
 
     def record(tile):
         tiles.append(tile.contiguous())
@@ -120,17 +123,18 @@ def spread_decode(group, vae, method, run):
             return tile.new_zeros(_decoded_shape(vae, tile))
         key = (tuple(tile.shape), tile.dtype)
         if key not in shapes:   # the class's method: the instance's is this hook
-            decoded[len(tiles) - 1] = shapes[key] = getattr(type(model), method)(model, tile)
-            return shapes[key]
-        return shapes[key].new_zeros(shapes[key].shape)
+            result = getattr(type(model), method)(model, tile)
+            decoded[len(tiles) - 1] = result.to(keep_on, copy=True)   # ComfyUI may write into what it is given
+            shapes[key] = (result.shape, result.dtype)
+            return result
+        shape, dtype = shapes[key]
+        return tile.new_zeros(shape, dtype=dtype)
 
     with _tiles_answered_by(model, method, record):
         run()   # fails as the core node's decode would
     if len(tiles) < 2:
         log.info("Enable Multi-GPU: the decode is one tile; it runs on one GPU")
         return run()
-    # ComfyUI's tiling moves every decoded tile to the VAE's output device: so do the received ones, sparing VRAM.
-    keep_on = vae.output_device if method == "decode" else vae.device
     try:
         results = group.decode_tiles(vae, method, tiles, decoded, keep_on)
     except comfy.model_management.InterruptProcessingException:
@@ -152,7 +156,8 @@ def spread_decode(group, vae, method, run):
         recorded, result = next(answers, (None, None))
         if recorded is None or recorded.shape != tile.shape:
             raise RuntimeError("ComfyUI's tiled decode asked for other tiles the second time")
-        return result
+        # ComfyUI's tiling takes a tile where it keeps them; a VAE tiling by itself blends on its own device.
+        return result if method == "decode" else result.to(tile.device)
 
     with _tiles_answered_by(model, method, answer):
         return run()
