@@ -39,7 +39,7 @@ def start_helpers(gpus):
     assert helpers.current_group() is not None and helpers.current_group().plan.world_size == gpus
 
 
-@pytest.mark.parametrize("gpus", [2, 3])
+@pytest.mark.parametrize("gpus", [3])   # 24 tiles, 8 per rank; rank 0 decodes its share meanwhile
 def test_tiles_decoded_on_every_gpu_equal_the_core_tiled_decode(latent, gpus, caplog):
     vae = tiny_wan_vae("2.1")
     expected = nodes.VAEDecodeTiled().decode(vae, latent, **TILES)[0]
