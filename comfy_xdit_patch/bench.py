@@ -131,6 +131,7 @@ def run_sampler(model, latent, positive, negative, steps, device, on_step=None, 
     ComfyUI leaves the negative out; above 1 it batches both into one model call where they fit.
     Returns (final latent, per-step seconds, total seconds)."""
     import comfy.sample
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)   # as KSampler does (Qwen-Image's is 5-D)
     noise = comfy.sample.prepare_noise(latent, seed)
     marks = []
 
