@@ -29,6 +29,16 @@ def test_text_to_video_equals_one_rank(t2v, parallelism, gpus, cfg, caplog):
     assert relative_error(got, expected) <= 1e-5
 
 
+def test_hunyuan_image_21(caplog):
+    """HunyuanImage 2.1: the same transformer on an image (2-D patches and RoPE) with ByT5 glyph tokens; 7 x 9
+    latent pixels (63 tokens) and 26 text tokens over 4 ranks."""
+    model = load_tiny_hunyuan_video("image21")
+    inputs = hunyuan_video_inputs("image21", height=7, width=9)
+    expected = sample(model, inputs, 3.0)
+    got, _ = in_parallel(model, inputs, 3.0, caplog, gpus=4, parallelism="usp")
+    assert relative_error(got, expected) <= 1e-5
+
+
 def test_text_mask_with_ulysses_and_on_one_gpu_with_ring(t2v, caplog):
     """The LLaVA encoder's padding mask: cut per rank and gathered whole by the Ulysses attention; ring attention
     never holds the whole key sequence, so those calls run on one GPU and say so. cfg 1: ComfyUI's forward builds
@@ -79,14 +89,4 @@ def test_hunyuan_video_15_byt5_and_vision_tokens(caplog):
     inputs = hunyuan_video_inputs("1.5", height=3, width=5)
     expected = sample(model, inputs, 3.0)
     got, _ = in_parallel(model, inputs, 3.0, caplog, gpus=2, parallelism="ulysses")
-    assert relative_error(got, expected) <= 1e-5
-
-
-def test_hunyuan_image_21(caplog):
-    """HunyuanImage 2.1: the same transformer on an image (2-D patches and RoPE) with ByT5 glyph tokens; 7 x 9
-    latent pixels (63 tokens) and 26 text tokens over 4 ranks."""
-    model = load_tiny_hunyuan_video("image21")
-    inputs = hunyuan_video_inputs("image21", height=7, width=9)
-    expected = sample(model, inputs, 3.0)
-    got, _ = in_parallel(model, inputs, 3.0, caplog, gpus=4, parallelism="usp")
     assert relative_error(got, expected) <= 1e-5

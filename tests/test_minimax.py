@@ -43,17 +43,6 @@ def test_streams_equal_one_rank(model, mode, parallelism, gpus, shard_weights, c
     assert streams_error(got, expected) <= 1e-5
 
 
-def test_cfg_groups_run_on_one_gpu_naming_the_fix(model, caplog):
-    """cond and uncond are separate calls of one row: CFG groups have nothing to share, and the message says which
-    setting runs it in parallel."""
-    inputs = minimax_inputs("t2v")
-    expected = sample(model, inputs)
-    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
-        got = sample(enable_multigpu(model, gpus=4, sequence_degree=2), inputs)
-    assert any("set sequence_degree to the number of GPUs" in r.getMessage() for r in caplog.records)
-    assert streams_error(got, expected) == 0
-
-
 def test_a_noise_mask_gives_rows_their_own_modulation(model, caplog):
     """A noise mask on the video (part of the first frame kept at half strength, as a masked edit leaves it): the
     model gives those rows their own timestep, a per-token modulation row that each rank cuts to its tokens."""
@@ -67,7 +56,18 @@ def test_a_noise_mask_gives_rows_their_own_modulation(model, caplog):
     inputs = (positive, negative, latent)
     expected = sample(model, inputs)
     with caplog.at_level(logging.INFO, logger="comfy_xdit_patch"):
-        got = sample(enable_multigpu(model, gpus=4, parallelism="ulysses"), inputs)
+        got = sample(enable_multigpu(model, gpus=4, parallelism="usp"), inputs)
     assert not [r for r in caplog.records if "one GPU" in r.getMessage()], "a call ran on one GPU"
     assert helpers.current_group().plan.sp_degree == 4   # the video's 12 tokens (23..35) split at 27
     assert streams_error(got, expected) <= 1e-5
+
+
+def test_cfg_groups_run_on_one_gpu_naming_the_fix(model, caplog):
+    """cond and uncond are separate calls of one row: CFG groups have nothing to share, and the message says which
+    setting runs it in parallel."""
+    inputs = minimax_inputs("t2v")
+    expected = sample(model, inputs)
+    with caplog.at_level(logging.WARNING, logger="comfy_xdit_patch"):
+        got = sample(enable_multigpu(model, gpus=4, sequence_degree=2), inputs)
+    assert any("set sequence_degree to the number of GPUs" in r.getMessage() for r in caplog.records)
+    assert streams_error(got, expected) == 0
